@@ -1,0 +1,115 @@
+//! Connections and migrations.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+mod embedded {
+    refinery::embed_migrations!("sql");
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid DATABASE_URL: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("database: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("cannot build the connection pool: {0}")]
+    Pool(#[from] deadpool_postgres::BuildError),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] refinery::Error),
+}
+
+/// Settings every connection of ours gets: a name DBAs can see in pg_stat_activity, and a
+/// cap on idle transactions, since an open transaction holds back the event horizon.
+fn pg_config(url: &str, purpose: &str) -> Result<tokio_postgres::Config, DbError> {
+    let mut cfg = tokio_postgres::Config::from_str(url).map_err(DbError::Url)?;
+    if cfg.get_application_name().is_none() {
+        cfg.application_name(format!("portcullis {purpose}"));
+    }
+    cfg.options("-c idle_in_transaction_session_timeout=60000");
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(Duration::from_secs(10));
+    }
+    Ok(cfg)
+}
+
+pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
+    let mgr = Manager::from_config(
+        pg_config(url, "pool")?,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Ok(Pool::builder(mgr)
+        .max_size(size.max(1))
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()?)
+}
+
+/// A connection of its own, outside the pool (LISTEN, migrations), driven by a spawned task.
+pub async fn connect(
+    url: &str,
+    purpose: &str,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    ),
+    DbError,
+> {
+    pg_config(url, purpose)?
+        .connect(NoTls)
+        .await
+        .map_err(DbError::Connect)
+}
+
+/// Applies pending migrations under an advisory lock (several processes may start at once);
+/// returns the names of those it applied.
+pub async fn migrate(url: &str) -> Result<Vec<String>, DbError> {
+    let (mut client, conn) = connect(url, "migrate").await?;
+    let driver = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "migration connection ended");
+        }
+    });
+    let result = async {
+        client
+            .execute(
+                "SELECT pg_advisory_lock(hashtextextended('portcullis.migrate', 0))",
+                &[],
+            )
+            .await?;
+        let report = embedded::migrations::runner()
+            .set_abort_divergent(true)
+            .run_async(&mut client)
+            .await?;
+        Ok::<_, DbError>(
+            report
+                .applied_migrations()
+                .iter()
+                .map(|m| m.to_string())
+                .collect(),
+        )
+    }
+    .await;
+    drop(client);
+    let _ = driver.await;
+    result
+}
+
+/// The migrations built into this binary, as `V<n>__<name>`.
+pub fn embedded_migrations() -> Vec<String> {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| m.to_string())
+        .collect()
+}

@@ -1,0 +1,73 @@
+use super::store::{Aggregate, ExpectedVersion};
+
+/// What can go wrong when appending to or reading from the event store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer moved the aggregate on since the command loaded it.
+    #[error("version conflict on {aggregate}: expected {expected}, found version {actual}")]
+    Conflict {
+        aggregate: Aggregate,
+        expected: ExpectedVersion,
+        actual: u64,
+    },
+    /// A unique value (a userName, ...) is held by another aggregate.
+    #[error("{constraint} {value:?} is already taken")]
+    AlreadyExists { constraint: String, value: String },
+    #[error("event {event_type} is {size} bytes, over the limit of {limit} bytes")]
+    PayloadTooLarge {
+        event_type: String,
+        size: usize,
+        limit: usize,
+    },
+    #[error("invalid append: {0}")]
+    Invalid(String),
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+pub(crate) const SQLSTATE_CONFLICT: &str = "PC001";
+pub(crate) const SQLSTATE_TAKEN: &str = "PC002";
+pub(crate) const SQLSTATE_INVALID: &str = "PC003";
+
+impl StoreError {
+    /// Turns the SQLSTATEs that eventstore.push raises into typed errors.
+    pub(crate) fn from_db(e: tokio_postgres::Error) -> StoreError {
+        let Some(db) = e.as_db_error() else {
+            return StoreError::Db(e);
+        };
+        let detail: Option<serde_json::Value> =
+            db.detail().and_then(|d| serde_json::from_str(d).ok());
+        let field = |k: &str| detail.as_ref().and_then(|d| d.get(k)).cloned();
+        match db.code().code() {
+            SQLSTATE_CONFLICT => {
+                let aggregate = Aggregate {
+                    aggregate_type: field("aggregate_type")
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    id: field("aggregate_id")
+                        .and_then(|v| v.as_str().and_then(|s| s.parse().ok()))
+                        .unwrap_or_default(),
+                };
+                let expected = field("expected").and_then(|v| v.as_u64()).unwrap_or(0);
+                let actual = field("actual").and_then(|v| v.as_u64()).unwrap_or(0);
+                StoreError::Conflict {
+                    aggregate,
+                    expected: ExpectedVersion::Exact(expected),
+                    actual,
+                }
+            }
+            SQLSTATE_TAKEN => StoreError::AlreadyExists {
+                constraint: field("constraint")
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                value: field("value")
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            },
+            SQLSTATE_INVALID => StoreError::Invalid(db.message().to_string()),
+            _ => StoreError::Db(e),
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The event store (DESIGN.md §2-3): append with version checks and unique values, read in
+//! `(tx, seq)` order below the transaction horizon, wake readers on append.
+
+mod error;
+mod notify;
+mod position;
+mod store;
+
+pub use error::StoreError;
+pub use notify::{NotifyMode, EVENTS_CHANNEL};
+pub use position::{ParsePositionError, Position};
+pub use store::{
+    head, load, read_after, Aggregate, Append, EventFilter, EventStore, ExpectedVersion, NewEvent,
+    Pushed, StoreOptions, StoredEvent, UniqueValue,
+};

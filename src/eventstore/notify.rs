@@ -1,0 +1,120 @@
+use std::sync::Mutex;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::position::Position;
+
+/// The channel the append trigger (and the coalescer) NOTIFY with the newest position.
+pub const EVENTS_CHANNEL: &str = "eventstore_events";
+
+/// At most one cross-process wake-up per this interval in coalesced mode.
+const COALESCE_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How the service's own appends wake readers in other processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum NotifyMode {
+    /// The append trigger NOTIFYs in every writing transaction. Simple, but every such commit
+    /// takes a cluster-wide lock through its WAL flush.
+    Trigger,
+    /// Appends opt out of the trigger; this process wakes its own readers at once and sends
+    /// one NOTIFY per few milliseconds for everyone else.
+    #[default]
+    Coalesced,
+}
+
+pub(crate) struct Waker {
+    local: watch::Sender<Position>,
+    shared: std::sync::Arc<Shared>,
+    task: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    pending: Notify,
+    latest: Mutex<Position>,
+}
+
+impl Waker {
+    pub(crate) fn start(pool: Pool, mode: NotifyMode) -> Self {
+        let (local, _) = watch::channel(Position::ZERO);
+        let shared = std::sync::Arc::new(Shared {
+            pending: Notify::new(),
+            latest: Mutex::new(Position::ZERO),
+        });
+        let task =
+            (mode == NotifyMode::Coalesced).then(|| tokio::spawn(coalesce(pool, shared.clone())));
+        Waker {
+            local,
+            shared,
+            task,
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Position> {
+        self.local.subscribe()
+    }
+
+    pub(crate) fn wake(&self, pos: Position) {
+        self.local.send_if_modified(|cur| {
+            if pos > *cur {
+                *cur = pos;
+                true
+            } else {
+                false
+            }
+        });
+        if self.task.is_some() {
+            let mut latest = self.shared.latest.lock().unwrap_or_else(|e| e.into_inner());
+            if pos > *latest {
+                *latest = pos;
+            }
+            drop(latest);
+            self.shared.pending.notify_one();
+        }
+    }
+}
+
+impl Drop for Waker {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+/// Sends the coalesced NOTIFY: wakes on the first append after the last one sent, keeps to
+/// the interval (appends meanwhile ride along), retries with backoff when the database fails.
+async fn coalesce(pool: Pool, shared: std::sync::Arc<Shared>) {
+    let mut last_sent = Instant::now() - COALESCE_INTERVAL;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        shared.pending.notified().await;
+        // A deliberate rate limit, not a wait for state.
+        tokio::time::sleep_until(last_sent + COALESCE_INTERVAL).await;
+        let pos = *shared.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let sent = async {
+            let client = pool.get().await.map_err(|e| e.to_string())?;
+            client
+                .execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[&EVENTS_CHANNEL, &pos.to_string()],
+                )
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        last_sent = Instant::now();
+        match sent {
+            Ok(_) => backoff = Duration::from_millis(50),
+            Err(e) => {
+                tracing::warn!(error = %e, position = %pos, "could not send the coalesced wake-up; retrying");
+                shared.pending.notify_one();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,443 @@
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Pool, Transaction};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::error::StoreError;
+use super::notify::{NotifyMode, Waker};
+use super::position::Position;
+
+/// Identifies one aggregate: its type (`user`, `group`, ...) and id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Aggregate {
+    pub aggregate_type: String,
+    pub id: Uuid,
+}
+
+impl Aggregate {
+    pub fn new(aggregate_type: impl Into<String>, id: Uuid) -> Self {
+        Aggregate {
+            aggregate_type: aggregate_type.into(),
+            id,
+        }
+    }
+}
+
+impl fmt::Display for Aggregate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.aggregate_type, self.id)
+    }
+}
+
+/// The version a command saw when it validated: the push fails with `Conflict` if the
+/// aggregate moved on since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// No check (the aggregate's writers still take turns).
+    Any,
+    /// Exactly this version; 0 means the aggregate must not exist yet.
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    pub const NEW: ExpectedVersion = ExpectedVersion::Exact(0);
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any version"),
+            ExpectedVersion::Exact(0) => f.write_str("a new aggregate"),
+            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub payload: Value,
+    pub metadata: Value,
+}
+
+impl NewEvent {
+    pub fn new(event_type: impl Into<String>, payload: Value) -> Self {
+        NewEvent {
+            event_type: event_type.into(),
+            payload,
+            metadata: json!({}),
+        }
+    }
+
+    pub fn with_metadata(mut self, metadata: Value) -> Self {
+        self.metadata = metadata;
+        self
+    }
+}
+
+/// A value held unique within an org (a userName, a group's displayName, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UniqueValue {
+    pub name: String,
+    pub value: String,
+    pub case_insensitive: bool,
+}
+
+impl UniqueValue {
+    pub fn case_insensitive(name: impl Into<String>, value: impl Into<String>) -> Self {
+        UniqueValue {
+            name: name.into(),
+            value: value.into(),
+            case_insensitive: true,
+        }
+    }
+
+    pub fn exact(name: impl Into<String>, value: impl Into<String>) -> Self {
+        UniqueValue {
+            name: name.into(),
+            value: value.into(),
+            case_insensitive: false,
+        }
+    }
+}
+
+/// Events for one aggregate, appended atomically with the unique values they claim and release.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub org_id: Uuid,
+    pub aggregate: Aggregate,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+    pub claim: Vec<UniqueValue>,
+    pub release: Vec<UniqueValue>,
+}
+
+impl Append {
+    pub fn new(org_id: Uuid, aggregate: Aggregate, expected: ExpectedVersion) -> Self {
+        Append {
+            org_id,
+            aggregate,
+            expected,
+            events: Vec::new(),
+            claim: Vec::new(),
+            release: Vec::new(),
+        }
+    }
+
+    pub fn event(mut self, event: NewEvent) -> Self {
+        self.events.push(event);
+        self
+    }
+
+    pub fn claim(mut self, value: UniqueValue) -> Self {
+        self.claim.push(value);
+        self
+    }
+
+    pub fn release(mut self, value: UniqueValue) -> Self {
+        self.release.push(value);
+        self
+    }
+}
+
+/// The positions a push wrote, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    pub positions: Vec<Position>,
+}
+
+impl Pushed {
+    /// The position to wait for: every event of the push is at or before it.
+    pub fn last(&self) -> Position {
+        self.positions.iter().copied().max().unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub position: Position,
+    pub org_id: Uuid,
+    pub aggregate: Aggregate,
+    pub version: u64,
+    pub event_type: String,
+    pub payload: Value,
+    pub metadata: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+impl StoredEvent {
+    fn from_row(r: &tokio_postgres::Row) -> Self {
+        StoredEvent {
+            position: Position::from_sql(r.get(0), r.get(1)),
+            org_id: r.get(2),
+            aggregate: Aggregate {
+                aggregate_type: r.get(3),
+                id: r.get(4),
+            },
+            version: r.get::<_, i64>(5).max(0) as u64,
+            event_type: r.get(6),
+            payload: r.get(7),
+            metadata: r.get(8),
+            created_at: r.get(9),
+        }
+    }
+}
+
+/// Which events `read_after` returns; every part left `None` matches all.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub event_types: Option<Vec<String>>,
+    pub aggregate: Option<Aggregate>,
+    pub org_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Largest payload (and largest metadata) of one event, in bytes of JSON.
+    pub max_event_bytes: usize,
+    pub notify: NotifyMode,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_event_bytes: 64 * 1024,
+            notify: NotifyMode::default(),
+        }
+    }
+}
+
+/// Appends events and wakes readers. Cheap to clone; clones share the wake-up machinery.
+#[derive(Clone)]
+pub struct EventStore {
+    pool: Pool,
+    opts: StoreOptions,
+    waker: Arc<Waker>,
+}
+
+const SELECT_EVENTS: &str = "SELECT tx, seq, org_id, aggregate_type, aggregate_id, version, \
+     event_type, payload, metadata, created_at FROM eventstore.events";
+
+impl EventStore {
+    /// Must be called inside a tokio runtime: in coalesced mode it starts the task that sends
+    /// the cross-process wake-ups.
+    pub fn new(pool: Pool, opts: StoreOptions) -> Self {
+        let waker = Arc::new(Waker::start(pool.clone(), opts.notify));
+        EventStore { pool, opts, waker }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.opts
+    }
+
+    /// In-process wake-ups: the receiver sees the highest position this process committed.
+    pub fn subscribe(&self) -> watch::Receiver<Position> {
+        self.waker.subscribe()
+    }
+
+    /// Appends in a transaction of its own, commits, then wakes readers.
+    pub async fn push(&self, appends: &[Append]) -> Result<Pushed, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let pushed = self.push_in(&tx, appends).await?;
+        tx.commit().await?;
+        self.committed(&pushed);
+        Ok(pushed)
+    }
+
+    /// Appends inside the caller's transaction (for writes that must commit together with
+    /// the events, such as an outbox row). After the commit, call [`EventStore::committed`].
+    pub async fn push_in(
+        &self,
+        tx: &Transaction<'_>,
+        appends: &[Append],
+    ) -> Result<Pushed, StoreError> {
+        let commands = self.commands_json(appends)?;
+        let push = tx
+            .prepare_cached("SELECT tx, seq FROM eventstore.push($1::jsonb)")
+            .await?;
+        let rows = match self.opts.notify {
+            NotifyMode::Trigger => tx.query(&push, &[&commands]).await,
+            NotifyMode::Coalesced => {
+                let opt_out = tx
+                    .prepare_cached("SELECT set_config('portcullis.notify', 'off', true)")
+                    .await?;
+                // Pipelined: both go out in one round trip, in order.
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&commands];
+                let (set, rows) = futures::join!(tx.query(&opt_out, &[]), tx.query(&push, &params));
+                set.map_err(StoreError::from_db)?;
+                rows
+            }
+        }
+        .map_err(StoreError::from_db)?;
+        let mut positions: Vec<Position> = rows
+            .iter()
+            .map(|r| Position::from_sql(r.get(0), r.get(1)))
+            .collect();
+        positions.sort();
+        Ok(Pushed { positions })
+    }
+
+    /// Wakes this process's readers at once and, in coalesced mode, other processes soon after.
+    pub fn committed(&self, pushed: &Pushed) {
+        self.waker.wake(pushed.last());
+    }
+
+    fn commands_json(&self, appends: &[Append]) -> Result<Value, StoreError> {
+        if appends.is_empty() {
+            return Err(StoreError::Invalid("nothing to append".into()));
+        }
+        let limit = self.opts.max_event_bytes;
+        let mut commands = Vec::with_capacity(appends.len());
+        for a in appends {
+            for e in &a.events {
+                for part in [&e.payload, &e.metadata] {
+                    let size = json_size(part);
+                    if size > limit {
+                        return Err(StoreError::PayloadTooLarge {
+                            event_type: e.event_type.clone(),
+                            size,
+                            limit,
+                        });
+                    }
+                }
+            }
+            let unique = |v: &[UniqueValue]| -> Value {
+                v.iter()
+                    .map(|u| json!({"name": u.name, "value": u.value, "case_insensitive": u.case_insensitive}))
+                    .collect()
+            };
+            commands.push(json!({
+                "org_id": a.org_id,
+                "aggregate_type": a.aggregate.aggregate_type,
+                "aggregate_id": a.aggregate.id,
+                "expected_version": match a.expected {
+                    ExpectedVersion::Any => Value::Null,
+                    ExpectedVersion::Exact(v) => json!(v),
+                },
+                "events": a.events.iter().map(|e| json!({
+                    "event_type": e.event_type,
+                    "payload": e.payload,
+                    "metadata": e.metadata,
+                })).collect::<Vec<_>>(),
+                "unique_add": unique(&a.claim),
+                "unique_remove": unique(&a.release),
+            }));
+        }
+        Ok(Value::Array(commands))
+    }
+}
+
+fn json_size(v: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Counter(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
+/// Events after `after`, in `(tx, seq)` order, only from transactions below the horizon: no
+/// transaction that is still open can later commit an event before the last one returned.
+pub async fn read_after<C: GenericClient>(
+    client: &C,
+    after: Position,
+    filter: &EventFilter,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut sql = format!(
+        "{SELECT_EVENTS} WHERE (tx, seq) > ($1, $2) AND tx < (SELECT eventstore.horizon())"
+    );
+    let tx = after.tx_sql();
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&tx, &after.seq, &limit];
+    if let Some(types) = &filter.event_types {
+        params.push(types);
+        sql.push_str(&format!(" AND event_type = ANY(${})", params.len()));
+    }
+    if let Some(agg) = &filter.aggregate {
+        params.push(&agg.aggregate_type);
+        params.push(&agg.id);
+        sql.push_str(&format!(
+            " AND aggregate_type = ${} AND aggregate_id = ${}",
+            params.len() - 1,
+            params.len()
+        ));
+    }
+    if let Some(org) = &filter.org_id {
+        params.push(org);
+        sql.push_str(&format!(" AND org_id = ${}", params.len()));
+    }
+    sql.push_str(" ORDER BY tx, seq LIMIT $3");
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client.query(&stmt, &params).await?;
+    Ok(rows.iter().map(StoredEvent::from_row).collect())
+}
+
+/// The last position readers can see now (below the horizon), or zero for an empty store.
+pub async fn head<C: GenericClient>(client: &C) -> Result<Position, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT tx, seq FROM eventstore.events WHERE tx < (SELECT eventstore.horizon()) \
+             ORDER BY tx DESC, seq DESC LIMIT 1",
+        )
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[])
+        .await?
+        .map(|r| Position::from_sql(r.get(0), r.get(1)))
+        .unwrap_or_default())
+}
+
+/// Every committed event of one aggregate, by version.
+pub async fn load<C: GenericClient>(
+    client: &C,
+    aggregate: &Aggregate,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "{SELECT_EVENTS} WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY version"
+        ))
+        .await?;
+    let rows = client
+        .query(&stmt, &[&aggregate.aggregate_type, &aggregate.id])
+        .await?;
+    Ok(rows.iter().map(StoredEvent::from_row).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_size_counts_serialized_bytes() {
+        let v = json!({"a": "héllo", "b": [1, 2, 3]});
+        assert_eq!(json_size(&v), serde_json::to_vec(&v).unwrap().len());
+    }
+
+    #[test]
+    fn pushed_last_is_the_highest_position() {
+        let p = Pushed {
+            positions: vec![
+                Position::new(5, 2),
+                Position::new(5, 9),
+                Position::new(4, 99),
+            ],
+        };
+        assert_eq!(p.last(), Position::new(5, 9));
+    }
+}

@@ -1,0 +1,75 @@
+use std::process::Command;
+
+use crate::support::TestDb;
+
+fn portcullis(args: &[&str], database_url: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("PORTCULLIS_LOG", "warn")
+        .output()
+        .expect("run portcullis")
+}
+
+#[tokio::test]
+async fn migrate_applies_once_and_says_what_it_applied() {
+    let db = TestDb::empty().await;
+    let out = portcullis(&["migrate"], &db.url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("applied V1__eventstore"), "{stdout}");
+
+    let out = portcullis(&["migrate"], &db.url);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("up to date"), "{stdout}");
+    assert!(!stdout.contains("applied V"), "{stdout}");
+
+    let c = db.client().await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM eventstore.events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn a_bad_database_url_is_a_clear_error() {
+    let out = portcullis(
+        &["migrate"],
+        "postgres://nobody@127.0.0.1:1/none?connect_timeout=2",
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot connect to the database"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_documents_every_setting() {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for var in [
+        "DATABASE_URL",
+        "PORTCULLIS_LISTEN",
+        "PORTCULLIS_POOL_SIZE",
+        "PORTCULLIS_MAX_EVENT_BYTES",
+        "PORTCULLIS_NOTIFY_MODE",
+        "PORTCULLIS_LOG",
+    ] {
+        assert!(
+            help.contains(var),
+            "serve --help does not mention {var}:\n{help}"
+        );
+    }
+}

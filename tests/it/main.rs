@@ -1,0 +1,8 @@
+//! All integration tests, in one binary to keep link time down. Each runs against real
+//! PostgreSQL in a database of its own (see `support`).
+
+mod support;
+
+mod cli;
+mod eventstore;
+mod http;
