@@ -103,9 +103,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
     last text;
 BEGIN
-    IF coalesce(current_setting('portcullis.notify', true), '') = 'off' THEN
-        RETURN NULL;
-    END IF;
     SELECT n.tx || '/' || n.seq INTO last FROM new_events n ORDER BY n.tx DESC, n.seq DESC LIMIT 1;
     IF last IS NOT NULL THEN
         PERFORM pg_notify('eventstore_events', last);
@@ -113,26 +110,30 @@ BEGIN
     RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION eventstore.notify_events() IS 'Statement trigger: NOTIFY eventstore_events with the highest new position, unless portcullis.notify is off for the transaction.';
+COMMENT ON FUNCTION eventstore.notify_events() IS 'Statement trigger: NOTIFY eventstore_events with the highest new position.';
 
 CREATE TRIGGER events_notify AFTER INSERT ON eventstore.events
     REFERENCING NEW TABLE AS new_events
-    FOR EACH STATEMENT EXECUTE FUNCTION eventstore.notify_events();
-COMMENT ON TRIGGER events_notify ON eventstore.events IS 'One NOTIFY eventstore_events per INSERT statement (payload tx/seq).';
+    FOR EACH STATEMENT
+    WHEN (coalesce(current_setting('portcullis.notify', true), '') <> 'off')
+    EXECUTE FUNCTION eventstore.notify_events();
+COMMENT ON TRIGGER events_notify ON eventstore.events IS 'One NOTIFY eventstore_events per INSERT statement (payload tx/seq), unless portcullis.notify is off for the transaction.';
 
 -- Appends events for one or more aggregates, atomically, in the caller's transaction.
 -- commands: [{"org_id", "aggregate_type", "aggregate_id", "expected_version" (null: any,
 -- 0: must be new), "events": [{"event_type", "payload", "metadata"}],
 -- "unique_add": [{"name", "value", "case_insensitive"}], "unique_remove": [...]}]
--- Errors: PC001 version conflict, PC002 unique value taken, PC003 invalid input; the DETAIL of
--- PC001 and PC002 is JSON for programs.
-CREATE FUNCTION eventstore.push(commands jsonb) RETURNS TABLE (tx bigint, seq bigint)
+-- notify => false opts this transaction out of the NOTIFY trigger (the caller wakes readers).
+-- Errors: PC001 version conflict, PC002 unique value taken, PC003 invalid input (the DETAIL of
+-- PC001 and PC002 is JSON for programs); the table's CHECK constraints refuse malformed event
+-- and aggregate types. Kept lean: it runs in every write, and the service validates first.
+CREATE FUNCTION eventstore.push(commands jsonb, notify boolean DEFAULT true)
+RETURNS TABLE (tx bigint, seq bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     c        jsonb;
-    e        jsonb;
     u        jsonb;
-    i        int := 0;
+    ord      bigint;
     n        int;
     org      uuid;
     atype    text;
@@ -140,70 +141,36 @@ DECLARE
     expected bigint;
     actual   bigint;
     actuals  bigint[] := '{}';
-    val      text;
 BEGIN
-    IF commands IS NULL OR jsonb_typeof(commands) <> 'array' OR jsonb_array_length(commands) = 0 THEN
+    IF NOT notify THEN
+        PERFORM set_config('portcullis.notify', 'off', true);
+    END IF;
+    IF jsonb_typeof(commands) IS DISTINCT FROM 'array' OR jsonb_array_length(commands) = 0 THEN
         RAISE EXCEPTION 'push needs a non-empty JSON array of commands' USING ERRCODE = 'PC003';
     END IF;
 
-    -- Validate everything before taking any lock or writing anything.
-    FOR c IN SELECT value FROM jsonb_array_elements(commands) LOOP
-        i := i + 1;
-        IF jsonb_typeof(c) <> 'object' THEN
-            RAISE EXCEPTION 'command % is not a JSON object', i USING ERRCODE = 'PC003';
-        END IF;
-        IF NOT eventstore.valid_aggregate_type(c->>'aggregate_type') THEN
-            RAISE EXCEPTION 'command %: invalid aggregate type %: expected one lower-case word such as "user"',
-                i, coalesce(quote_literal(c->>'aggregate_type'), 'null') USING ERRCODE = 'PC003';
-        END IF;
-        IF c->>'org_id' IS NULL OR c->>'aggregate_id' IS NULL
-           OR c->>'org_id' !~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$'
-           OR c->>'aggregate_id' !~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$' THEN
-            RAISE EXCEPTION 'command %: org_id and aggregate_id must be UUIDs', i USING ERRCODE = 'PC003';
-        END IF;
-        IF jsonb_typeof(c->'expected_version') NOT IN ('null', 'number') THEN
-            RAISE EXCEPTION 'command %: expected_version must be a number or null', i USING ERRCODE = 'PC003';
-        END IF;
-        IF (c->>'expected_version')::numeric < 0 OR (c->>'expected_version')::numeric <> trunc((c->>'expected_version')::numeric) THEN
-            RAISE EXCEPTION 'command %: invalid expected version %: must be a whole number >= 0 (0: the aggregate must be new)',
-                i, c->>'expected_version' USING ERRCODE = 'PC003';
-        END IF;
-        IF jsonb_typeof(c->'events') IS DISTINCT FROM 'array' OR jsonb_array_length(c->'events') = 0 THEN
-            RAISE EXCEPTION 'command %: events must be a non-empty array', i USING ERRCODE = 'PC003';
-        END IF;
-        FOR e IN SELECT value FROM jsonb_array_elements(c->'events') LOOP
-            IF NOT eventstore.valid_event_type(e->>'event_type') THEN
-                RAISE EXCEPTION 'command %: invalid event type %: expected dotted lower-case words such as "user.added"',
-                    i, coalesce(quote_literal(e->>'event_type'), 'null') USING ERRCODE = 'PC003';
-            END IF;
-            IF jsonb_typeof(coalesce(e->'payload', '{}')) <> 'object' OR jsonb_typeof(coalesce(e->'metadata', '{}')) <> 'object' THEN
-                RAISE EXCEPTION 'command %: payload and metadata of % must be JSON objects', i, e->>'event_type' USING ERRCODE = 'PC003';
-            END IF;
-        END LOOP;
-        FOR u IN SELECT value FROM jsonb_array_elements(coalesce(c->'unique_add', '[]') || coalesce(c->'unique_remove', '[]')) LOOP
-            IF coalesce(u->>'name', '') = '' OR u->>'value' IS NULL THEN
-                RAISE EXCEPTION 'command %: a unique constraint needs a name and a value', i USING ERRCODE = 'PC003';
-            END IF;
-        END LOOP;
-    END LOOP;
-    IF (SELECT count(*) <> count(DISTINCT (x->>'aggregate_type', (x->>'aggregate_id')::uuid))
-          FROM jsonb_array_elements(commands) x) THEN
-        RAISE EXCEPTION 'an aggregate appears in more than one command of a push' USING ERRCODE = 'PC003';
-    END IF;
-
-    -- Writers of one aggregate take turns (locks in a fixed order, so no deadlock): the version
-    -- read below is then the committed one and a clash is reported with the real version.
-    PERFORM pg_advisory_xact_lock(k)
-       FROM (SELECT DISTINCT hashtextextended((x->>'aggregate_type') || '/' || (x->>'aggregate_id')::uuid, 0) AS k
-               FROM jsonb_array_elements(commands) x ORDER BY 1) l;
-
-    FOR c IN SELECT value FROM jsonb_array_elements(commands) LOOP
+    FOR c, ord IN SELECT value, ordinality FROM jsonb_array_elements(commands) WITH ORDINALITY LOOP
         org := (c->>'org_id')::uuid;
         atype := c->>'aggregate_type';
         aid := (c->>'aggregate_id')::uuid;
+        expected := (c->>'expected_version')::bigint;
+        IF org IS NULL OR atype IS NULL OR aid IS NULL THEN
+            RAISE EXCEPTION 'command %: org_id, aggregate_type and aggregate_id are required', ord USING ERRCODE = 'PC003';
+        END IF;
+        IF expected < 0 THEN
+            RAISE EXCEPTION 'command %: invalid expected version %: must be a whole number >= 0 (0: the aggregate must be new)',
+                ord, expected USING ERRCODE = 'PC003';
+        END IF;
+        IF jsonb_typeof(c->'events') IS DISTINCT FROM 'array' OR jsonb_array_length(c->'events') = 0 THEN
+            RAISE EXCEPTION 'command %: events must be a non-empty array', ord USING ERRCODE = 'PC003';
+        END IF;
+
+        -- Writers of one aggregate take turns, so the version read next is the committed one
+        -- and a clash names the real version. (Pushes of several aggregates should list them
+        -- in a fixed order; the service sorts them.)
+        PERFORM pg_advisory_xact_lock(hashtextextended(atype || '/' || aid, 0));
         SELECT coalesce(max(ev.version), 0) INTO actual
           FROM eventstore.events ev WHERE ev.aggregate_type = atype AND ev.aggregate_id = aid;
-        expected := (c->>'expected_version')::bigint;
         IF expected IS NOT NULL AND expected <> actual THEN
             RAISE EXCEPTION 'version conflict on %/%: expected version %, found %', atype, aid, expected, actual
                 USING ERRCODE = 'PC001',
@@ -212,16 +179,22 @@ BEGIN
         END IF;
         actuals := actuals || actual;
 
-        FOR u IN SELECT value FROM jsonb_array_elements(coalesce(c->'unique_remove', '[]')) LOOP
-            val := CASE WHEN coalesce((u->>'case_insensitive')::boolean, false) THEN lower(u->>'value') ELSE u->>'value' END;
+        IF jsonb_array_length(coalesce(c->'unique_remove', '[]')) > 0 THEN
             DELETE FROM eventstore.unique_constraints uc
-             WHERE uc.org_id = org AND uc.constraint_name = u->>'name' AND uc.unique_value = val;
-        END LOOP;
+             USING jsonb_array_elements(c->'unique_remove') r
+             WHERE uc.org_id = org AND uc.constraint_name = r->>'name'
+               AND uc.unique_value = CASE WHEN coalesce((r->>'case_insensitive')::boolean, false)
+                                          THEN lower(r->>'value') ELSE r->>'value' END;
+        END IF;
         FOR u IN SELECT value FROM jsonb_array_elements(coalesce(c->'unique_add', '[]')) LOOP
-            val := CASE WHEN coalesce((u->>'case_insensitive')::boolean, false) THEN lower(u->>'value') ELSE u->>'value' END;
+            IF coalesce(u->>'name', '') = '' OR u->>'value' IS NULL THEN
+                RAISE EXCEPTION 'command %: a unique value needs a name and a value', ord USING ERRCODE = 'PC003';
+            END IF;
             INSERT INTO eventstore.unique_constraints
                    (org_id, constraint_name, unique_value, original_value, aggregate_type, aggregate_id)
-            VALUES (org, u->>'name', val, u->>'value', atype, aid)
+            VALUES (org, u->>'name',
+                    CASE WHEN coalesce((u->>'case_insensitive')::boolean, false) THEN lower(u->>'value') ELSE u->>'value' END,
+                    u->>'value', atype, aid)
             ON CONFLICT DO NOTHING;
             GET DIAGNOSTICS n = ROW_COUNT;
             IF n = 0 THEN
@@ -245,7 +218,7 @@ BEGIN
     RETURNING ev.tx, ev.seq;
 END
 $$;
-COMMENT ON FUNCTION eventstore.push(jsonb) IS 'Appends events atomically in the caller''s transaction: version checks (PC001), unique values (PC002), validation (PC003). Returns the new positions.';
+COMMENT ON FUNCTION eventstore.push(jsonb, boolean) IS 'Appends events atomically in the caller''s transaction: version checks (PC001), unique values (PC002), input checks (PC003). notify => false skips the NOTIFY trigger. Returns the new positions.';
 
 -- Run once after a logical dump is restored into a new cluster, before the service writes:
 -- raises the offset so that new positions sort after every restored one.

@@ -105,6 +105,26 @@ pub async fn migrate(url: &str) -> Result<Vec<String>, DbError> {
     result
 }
 
+/// The same server as `url`, another database: `postgres://u:p@h:5432/a?x=y` with `b` gives
+/// `postgres://u:p@h:5432/b?x=y`; a `key=value` string gets ` dbname=b` appended (the last
+/// key wins).
+pub fn url_with_database(url: &str, database: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let query_at = rest.find('?').unwrap_or(rest.len());
+        let path_at = rest[..query_at].find('/').unwrap_or(query_at);
+        format!(
+            "{}{}/{}{}",
+            &url[..scheme_end + 3],
+            &rest[..path_at],
+            database,
+            &rest[query_at..]
+        )
+    } else {
+        format!("{url} dbname={database}")
+    }
+}
+
 /// The migrations built into this binary, as `V<n>__<name>`.
 pub fn embedded_migrations() -> Vec<String> {
     embedded::migrations::runner()
@@ -112,4 +132,26 @@ pub fn embedded_migrations() -> Vec<String> {
         .iter()
         .map(|m| m.to_string())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_with_database;
+
+    #[test]
+    fn url_with_database_replaces_only_the_database() {
+        assert_eq!(
+            url_with_database("postgres://u:p@h:5432/a?sslmode=disable", "b"),
+            "postgres://u:p@h:5432/b?sslmode=disable"
+        );
+        assert_eq!(url_with_database("postgres://h", "b"), "postgres://h/b");
+        assert_eq!(
+            url_with_database("postgresql://h:1/", "b"),
+            "postgresql://h:1/b"
+        );
+        assert_eq!(
+            url_with_database("host=h user=u", "b"),
+            "host=h user=u dbname=b"
+        );
+    }
 }

@@ -67,6 +67,8 @@ impl StoreError {
                     .unwrap_or_default(),
             },
             SQLSTATE_INVALID => StoreError::Invalid(db.message().to_string()),
+            // The table's CHECK constraints guard writers that skip our validation.
+            "23514" => StoreError::Invalid(db.message().to_string()),
             _ => StoreError::Db(e),
         }
     }

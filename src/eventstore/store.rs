@@ -3,6 +3,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool, Transaction};
+use postgres_types::Json;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -57,7 +58,7 @@ impl fmt::Display for ExpectedVersion {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct NewEvent {
     pub event_type: String,
     pub payload: Value,
@@ -80,7 +81,7 @@ impl NewEvent {
 }
 
 /// A value held unique within an org (a userName, a group's displayName, ...).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct UniqueValue {
     pub name: String,
     pub value: String,
@@ -260,24 +261,19 @@ impl EventStore {
         tx: &Transaction<'_>,
         appends: &[Append],
     ) -> Result<Pushed, StoreError> {
-        let commands = self.commands_json(appends)?;
+        self.validate(appends)?;
+        // Aggregates in a fixed order: concurrent multi-aggregate pushes lock without deadlock.
+        let mut ordered: Vec<&Append> = appends.iter().collect();
+        ordered.sort_by(|a, b| a.aggregate.cmp(&b.aggregate));
+        let commands: Vec<CommandJson> = ordered.iter().map(|a| CommandJson::from(*a)).collect();
+        let notify = self.opts.notify == NotifyMode::Trigger;
         let push = tx
-            .prepare_cached("SELECT tx, seq FROM eventstore.push($1::jsonb)")
+            .prepare_cached("SELECT tx, seq FROM eventstore.push($1::jsonb, $2)")
             .await?;
-        let rows = match self.opts.notify {
-            NotifyMode::Trigger => tx.query(&push, &[&commands]).await,
-            NotifyMode::Coalesced => {
-                let opt_out = tx
-                    .prepare_cached("SELECT set_config('portcullis.notify', 'off', true)")
-                    .await?;
-                // Pipelined: both go out in one round trip, in order.
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&commands];
-                let (set, rows) = futures::join!(tx.query(&opt_out, &[]), tx.query(&push, &params));
-                set.map_err(StoreError::from_db)?;
-                rows
-            }
-        }
-        .map_err(StoreError::from_db)?;
+        let rows = tx
+            .query(&push, &[&Json(&commands), &notify])
+            .await
+            .map_err(StoreError::from_db)?;
         let mut positions: Vec<Position> = rows
             .iter()
             .map(|r| Position::from_sql(r.get(0), r.get(1)))
@@ -291,15 +287,44 @@ impl EventStore {
         self.waker.wake(pushed.last());
     }
 
-    fn commands_json(&self, appends: &[Append]) -> Result<Value, StoreError> {
+    /// Refuses bad input before a round trip, with errors that name the culprit. The SQL
+    /// function and the table's CHECK constraints hold the same rules for other writers.
+    fn validate(&self, appends: &[Append]) -> Result<(), StoreError> {
         if appends.is_empty() {
             return Err(StoreError::Invalid("nothing to append".into()));
         }
         let limit = self.opts.max_event_bytes;
-        let mut commands = Vec::with_capacity(appends.len());
+        let mut seen = std::collections::HashSet::new();
         for a in appends {
+            let agg = &a.aggregate;
+            if !valid_aggregate_type(&agg.aggregate_type) {
+                return Err(StoreError::Invalid(format!(
+                    "invalid aggregate type {:?}: expected one lower-case word such as \"user\"",
+                    agg.aggregate_type
+                )));
+            }
+            if !seen.insert(agg) {
+                return Err(StoreError::Invalid(format!(
+                    "{agg} appears more than once in one push"
+                )));
+            }
+            if a.events.is_empty() {
+                return Err(StoreError::Invalid(format!("no events for {agg}")));
+            }
             for e in &a.events {
-                for part in [&e.payload, &e.metadata] {
+                if !valid_event_type(&e.event_type) {
+                    return Err(StoreError::Invalid(format!(
+                        "invalid event type {:?}: expected dotted lower-case words such as \"user.added\"",
+                        e.event_type
+                    )));
+                }
+                for (what, part) in [("payload", &e.payload), ("metadata", &e.metadata)] {
+                    if !part.is_object() {
+                        return Err(StoreError::Invalid(format!(
+                            "the {what} of {} must be a JSON object",
+                            e.event_type
+                        )));
+                    }
                     let size = json_size(part);
                     if size > limit {
                         return Err(StoreError::PayloadTooLarge {
@@ -310,30 +335,61 @@ impl EventStore {
                     }
                 }
             }
-            let unique = |v: &[UniqueValue]| -> Value {
-                v.iter()
-                    .map(|u| json!({"name": u.name, "value": u.value, "case_insensitive": u.case_insensitive}))
-                    .collect()
-            };
-            commands.push(json!({
-                "org_id": a.org_id,
-                "aggregate_type": a.aggregate.aggregate_type,
-                "aggregate_id": a.aggregate.id,
-                "expected_version": match a.expected {
-                    ExpectedVersion::Any => Value::Null,
-                    ExpectedVersion::Exact(v) => json!(v),
-                },
-                "events": a.events.iter().map(|e| json!({
-                    "event_type": e.event_type,
-                    "payload": e.payload,
-                    "metadata": e.metadata,
-                })).collect::<Vec<_>>(),
-                "unique_add": unique(&a.claim),
-                "unique_remove": unique(&a.release),
-            }));
+            for u in a.claim.iter().chain(&a.release) {
+                if u.name.is_empty() {
+                    return Err(StoreError::Invalid(format!(
+                        "a unique value of {agg} has no constraint name"
+                    )));
+                }
+            }
         }
-        Ok(Value::Array(commands))
+        Ok(())
     }
+}
+
+/// What eventstore.push reads, serialized straight from the caller's data.
+#[derive(Debug, serde::Serialize)]
+struct CommandJson<'a> {
+    org_id: Uuid,
+    aggregate_type: &'a str,
+    aggregate_id: Uuid,
+    expected_version: Option<u64>,
+    events: &'a [NewEvent],
+    unique_add: &'a [UniqueValue],
+    unique_remove: &'a [UniqueValue],
+}
+
+impl<'a> From<&'a Append> for CommandJson<'a> {
+    fn from(a: &'a Append) -> Self {
+        CommandJson {
+            org_id: a.org_id,
+            aggregate_type: &a.aggregate.aggregate_type,
+            aggregate_id: a.aggregate.id,
+            expected_version: match a.expected {
+                ExpectedVersion::Any => None,
+                ExpectedVersion::Exact(v) => Some(v),
+            },
+            events: &a.events,
+            unique_add: &a.claim,
+            unique_remove: &a.release,
+        }
+    }
+}
+
+fn is_word(w: &str) -> bool {
+    let mut chars = w.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+}
+
+/// Mirrors eventstore.valid_event_type: dotted lower-case words, at least two.
+pub(crate) fn valid_event_type(t: &str) -> bool {
+    t.len() <= 128 && t.split('.').count() >= 2 && t.split('.').all(is_word)
+}
+
+/// Mirrors eventstore.valid_aggregate_type: one lower-case word.
+pub(crate) fn valid_aggregate_type(t: &str) -> bool {
+    t.len() <= 64 && is_word(t)
 }
 
 fn json_size(v: &Value) -> usize {
@@ -427,6 +483,31 @@ mod tests {
     fn json_size_counts_serialized_bytes() {
         let v = json!({"a": "héllo", "b": [1, 2, 3]});
         assert_eq!(json_size(&v), serde_json::to_vec(&v).unwrap().len());
+    }
+
+    #[test]
+    fn event_and_aggregate_types_follow_the_sql_rules() {
+        for ok in ["user.added", "user.email.verification.requested", "a1.b_2"] {
+            assert!(valid_event_type(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "user",
+            "User.added",
+            "user..added",
+            "user.added.",
+            ".user",
+            "1a.b",
+            "a.b c",
+            "a.B",
+        ] {
+            assert!(!valid_event_type(bad), "{bad:?}");
+        }
+        assert!(!valid_event_type(&format!("a.{}", "b".repeat(127))));
+        assert!(valid_aggregate_type("user") && valid_aggregate_type("api_token"));
+        for bad in ["", "User", "user.x", "1user", "us er"] {
+            assert!(!valid_aggregate_type(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -82,7 +82,9 @@ async fn server() -> &'static Server {
     SERVER
         .get_or_init(|| async {
             let url_template = match std::env::var("DATABASE_URL") {
-                Ok(u) if !u.trim().is_empty() => with_db_placeholder(u.trim()),
+                Ok(u) if !u.trim().is_empty() => {
+                    portcullis::db::url_with_database(u.trim(), "{db}")
+                }
                 _ => container::start().await,
             };
             let template_db = prepare_template(&url_template).await;
@@ -92,24 +94,6 @@ async fn server() -> &'static Server {
             }
         })
         .await
-}
-
-/// `postgres://u:p@h:5432/name?x=y` -> `postgres://u:p@h:5432/{db}?x=y`; a key=value string
-/// gets ` dbname={db}` appended (a later key wins).
-fn with_db_placeholder(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let query_at = rest.find('?').unwrap_or(rest.len());
-        let path_at = rest[..query_at].find('/').unwrap_or(query_at);
-        format!(
-            "{}{}/{{db}}{}",
-            &url[..scheme_end + 3],
-            &rest[..path_at],
-            &rest[query_at..]
-        )
-    } else {
-        format!("{url} dbname={{db}}")
-    }
 }
 
 /// The template is named after the migrations' content, so a changed migration gets a new

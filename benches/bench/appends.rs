@@ -1,0 +1,220 @@
+//! Appends/s: the NOTIFY trigger in every transaction vs the opt-out with a coalesced notify
+//! vs a plain INSERT of the same rows into a copy of the table without the trigger (the
+//! ceiling), at 1 and 16 writers, 1 and 10 events per transaction.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use portcullis::eventstore::{
+    Aggregate, Append, EventStore, ExpectedVersion, NewEvent, NotifyMode, StoreOptions,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::report::Report;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Ceiling,
+    Trigger,
+    Coalesced,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Ceiling => "plain INSERT, no trigger (ceiling)",
+            Mode::Trigger => "push, NOTIFY trigger",
+            Mode::Coalesced => "push, opt-out + coalesced notify",
+        }
+    }
+}
+
+pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
+    let db = format!("portcullis_bench_{}", std::process::id());
+    let admin = connect(server_url).await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{db}\""))
+        .await
+        .expect("create the benchmark database");
+    let url = portcullis::db::url_with_database(server_url, &db);
+    portcullis::db::migrate(&url).await.expect("migrate");
+    let setup = connect(&url).await;
+    setup
+        .batch_execute(
+            "CREATE SCHEMA bench; \
+             CREATE TABLE bench.events_plain (LIKE eventstore.events INCLUDING ALL);",
+        )
+        .await
+        .unwrap();
+
+    let (notifications, _listener) = listen(&url).await;
+    let store = |notify| {
+        EventStore::new(
+            portcullis::db::pool(&url, 20).unwrap(),
+            StoreOptions {
+                notify,
+                ..StoreOptions::default()
+            },
+        )
+    };
+    let trigger = store(NotifyMode::Trigger);
+    let coalesced = store(NotifyMode::Coalesced);
+    let plain = portcullis::db::pool(&url, 20).unwrap();
+
+    // Warm-up: connections, prepared statements, caches.
+    for mode in [Mode::Ceiling, Mode::Trigger, Mode::Coalesced] {
+        measure(
+            mode,
+            4,
+            1,
+            Duration::from_millis(300),
+            &trigger,
+            &coalesced,
+            &plain,
+        )
+        .await;
+    }
+
+    let mut rows = Vec::new();
+    let mut opt_out_16 = Vec::new();
+    for writers in [1usize, 16] {
+        for batch in [1usize, 10] {
+            let mut ceiling = 0.0;
+            for mode in [Mode::Ceiling, Mode::Trigger, Mode::Coalesced] {
+                setup
+                    .batch_execute("TRUNCATE eventstore.events, eventstore.unique_constraints, bench.events_plain; CHECKPOINT;")
+                    .await
+                    .unwrap();
+                let before = notifications.load(Ordering::Relaxed);
+                let (txs, secs) =
+                    measure(mode, writers, batch, cell, &trigger, &coalesced, &plain).await;
+                let tps = txs as f64 / secs;
+                if mode == Mode::Ceiling {
+                    ceiling = tps;
+                }
+                let ratio = tps / ceiling;
+                if mode == Mode::Coalesced && writers == 16 {
+                    opt_out_16.push(ratio);
+                }
+                let notified = notifications.load(Ordering::Relaxed) - before;
+                rows.push(vec![
+                    writers.to_string(),
+                    batch.to_string(),
+                    mode.name().to_string(),
+                    format!("{tps:.0}"),
+                    format!("{:.0}", tps * batch as f64),
+                    format!("{:.0}%", ratio * 100.0),
+                    format!("{notified}"),
+                ]);
+            }
+        }
+    }
+    let worst = opt_out_16.iter().cloned().fold(f64::INFINITY, f64::min);
+    out.section(
+        "Appends: NOTIFY trigger vs opt-out + coalesced notify vs plain INSERT (ceiling)",
+        &["writers", "events/tx", "mode", "tx/s", "events/s", "vs ceiling", "NOTIFYs received"],
+        rows,
+        vec![format!(
+            "{:.1} s per cell. Target: opt-out mode at 16 writers >= 80% of the ceiling: {:.0}% ({}).",
+            cell.as_secs_f64(),
+            worst * 100.0,
+            if worst >= 0.8 { "met" } else { "NOT met" }
+        )],
+    );
+    drop((trigger, coalesced, plain, setup));
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+        .await;
+}
+
+async fn measure(
+    mode: Mode,
+    writers: usize,
+    batch: usize,
+    dur: Duration,
+    trigger: &EventStore,
+    coalesced: &EventStore,
+    plain: &deadpool_postgres::Pool,
+) -> (u64, f64) {
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + dur;
+    let org = Uuid::new_v4();
+    let tasks: Vec<_> = (0..writers)
+        .map(|_| {
+            let count = count.clone();
+            let store = match mode {
+                Mode::Coalesced => coalesced.clone(),
+                _ => trigger.clone(),
+            };
+            let plain = plain.clone();
+            tokio::spawn(async move {
+                let payload = json!({"userName": "someone@example.com", "active": true});
+                let mut client = plain.get().await.unwrap();
+                while Instant::now() < deadline {
+                    let id = Uuid::new_v4();
+                    if mode == Mode::Ceiling {
+                        let tx = client.transaction().await.unwrap();
+                        let stmt = tx
+                            .prepare_cached(
+                                "INSERT INTO bench.events_plain \
+                                 (org_id, aggregate_type, aggregate_id, version, event_type, payload, metadata) \
+                                 SELECT $1, 'user', $2, g, 'user.added', $3, '{}' FROM generate_series(1, $4::bigint) g",
+                            )
+                            .await
+                            .unwrap();
+                        tx.execute(&stmt, &[&org, &id, &payload, &(batch as i64)])
+                            .await
+                            .unwrap();
+                        tx.commit().await.unwrap();
+                    } else {
+                        let mut append =
+                            Append::new(org, Aggregate::new("user", id), ExpectedVersion::NEW);
+                        for _ in 0..batch {
+                            append = append.event(NewEvent::new("user.added", payload.clone()));
+                        }
+                        store.push(&[append]).await.unwrap();
+                    }
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (count.load(Ordering::Relaxed), start.elapsed().as_secs_f64())
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    c
+}
+
+/// A listener, as a projector in another process would have: NOTIFY costs more with one.
+async fn listen(url: &str) -> (Arc<AtomicU64>, tokio_postgres::Client) {
+    let (client, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let n = Arc::new(AtomicU64::new(0));
+    let counter = n.clone();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(_) = m {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    client
+        .batch_execute("LISTEN eventstore_events")
+        .await
+        .unwrap();
+    (n, client)
+}
