@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use clap::{Args, Parser, Subcommand};
 
 use crate::eventstore::{NotifyMode, StoreOptions};
+use crate::projection::{RunnerOptions, Thresholds};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,6 +36,41 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply pending database migrations and say which ones were applied (idempotent).
     Migrate(DbArgs),
+    /// Inspect and repair projections (the read models).
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Show every projection: position, lag, failed and dead-lettered events, status.
+    Status {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Print JSON (the same document as GET /api/v1/admin/projections/health).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Empty a projection's read model and replay it from the first event. A running service
+    /// keeps serving and rebuilds it at once.
+    Reset {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The projection's name (see `status`).
+        name: String,
+    },
+    /// Apply a projection's dead-lettered events again (after fixing their cause).
+    RetryFailed {
+        #[command(flatten)]
+        db: DbArgs,
+        name: String,
+    },
+    /// Mark a projection's dead-lettered events as seen, so they no longer degrade it.
+    Acknowledge {
+        #[command(flatten)]
+        db: DbArgs,
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -56,6 +92,28 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub projections: ProjectionArgs,
+    /// Bearer token for the admin endpoints, for first start-up and automation (compared in
+    /// constant time). Unset: only admin-scope API tokens are accepted.
+    #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProjectionArgs {
+    /// A projection more events behind than this is reported lagging.
+    #[arg(long, env = "PORTCULLIS_LAG_EVENTS", default_value_t = 1000)]
+    pub lag_events: i64,
+    /// A projection whose oldest unapplied event is older than this (seconds) is lagging.
+    #[arg(long, env = "PORTCULLIS_LAG_SECONDS", default_value_t = 30.0)]
+    pub lag_seconds: f64,
+    /// A projection with events waiting and no progress for this long (seconds) is stalled.
+    #[arg(long, env = "PORTCULLIS_STALL_SECONDS", default_value_t = 60.0)]
+    pub stall_seconds: f64,
+    /// Failures after which an event is dead-lettered (skipped; the projection is degraded).
+    #[arg(long, env = "PORTCULLIS_PROJECTION_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: i32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -79,11 +137,29 @@ impl StoreArgs {
 }
 
 /// Everything the app needs to start, whether from the CLI or from a test.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub database_url: String,
     pub pool_size: usize,
     pub store: StoreOptions,
+    /// Run the projections in this process (tests may run them elsewhere, or not at all).
+    pub run_projections: bool,
+    pub runner: RunnerOptions,
+    pub thresholds: Thresholds,
+    pub admin_token: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets stay out of logs: the URL may hold a password, the token is one.
+        f.debug_struct("Config")
+            .field("pool_size", &self.pool_size)
+            .field("store", &self.store)
+            .field("run_projections", &self.run_projections)
+            .field("thresholds", &self.thresholds)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -92,16 +168,32 @@ impl Config {
             database_url: database_url.into(),
             pool_size: 16,
             store: StoreOptions::default(),
+            run_projections: true,
+            runner: RunnerOptions::default(),
+            thresholds: Thresholds::default(),
+            admin_token: None,
         }
     }
 }
 
 impl From<&ServeArgs> for Config {
     fn from(a: &ServeArgs) -> Self {
+        let p = &a.projections;
         Config {
             database_url: a.db.database_url.clone(),
             pool_size: a.db.pool_size,
             store: a.store.options(),
+            run_projections: true,
+            runner: RunnerOptions {
+                max_attempts: p.max_attempts.max(1),
+                ..RunnerOptions::default()
+            },
+            thresholds: Thresholds {
+                lag_events: p.lag_events,
+                lag_seconds: p.lag_seconds,
+                stall_seconds: p.stall_seconds,
+            },
+            admin_token: a.admin_token.clone().filter(|t| !t.is_empty()),
         }
     }
 }

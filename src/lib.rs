@@ -3,6 +3,25 @@
 
 pub mod api;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod eventstore;
+pub mod listener;
+pub mod projection;
+pub mod projections;
+
+/// An error and its causes, `: `-separated, for logs and the command line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let s_msg = s.to_string();
+        if !msg.contains(&s_msg) {
+            msg.push_str(": ");
+            msg.push_str(&s_msg);
+        }
+        src = s.source();
+    }
+    msg
+}

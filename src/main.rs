@@ -1,12 +1,17 @@
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use portcullis::app::{self, AppState};
-use portcullis::config::{Cli, Command, Config};
-use portcullis::db;
+use portcullis::clock::SystemClock;
+use portcullis::config::{Cli, Command, Config, DbArgs, ProjectionsCommand};
+use portcullis::projection::{self, Projection};
+use portcullis::{db, error_chain};
+
+type BoxError = Box<dyn std::error::Error>;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -18,24 +23,13 @@ async fn main() -> ExitCode {
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // The whole cause chain, so the log says why and not only what.
-            let mut msg = e.to_string();
-            let mut src = e.source();
-            while let Some(s) = src {
-                let s_msg = s.to_string();
-                if !msg.contains(&s_msg) {
-                    msg.push_str(": ");
-                    msg.push_str(&s_msg);
-                }
-                src = s.source();
-            }
-            eprintln!("portcullis: {msg}");
+            eprintln!("portcullis: {}", error_chain(&*e));
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(cmd: Command) -> Result<(), BoxError> {
     match cmd {
         Command::Migrate(a) => {
             let applied = db::migrate(&a.database_url).await?;
@@ -56,13 +50,97 @@ async fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
             for m in &applied {
                 tracing::info!(migration = %m, "applied migration");
             }
-            let state = AppState::new(&Config::from(&a))?;
+            let cfg = Config::from(&a);
+            if cfg.admin_token.is_none() {
+                tracing::warn!(
+                    "PORTCULLIS_ADMIN_TOKEN is not set: the admin endpoints answer 401 to everyone"
+                );
+            }
+            let state = AppState::start(&cfg).await?;
             let listener = TcpListener::bind(a.listen)
                 .await
                 .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
             tracing::info!(address = %listener.local_addr()?, "portcullis is serving");
             app::serve(listener, state, shutdown_signal()).await?;
             tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Projections(p) => projections(p).await,
+    }
+}
+
+fn find(name: &str) -> Result<Arc<dyn Projection>, BoxError> {
+    let all = portcullis::projections::all();
+    let names: Vec<&str> = all.iter().map(|p| p.name()).collect();
+    all.iter()
+        .find(|p| p.name() == name)
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "no projection named {name:?}; there are: {}",
+                names.join(", ")
+            )
+            .into()
+        })
+}
+
+fn pool(db: &DbArgs) -> Result<deadpool_postgres::Pool, BoxError> {
+    Ok(db::pool(&db.database_url, 2)?)
+}
+
+async fn projections(cmd: ProjectionsCommand) -> Result<(), BoxError> {
+    match cmd {
+        ProjectionsCommand::Status { db, json } => {
+            let pool = pool(&db)?;
+            let report = projection::health(&pool.get().await?).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            println!(
+                "{:<20} {:<8} {:>22} {:>10} {:>10} {:>7} {:>6}  updated",
+                "projection", "status", "position", "behind", "seconds", "failed", "dead"
+            );
+            for p in &report.projections {
+                println!(
+                    "{:<20} {:<8} {:>22} {:>10} {:>10.1} {:>7} {:>6}  {}",
+                    p.name,
+                    p.status,
+                    p.position,
+                    p.events_behind,
+                    p.seconds_behind,
+                    p.failed,
+                    p.dead_lettered,
+                    p.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
+                );
+            }
+            println!(
+                "oldest transaction holding the horizon: {:.1} s",
+                report.horizon_age_seconds
+            );
+            Ok(())
+        }
+        ProjectionsCommand::Reset { db, name } => {
+            let p = find(&name)?;
+            projection::reset(&pool(&db)?, &*p).await?;
+            println!(
+                "reset {name}: its read model is empty and is being rebuilt by the running service"
+            );
+            Ok(())
+        }
+        ProjectionsCommand::RetryFailed { db, name } => {
+            let p = find(&name)?;
+            let r = projection::retry_failed(&pool(&db)?, &*p, &SystemClock).await?;
+            println!(
+                "{name}: {} dead-lettered event(s) applied, {} still failing",
+                r.applied, r.still_failing
+            );
+            Ok(())
+        }
+        ProjectionsCommand::Acknowledge { db, name } => {
+            find(&name)?;
+            let n = projection::acknowledge_failed(&pool(&db)?, &name, &SystemClock).await?;
+            println!("{name}: {n} dead-lettered event(s) acknowledged");
             Ok(())
         }
     }

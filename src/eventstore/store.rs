@@ -171,19 +171,42 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
-    fn from_row(r: &tokio_postgres::Row) -> Self {
+    /// Reads the columns of SELECT_EVENTS, starting at column `at`.
+    fn from_row(r: &tokio_postgres::Row, at: usize) -> Self {
         StoredEvent {
-            position: Position::from_sql(r.get(0), r.get(1)),
-            org_id: r.get(2),
+            position: Position::from_sql(r.get(at), r.get(at + 1)),
+            org_id: r.get(at + 2),
             aggregate: Aggregate {
-                aggregate_type: r.get(3),
-                id: r.get(4),
+                aggregate_type: r.get(at + 3),
+                id: r.get(at + 4),
             },
-            version: r.get::<_, i64>(5).max(0) as u64,
-            event_type: r.get(6),
-            payload: r.get(7),
-            metadata: r.get(8),
-            created_at: r.get(9),
+            version: r.get::<_, i64>(at + 5).max(0) as u64,
+            event_type: r.get(at + 6),
+            payload: r.get(at + 7),
+            metadata: r.get(at + 8),
+            created_at: r.get(at + 9),
+        }
+    }
+}
+
+/// Events read below the horizon, and the horizon itself: every transaction with
+/// `tx < horizon` had ended when they were read, so a reader that got fewer events than it
+/// asked for has seen everything before `Position { tx: horizon, seq: 0 }`.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub events: Vec<StoredEvent>,
+    pub horizon: u64,
+}
+
+impl Batch {
+    /// How far a reader that asked for `limit` events has read: past the horizon when the
+    /// batch came back short, else up to its last event.
+    pub fn read_up_to(&self, after: Position, limit: i64) -> Position {
+        let last = self.events.last().map(|e| e.position).unwrap_or(after);
+        if (self.events.len() as i64) < limit {
+            last.max(Position::new(self.horizon, 0))
+        } else {
+            last
         }
     }
 }
@@ -416,32 +439,57 @@ pub async fn read_after<C: GenericClient>(
     filter: &EventFilter,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    let mut sql = format!(
-        "{SELECT_EVENTS} WHERE (tx, seq) > ($1, $2) AND tx < (SELECT eventstore.horizon())"
-    );
+    Ok(read_batch(client, after, filter, limit).await?.events)
+}
+
+/// Like [`read_after`], and also returns the horizon the read used (one statement, one
+/// snapshot).
+pub async fn read_batch<C: GenericClient>(
+    client: &C,
+    after: Position,
+    filter: &EventFilter,
+    limit: i64,
+) -> Result<Batch, StoreError> {
+    let mut cond = String::from("(e.tx, e.seq) > ($1, $2) AND e.tx < h.h");
     let tx = after.tx_sql();
     let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&tx, &after.seq, &limit];
     if let Some(types) = &filter.event_types {
         params.push(types);
-        sql.push_str(&format!(" AND event_type = ANY(${})", params.len()));
+        cond.push_str(&format!(" AND e.event_type = ANY(${})", params.len()));
     }
     if let Some(agg) = &filter.aggregate {
         params.push(&agg.aggregate_type);
         params.push(&agg.id);
-        sql.push_str(&format!(
-            " AND aggregate_type = ${} AND aggregate_id = ${}",
+        cond.push_str(&format!(
+            " AND e.aggregate_type = ${} AND e.aggregate_id = ${}",
             params.len() - 1,
             params.len()
         ));
     }
     if let Some(org) = &filter.org_id {
         params.push(org);
-        sql.push_str(&format!(" AND org_id = ${}", params.len()));
+        cond.push_str(&format!(" AND e.org_id = ${}", params.len()));
     }
-    sql.push_str(" ORDER BY tx, seq LIMIT $3");
+    // The LEFT JOIN keeps one row when there are no events, so the horizon still comes back.
+    let sql = format!(
+        "WITH h AS MATERIALIZED (SELECT eventstore.horizon() AS h) \
+         SELECT h.h, ev.* FROM h LEFT JOIN LATERAL ( \
+           SELECT e.tx, e.seq, e.org_id, e.aggregate_type, e.aggregate_id, e.version, \
+                  e.event_type, e.payload, e.metadata, e.created_at \
+             FROM eventstore.events e WHERE {cond} ORDER BY e.tx, e.seq LIMIT $3) ev ON true"
+    );
     let stmt = client.prepare_cached(&sql).await?;
     let rows = client.query(&stmt, &params).await?;
-    Ok(rows.iter().map(StoredEvent::from_row).collect())
+    let horizon = rows
+        .first()
+        .map(|r| r.get::<_, i64>(0).max(0) as u64)
+        .unwrap_or(0);
+    let events = rows
+        .iter()
+        .filter(|r| r.get::<_, Option<i64>>(1).is_some())
+        .map(|r| StoredEvent::from_row(r, 1))
+        .collect();
+    Ok(Batch { events, horizon })
 }
 
 /// The last position readers can see now (below the horizon), or zero for an empty store.
@@ -459,6 +507,20 @@ pub async fn head<C: GenericClient>(client: &C) -> Result<Position, StoreError> 
         .unwrap_or_default())
 }
 
+/// The event at exactly `position`, if there is one.
+pub async fn event_at<C: GenericClient>(
+    client: &C,
+    position: Position,
+) -> Result<Option<StoredEvent>, StoreError> {
+    let stmt = client
+        .prepare_cached(&format!("{SELECT_EVENTS} WHERE tx = $1 AND seq = $2"))
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&position.tx_sql(), &position.seq])
+        .await?
+        .map(|r| StoredEvent::from_row(&r, 0)))
+}
+
 /// Every committed event of one aggregate, by version.
 pub async fn load<C: GenericClient>(
     client: &C,
@@ -472,7 +534,7 @@ pub async fn load<C: GenericClient>(
     let rows = client
         .query(&stmt, &[&aggregate.aggregate_type, &aggregate.id])
         .await?;
-    Ok(rows.iter().map(StoredEvent::from_row).collect())
+    Ok(rows.iter().map(|r| StoredEvent::from_row(r, 0)).collect())
 }
 
 #[cfg(test)]

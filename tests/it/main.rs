@@ -6,3 +6,4 @@ mod support;
 mod cli;
 mod eventstore;
 mod http;
+mod projections;

@@ -36,7 +36,7 @@ impl TestApp {
     }
 
     pub async fn spawn_with(cfg: Config) -> TestApp {
-        let state = AppState::new(&cfg).expect("app state");
+        let state = AppState::start(&cfg).await.expect("app state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -84,6 +84,19 @@ impl TestDb {
         let pool = portcullis::db::pool(&self.url, 24).expect("pool");
         EventStore::new(pool, opts)
     }
+}
+
+/// Logs go to the test's captured output; RUST_LOG picks the level (default: warnings).
+pub fn init_tracing() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
 }
 
 /// Polls `check` until it returns `Some`, backing off between tries; panics with `what` at the

@@ -29,6 +29,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 impl TestDb {
     /// A fresh database with every migration applied.
     pub async fn new() -> TestDb {
+        super::init_tracing();
         let server = server().await;
         Self::create(server, Some(&server.template_db)).await
     }

@@ -1,0 +1,151 @@
+//! A dedicated LISTEN connection with reconnect: tokio-postgres only delivers notifications
+//! on a connection driven by hand, and a pooled client cannot LISTEN (DESIGN.md §3).
+//! Notifications are lost while it reconnects, so every (re)connect is announced and the
+//! consumer catches up by reading the database.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::AsyncMessage;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenEvent {
+    /// LISTEN is in place (first connect or reconnect): anything may have been missed.
+    Connected,
+    Notification {
+        channel: String,
+        payload: String,
+    },
+}
+
+/// Starts the listener task; it ends when the receiver is dropped.
+pub fn spawn(
+    url: String,
+    channels: Vec<String>,
+    purpose: &'static str,
+) -> (mpsc::Receiver<ListenEvent>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(1024);
+    let task = tokio::spawn(run(url, channels, purpose, tx));
+    (rx, task)
+}
+
+async fn run(
+    url: String,
+    channels: Vec<String>,
+    purpose: &'static str,
+    tx: mpsc::Sender<ListenEvent>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    loop {
+        match crate::db::connect(&url, purpose).await {
+            Ok((client, mut conn)) => {
+                let (msg_tx, mut msg_rx) = mpsc::unbounded_channel();
+                let driver = tokio::spawn(async move {
+                    let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+                    while let Some(m) = messages.next().await {
+                        match m {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                let _ = msg_tx.send(Ok(ListenEvent::Notification {
+                                    channel: n.channel().to_string(),
+                                    payload: n.payload().to_string(),
+                                }));
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                let _ = msg_tx.send(Err(e.to_string()));
+                                return;
+                            }
+                        }
+                    }
+                    let _ = msg_tx.send(Err("connection closed".into()));
+                });
+                let listen: String = channels
+                    .iter()
+                    .map(|c| format!("LISTEN \"{c}\";"))
+                    .collect();
+                if let Err(e) = client.batch_execute(&listen).await {
+                    tracing::warn!(purpose, error = %e, "LISTEN failed; reconnecting");
+                    driver.abort();
+                } else {
+                    backoff.reset();
+                    if tx.send(ListenEvent::Connected).await.is_err() {
+                        driver.abort();
+                        return;
+                    }
+                    let reason = loop {
+                        match msg_rx.recv().await {
+                            Some(Ok(ev)) => {
+                                if tx.send(ev).await.is_err() {
+                                    driver.abort();
+                                    return;
+                                }
+                            }
+                            Some(Err(e)) => break e,
+                            None => break "connection task ended".to_string(),
+                        }
+                    };
+                    tracing::warn!(purpose, reason = %reason, "listener connection lost; reconnecting");
+                }
+                drop(client);
+            }
+            Err(e) => tracing::warn!(purpose, error = %e, "listener cannot connect; retrying"),
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Exponential backoff with jitter (each delay is drawn from the upper half of its cap), so many processes reconnecting at once spread out.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Backoff {
+            base,
+            max,
+            attempt: 0,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let cap = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let millis = cap.as_millis().max(1) as u64;
+        Duration::from_millis(rand::random_range(millis / 2..=millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(10), Duration::from_millis(100));
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(5) && first <= Duration::from_millis(10));
+        for _ in 0..10 {
+            b.next_delay();
+        }
+        let late = b.next_delay();
+        assert!(late >= Duration::from_millis(50) && late <= Duration::from_millis(100));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,534 @@
+//! The runner (DESIGN.md §4): per projection, wake on an in-process signal, a NOTIFY from
+//! another process or a slow tick; take the projection's lock; read a bounded batch below the
+//! horizon; apply it; move the position in the same transaction; publish; repeat while full.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Pool, Transaction};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::state::{self, register, RetryReport};
+use super::wait::ProgressHub;
+use super::{is_connection_error, Projection, ProjectionError};
+use crate::clock::{SharedClock, SystemClock};
+use crate::eventstore::{self, EventFilter, EventStore, Position, StoredEvent, EVENTS_CHANNEL};
+use crate::listener::{self, Backoff, ListenEvent};
+
+/// One runner applies a projection at a time, across every process: a transaction-scoped
+/// advisory lock, which takes no transaction id (so the read below is not held back by it).
+pub(crate) const TRY_LOCK_SQL: &str =
+    "SELECT pg_try_advisory_xact_lock(hashtextextended('portcullis.projection/' || $1, 0))";
+pub(crate) const LOCK_SQL: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended('portcullis.projection/' || $1, 0))";
+
+#[derive(Clone)]
+pub struct RunnerOptions {
+    /// Events per batch when following live writes (short transactions keep the horizon moving).
+    pub live_batch: i64,
+    /// Events per batch while catching up.
+    pub catchup_batch: i64,
+    /// Time budget of one live batch; it commits what it applied and goes on.
+    pub live_batch_time: Duration,
+    pub catchup_batch_time: Duration,
+    /// The slow tick that only covers lost wake-ups.
+    pub fallback_tick: Duration,
+    /// Failures after which an event is dead-lettered and skipped.
+    pub max_attempts: i32,
+    /// Backoff between attempts at a failing event: base * 2^(failures-1), capped.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub clock: SharedClock,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        RunnerOptions {
+            live_batch: 100,
+            catchup_batch: 2000,
+            live_batch_time: Duration::from_millis(100),
+            catchup_batch_time: Duration::from_secs(2),
+            fallback_tick: Duration::from_secs(5),
+            max_attempts: 5,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl RunnerOptions {
+    fn retry_delay(&self, failures: i32) -> Duration {
+        let exp = failures.clamp(1, 20) as u32 - 1;
+        self.retry_base
+            .saturating_mul(1u32 << exp)
+            .min(self.retry_max)
+    }
+}
+
+struct Inner {
+    pool: Pool,
+    store: EventStore,
+    hub: ProgressHub,
+    opts: RunnerOptions,
+    projections: Vec<(Arc<dyn Projection>, Arc<Notify>)>,
+}
+
+/// Runs a set of projections until stopped or dropped.
+pub struct Projector {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Projector {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// What the wake-up listener last heard: how many times it (re)connected, and the highest
+/// position another process announced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct RemoteWake {
+    connects: u64,
+    position: Position,
+}
+
+enum Outcome {
+    /// Another runner holds the projection.
+    Busy,
+    /// A reducer failed on the fast path: apply the batch again, event by event in savepoints.
+    Careful,
+    Done {
+        position: Position,
+        /// More may be waiting right away (a full batch, or the time budget ran out).
+        more: bool,
+        /// A failing event waits for its backoff.
+        retry_in: Option<Duration>,
+    },
+}
+
+impl Projector {
+    /// Registers the projections and starts a runner for each, plus one LISTEN connection for
+    /// wake-ups from other processes.
+    pub async fn start(
+        url: &str,
+        pool: Pool,
+        store: EventStore,
+        hub: ProgressHub,
+        projections: Vec<Arc<dyn Projection>>,
+        opts: RunnerOptions,
+    ) -> Result<Projector, ProjectionError> {
+        {
+            let client = pool.get().await?;
+            for p in &projections {
+                register(&client, p).await?;
+            }
+        }
+        let inner = Arc::new(Inner {
+            pool,
+            store,
+            hub,
+            opts,
+            projections: projections
+                .into_iter()
+                .map(|p| (p, Arc::new(Notify::new())))
+                .collect(),
+        });
+        let (remote_tx, remote_rx) = watch::channel(RemoteWake::default());
+        let (mut events, listener_task) =
+            listener::spawn(url.to_string(), vec![EVENTS_CHANNEL.into()], "projector");
+        let mut tasks = vec![listener_task];
+        tasks.push(tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                remote_tx.send_modify(|w| match ev {
+                    ListenEvent::Connected => w.connects += 1,
+                    ListenEvent::Notification { payload, .. } => {
+                        if let Ok(p) = payload.parse::<Position>() {
+                            w.position = w.position.max(p);
+                        }
+                    }
+                });
+            }
+        }));
+        for i in 0..inner.projections.len() {
+            tasks.push(tokio::spawn(run(inner.clone(), i, remote_rx.clone())));
+        }
+        Ok(Projector { inner, tasks })
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.inner
+            .projections
+            .iter()
+            .map(|(p, _)| p.name())
+            .collect()
+    }
+
+    pub fn projection(&self, name: &str) -> Option<Arc<dyn Projection>> {
+        self.inner
+            .projections
+            .iter()
+            .find(|(p, _)| p.name() == name)
+            .map(|(p, _)| p.clone())
+    }
+
+    /// Runs the projection's runner now (after a reset, a retry, or a moved test clock).
+    pub fn poke(&self, name: &str) {
+        for (p, n) in &self.inner.projections {
+            if p.name() == name {
+                n.notify_one();
+            }
+        }
+    }
+
+    pub async fn reset(&self, name: &str) -> Result<(), ProjectionError> {
+        let p = self
+            .projection(name)
+            .ok_or_else(|| ProjectionError::Unknown(name.into()))?;
+        state::reset(&self.inner.pool, &*p).await?;
+        self.inner.hub.rewound(name);
+        self.poke(name);
+        Ok(())
+    }
+
+    pub async fn retry_failed(&self, name: &str) -> Result<RetryReport, ProjectionError> {
+        let p = self
+            .projection(name)
+            .ok_or_else(|| ProjectionError::Unknown(name.into()))?;
+        let report = state::retry_failed(&self.inner.pool, &*p, &*self.inner.opts.clock).await?;
+        self.poke(name);
+        Ok(report)
+    }
+
+    /// Stops every runner; a batch in flight is rolled back with its connection.
+    pub fn stop(self) {
+        drop(self)
+    }
+}
+
+async fn run(inner: Arc<Inner>, index: usize, mut remote: watch::Receiver<RemoteWake>) {
+    let (projection, poke) = inner.projections[index].clone();
+    let name = projection.name();
+    let mut local = inner.store.subscribe();
+    let mut target = Position::ZERO;
+    let mut catch_up = true;
+    let mut horizon_wait = Duration::from_millis(1);
+    let mut errors = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut busy = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    let mut connects = remote.borrow().connects;
+    loop {
+        let mut wake_in = inner.opts.fallback_tick;
+        let outcome = match batch(&inner, &*projection, catch_up, false).await {
+            Ok(Outcome::Careful) => batch(&inner, &*projection, catch_up, true).await,
+            other => other,
+        };
+        match outcome {
+            Ok(Outcome::Done {
+                position,
+                more,
+                retry_in,
+            }) => {
+                errors.reset();
+                busy.reset();
+                if more {
+                    catch_up = true;
+                    continue;
+                }
+                catch_up = false;
+                if let Some(d) = retry_in {
+                    wake_in = d;
+                } else if position < target {
+                    // An open transaction holds the horizon below what we were told exists;
+                    // it ends soon (or idle_in_transaction_session_timeout ends it).
+                    wake_in = horizon_wait;
+                    horizon_wait = (horizon_wait * 2).min(Duration::from_millis(100));
+                } else {
+                    horizon_wait = Duration::from_millis(1);
+                }
+            }
+            Ok(Outcome::Busy) => wake_in = busy.next_delay(),
+            Ok(Outcome::Careful) => unreachable!("the careful pass never asks for another"),
+            Err(e) => {
+                tracing::warn!(projection = name, error = %crate::error_chain(&e), "projection batch failed; retrying");
+                wake_in = errors.next_delay();
+            }
+        }
+        tokio::select! {
+            changed = local.changed() => {
+                if changed.is_ok() {
+                    target = target.max(*local.borrow_and_update());
+                }
+            }
+            changed = remote.changed() => {
+                if changed.is_ok() {
+                    let w = *remote.borrow_and_update();
+                    target = target.max(w.position);
+                    if w.connects != connects {
+                        // Wake-ups were lost while the listener reconnected: catch up.
+                        connects = w.connects;
+                        catch_up = true;
+                    }
+                }
+            }
+            _ = poke.notified() => {}
+            // A backoff or the fallback tick; never a wait for state that has a signal.
+            _ = tokio::time::sleep(wake_in) => {}
+        }
+    }
+}
+
+struct Failure {
+    next_attempt_at: Option<DateTime<Utc>>,
+    dead: bool,
+}
+
+/// One batch in one transaction. Events are read before the transaction takes an xid (the
+/// lock takes none), so the runner never holds back its own horizon while reading.
+async fn batch(
+    inner: &Inner,
+    p: &dyn Projection,
+    catch_up: bool,
+    careful: bool,
+) -> Result<Outcome, ProjectionError> {
+    let opts = &inner.opts;
+    let name = p.name();
+    let mut client = inner.pool.get().await?;
+    let mut tx = client.transaction().await?;
+    let locked: bool = tx.query_one(TRY_LOCK_SQL, &[&name]).await?.get(0);
+    if !locked {
+        return Ok(Outcome::Busy);
+    }
+    let from = tx
+        .query_opt(
+            "SELECT position_tx, position_seq FROM projections.projection_states WHERE name = $1",
+            &[&name],
+        )
+        .await?
+        .map(|r| Position::from_sql(r.get(0), r.get(1)))
+        .unwrap_or_default();
+    let failures: HashMap<Position, Failure> = tx
+        .query(
+            "SELECT event_tx, event_seq, next_attempt_at, dead_lettered_at IS NOT NULL \
+               FROM projections.failed_events \
+              WHERE projection = $1 AND (event_tx, event_seq) > ($2, $3)",
+            &[&name, &from.tx_sql(), &from.seq],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            (
+                Position::from_sql(r.get(0), r.get(1)),
+                Failure {
+                    next_attempt_at: r.get(2),
+                    dead: r.get(3),
+                },
+            )
+        })
+        .collect();
+    let limit = if catch_up {
+        opts.catchup_batch
+    } else {
+        opts.live_batch
+    };
+    let budget = if catch_up {
+        opts.catchup_batch_time
+    } else {
+        opts.live_batch_time
+    };
+    let filter = EventFilter {
+        event_types: p.event_types(),
+        ..Default::default()
+    };
+    let read = eventstore::read_batch(&tx, from, &filter, limit).await?;
+    let started = Instant::now();
+    let mut position = from;
+    let mut applied: i64 = 0;
+    let mut last: Option<&StoredEvent> = None;
+    let mut stopped: Option<Option<Duration>> = None;
+    for ev in &read.events {
+        if let Some(f) = failures.get(&ev.position) {
+            if f.dead {
+                position = ev.position;
+                continue;
+            }
+            if let Some(at) = f.next_attempt_at {
+                let now = opts.clock.now();
+                if at > now {
+                    stopped = Some(Some((at - now).to_std().unwrap_or_default()));
+                    break;
+                }
+            }
+        }
+        let result = if careful {
+            let sp = tx.savepoint("reduce").await?;
+            match p.reduce(&sp, ev).await {
+                Ok(()) => sp.commit().await.map_err(Into::into),
+                Err(e) => {
+                    sp.rollback().await?;
+                    Err(e)
+                }
+            }
+        } else {
+            p.reduce(&tx, ev).await
+        };
+        match result {
+            Ok(()) => {
+                applied += 1;
+                position = ev.position;
+                last = Some(ev);
+                if failures.contains_key(&ev.position) {
+                    forget_failure(&tx, name, ev.position).await?;
+                }
+            }
+            Err(e) if is_connection_error(&e) => {
+                return Err(ProjectionError::Reduce {
+                    projection: name.into(),
+                    source: e,
+                })
+            }
+            // The transaction may be aborted: drop it (rollback) and go event by event.
+            Err(_) if !careful => return Ok(Outcome::Careful),
+            Err(e) => {
+                tracing::warn!(projection = name, position = %ev.position, event_type = %ev.event_type, error = %e, "reducer failed");
+                let (dead, retry_in) = record_failure(&tx, opts, name, ev, &e.to_string()).await?;
+                if dead {
+                    tracing::error!(projection = name, position = %ev.position, "event dead-lettered; the projection is degraded");
+                    position = ev.position;
+                    continue;
+                }
+                stopped = Some(Some(retry_in));
+                break;
+            }
+        }
+        if started.elapsed() > budget {
+            stopped = Some(None);
+            break;
+        }
+    }
+    let more = match stopped {
+        Some(retry) => retry.is_none(),
+        None => {
+            // Read to the end: everything below the horizon of our types is done.
+            position = position.max(read.read_up_to(from, limit));
+            read.events.len() as i64 >= limit
+        }
+    };
+    if position != from {
+        tx.execute(
+            "UPDATE projections.projection_states \
+                SET position_tx = $2, position_seq = $3, updated_at = now(), \
+                    events_applied = events_applied + $4, \
+                    event_timestamp = coalesce($5, event_timestamp), \
+                    last_aggregate_type = coalesce($6, last_aggregate_type), \
+                    last_aggregate_id = coalesce($7, last_aggregate_id), \
+                    last_version = coalesce($8, last_version) \
+              WHERE name = $1",
+            &[
+                &name,
+                &position.tx_sql(),
+                &position.seq,
+                &applied,
+                &last.map(|e| e.created_at),
+                &last.map(|e| e.aggregate.aggregate_type.clone()),
+                &last.map(|e| e.aggregate.id),
+                &last.map(|e| e.version as i64),
+            ],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    inner.hub.publish(name, position);
+    Ok(Outcome::Done {
+        position,
+        more,
+        retry_in: stopped.flatten(),
+    })
+}
+
+async fn forget_failure(
+    tx: &Transaction<'_>,
+    name: &str,
+    at: Position,
+) -> Result<(), ProjectionError> {
+    tx.execute(
+        "DELETE FROM projections.failed_events WHERE projection = $1 AND event_tx = $2 AND event_seq = $3",
+        &[&name, &at.tx_sql(), &at.seq],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records (or bumps) a failure in the batch's transaction; returns whether the event is now
+/// dead-lettered, and otherwise how long until the next attempt.
+async fn record_failure(
+    tx: &Transaction<'_>,
+    opts: &RunnerOptions,
+    name: &str,
+    ev: &StoredEvent,
+    error: &str,
+) -> Result<(bool, Duration), ProjectionError> {
+    let now = opts.clock.now();
+    let before: i32 = tx
+        .query_opt(
+            "SELECT failure_count FROM projections.failed_events \
+              WHERE projection = $1 AND event_tx = $2 AND event_seq = $3",
+            &[&name, &ev.position.tx_sql(), &ev.position.seq],
+        )
+        .await?
+        .map(|r| r.get(0))
+        .unwrap_or(0);
+    let failures = before + 1;
+    let dead = failures >= opts.max_attempts;
+    let delay = opts.retry_delay(failures);
+    let next = (!dead).then(|| now + chrono::Duration::from_std(delay).unwrap_or_default());
+    tx.execute(
+        "INSERT INTO projections.failed_events AS f \
+            (projection, event_tx, event_seq, aggregate_type, aggregate_id, aggregate_version, \
+             event_type, error, failure_count, first_failed_at, last_failed_at, next_attempt_at, \
+             dead_lettered_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, CASE WHEN $12::boolean THEN $10::timestamptz END) \
+         ON CONFLICT (projection, event_tx, event_seq) DO UPDATE \
+            SET error = EXCLUDED.error, failure_count = EXCLUDED.failure_count, \
+                last_failed_at = EXCLUDED.last_failed_at, next_attempt_at = EXCLUDED.next_attempt_at, \
+                dead_lettered_at = EXCLUDED.dead_lettered_at, acknowledged_at = NULL",
+        &[
+            &name,
+            &ev.position.tx_sql(),
+            &ev.position.seq,
+            &ev.aggregate.aggregate_type,
+            &ev.aggregate.id,
+            &(ev.version as i64),
+            &ev.event_type,
+            &error,
+            &failures,
+            &now,
+            &next,
+            &dead,
+        ],
+    )
+    .await?;
+    Ok((dead, delay))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_up_to_the_cap() {
+        let o = RunnerOptions {
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(10),
+            ..RunnerOptions::default()
+        };
+        let d: Vec<u64> = (1..=6).map(|n| o.retry_delay(n).as_secs()).collect();
+        assert_eq!(d, vec![1, 2, 4, 8, 10, 10]);
+    }
+}

@@ -1,0 +1,216 @@
+//! ProgressHub: one LISTEN connection per process on `projection_progress` and a watch
+//! channel per projection. A waiter subscribes, then checks, then awaits: no queries in the
+//! steady state, and no wake-up can slip between the check and the wait (DESIGN.md §5).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::ProjectionError;
+use crate::eventstore::Position;
+use crate::listener::{self, ListenEvent};
+
+pub const PROGRESS_CHANNEL: &str = "projection_progress";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WaitError {
+    #[error(
+        "projection {projection} has reached {position}, not {target}, after waiting {waited:?}"
+    )]
+    Timeout {
+        projection: String,
+        position: Position,
+        target: Position,
+        waited: Duration,
+    },
+}
+
+#[derive(Clone)]
+pub struct ProgressHub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    watches: Mutex<HashMap<String, watch::Sender<Position>>>,
+    listener: Mutex<Option<JoinHandle<()>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    connects: watch::Sender<u64>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for t in [&self.listener, &self.task] {
+            if let Some(t) = t.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                t.abort();
+            }
+        }
+    }
+}
+
+impl ProgressHub {
+    /// Starts listening and returns once the current positions are loaded.
+    pub async fn start(url: &str, pool: Pool) -> Result<ProgressHub, ProjectionError> {
+        let (connects, _) = watch::channel(0u64);
+        let hub = ProgressHub {
+            inner: Arc::new(Inner {
+                watches: Mutex::new(HashMap::new()),
+                listener: Mutex::new(None),
+                task: Mutex::new(None),
+                connects,
+            }),
+        };
+        let mut connected = hub.inner.connects.subscribe();
+        let (mut events, listener) = listener::spawn(
+            url.to_string(),
+            vec![PROGRESS_CHANNEL.into()],
+            "progress hub",
+        );
+        let weak = Arc::downgrade(&hub.inner);
+        let task = tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                let Some(inner) = weak.upgrade() else { return };
+                let hub = ProgressHub { inner };
+                match ev {
+                    ListenEvent::Connected => {
+                        // Anything may have been missed while disconnected: reload it all.
+                        match hub.reload(&pool).await {
+                            Ok(()) => hub.inner.connects.send_modify(|n| *n += 1),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "progress hub could not reload positions")
+                            }
+                        }
+                    }
+                    ListenEvent::Notification { payload, .. } => hub.apply_notification(&payload),
+                }
+            }
+        });
+        *hub.inner.listener.lock().unwrap() = Some(listener);
+        *hub.inner.task.lock().unwrap() = Some(task);
+        // The first load, so early waiters compare against real positions.
+        let _ = tokio::time::timeout(Duration::from_secs(30), connected.wait_for(|n| *n > 0)).await;
+        Ok(hub)
+    }
+
+    /// How many times the hub has (re)connected and reloaded; for tests and metrics.
+    pub fn connects(&self) -> watch::Receiver<u64> {
+        self.inner.connects.subscribe()
+    }
+
+    async fn reload(&self, pool: &Pool) -> Result<(), ProjectionError> {
+        let client = pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT name, position_tx, position_seq FROM projections.projection_states",
+                &[],
+            )
+            .await?;
+        for r in rows {
+            let name: String = r.get(0);
+            self.set(&name, Position::from_sql(r.get(1), r.get(2)));
+        }
+        Ok(())
+    }
+
+    fn apply_notification(&self, payload: &str) {
+        // name/tx/seq; names contain no slash.
+        let Some((name, pos)) = payload.split_once('/') else {
+            return;
+        };
+        match pos.parse::<Position>() {
+            // A reset rewinds to zero: the read model is empty again.
+            Ok(Position::ZERO) => self.set(name, Position::ZERO),
+            Ok(p) => self.publish(name, p),
+            Err(_) => tracing::warn!(payload, "malformed projection_progress payload"),
+        }
+    }
+
+    fn sender(&self, name: &str) -> watch::Sender<Position> {
+        let mut w = self.inner.watches.lock().unwrap_or_else(|e| e.into_inner());
+        w.entry(name.to_string())
+            .or_insert_with(|| watch::channel(Position::ZERO).0)
+            .clone()
+    }
+
+    /// The projection was reset: its read model is empty until it replays.
+    pub fn rewound(&self, name: &str) {
+        self.set(name, Position::ZERO);
+    }
+
+    fn set(&self, name: &str, pos: Position) {
+        self.sender(name).send_if_modified(|cur| {
+            let changed = *cur != pos;
+            *cur = pos;
+            changed
+        });
+    }
+
+    /// A projection committed `pos` (called by the local runner right after its commit).
+    pub fn publish(&self, name: &str, pos: Position) {
+        self.sender(name).send_if_modified(|cur| {
+            if pos > *cur {
+                *cur = pos;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The last position this process knows the projection committed.
+    pub fn current(&self, name: &str) -> Position {
+        *self.sender(name).borrow()
+    }
+
+    /// Returns as soon as `projection` has committed `target` or beyond.
+    pub async fn wait_for_position(
+        &self,
+        projection: &str,
+        target: Position,
+        timeout: Duration,
+    ) -> Result<Position, WaitError> {
+        let start = tokio::time::Instant::now();
+        self.wait_until(projection, target, start + timeout, start)
+            .await
+    }
+
+    /// Returns once every one of `projections` has committed `target` or beyond.
+    pub async fn wait_for_all(
+        &self,
+        projections: &[&str],
+        target: Position,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        let start = tokio::time::Instant::now();
+        let deadline = start + timeout;
+        for p in projections {
+            self.wait_until(p, target, deadline, start).await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_until(
+        &self,
+        projection: &str,
+        target: Position,
+        deadline: tokio::time::Instant,
+        start: tokio::time::Instant,
+    ) -> Result<Position, WaitError> {
+        let mut rx = self.sender(projection).subscribe();
+        let reached = tokio::time::timeout_at(deadline, rx.wait_for(|p| *p >= target))
+            .await
+            .map(|r| r.map(|p| *p));
+        match reached {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(WaitError::Timeout {
+                projection: projection.to_string(),
+                position: *rx.borrow(),
+                target,
+                waited: start.elapsed(),
+            }),
+        }
+    }
+}

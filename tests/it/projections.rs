@@ -1,0 +1,705 @@
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::Transaction;
+use portcullis::eventstore::{
+    Aggregate, Append, EventStore, ExpectedVersion, NewEvent, NotifyMode, Position, StoreOptions,
+    StoredEvent,
+};
+use portcullis::projection::{
+    self, ProgressHub, Projection, Projector, ReduceError, RunnerOptions, WaitError,
+};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::support::{eventually, TestDb};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// How a Ledger's reducer misbehaves.
+#[derive(Default)]
+struct Faults {
+    /// Events with `"poison": true` fail until this is set.
+    poison_fixed: AtomicBool,
+    /// Percent of applications that fail after the reducer has written.
+    random_fail_pct: AtomicU32,
+    /// Events with `"block": true` signal `entered` and never finish.
+    entered: Notify,
+    block: AtomicBool,
+}
+
+/// A test read model that logs every application, with no key: an event applied twice shows
+/// up as two rows, one missed as none.
+struct Ledger {
+    name: &'static str,
+    faults: Arc<Faults>,
+}
+
+impl Ledger {
+    fn build(name: &'static str) -> (Arc<dyn Projection>, Arc<Faults>) {
+        let faults = Arc::new(Faults::default());
+        (
+            Arc::new(Ledger {
+                name,
+                faults: faults.clone(),
+            }),
+            faults,
+        )
+    }
+
+    fn table(name: &str) -> String {
+        format!("projections.ledger_{name}")
+    }
+}
+
+#[async_trait]
+impl Projection for Ledger {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn event_types(&self) -> Option<Vec<String>> {
+        Some(vec!["ledger.entry".into()])
+    }
+
+    fn tables(&self) -> Vec<String> {
+        vec![Ledger::table(self.name)]
+    }
+
+    async fn reduce(&self, tx: &Transaction<'_>, event: &StoredEvent) -> Result<(), ReduceError> {
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (position, aggregate_id, n) VALUES ($1, $2, $3)",
+                Ledger::table(self.name)
+            ),
+            &[
+                &event.position.to_string(),
+                &event.aggregate.id,
+                &event.payload["n"].as_i64().unwrap_or(-1),
+            ],
+        )
+        .await?;
+        if event.payload["poison"] == json!(true)
+            && !self.faults.poison_fixed.load(Ordering::SeqCst)
+        {
+            return Err("poisoned event".into());
+        }
+        let pct = self.faults.random_fail_pct.load(Ordering::SeqCst);
+        if pct > 0 && rand::random_range(0..100) < pct {
+            return Err("random failure after writing".into());
+        }
+        if event.payload["block"] == json!(true) && self.faults.block.load(Ordering::SeqCst) {
+            self.faults.entered.notify_one();
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+/// One "process": a pool, an event store and a ProgressHub of its own.
+struct Node {
+    store: EventStore,
+    hub: ProgressHub,
+}
+
+impl Node {
+    async fn new(db: &TestDb) -> Node {
+        let pool = portcullis::db::pool(&db.url, 16).unwrap();
+        let store = EventStore::new(
+            pool.clone(),
+            StoreOptions {
+                notify: NotifyMode::Coalesced,
+                ..StoreOptions::default()
+            },
+        );
+        let hub = ProgressHub::start(&db.url, pool).await.unwrap();
+        Node { store, hub }
+    }
+
+    async fn projector(
+        &self,
+        db: &TestDb,
+        p: Vec<Arc<dyn Projection>>,
+        opts: RunnerOptions,
+    ) -> Projector {
+        Projector::start(
+            &db.url,
+            self.store.pool().clone(),
+            self.store.clone(),
+            self.hub.clone(),
+            p,
+            opts,
+        )
+        .await
+        .unwrap()
+    }
+}
+
+fn fast_retries() -> RunnerOptions {
+    RunnerOptions {
+        retry_base: Duration::from_millis(1),
+        retry_max: Duration::from_millis(20),
+        max_attempts: 1000,
+        ..RunnerOptions::default()
+    }
+}
+
+async fn ledger_tables(db: &TestDb, names: &[&str]) {
+    let c = db.client().await;
+    for n in names {
+        c.batch_execute(&format!(
+            "CREATE TABLE {} (position text NOT NULL, aggregate_id uuid NOT NULL, n bigint NOT NULL)",
+            Ledger::table(n)
+        ))
+        .await
+        .unwrap();
+    }
+}
+
+async fn push_entry(store: &EventStore, org: Uuid, n: i64, extra: Value) -> Position {
+    let mut payload = json!({ "n": n });
+    if let (Some(p), Some(e)) = (payload.as_object_mut(), extra.as_object()) {
+        p.extend(e.clone());
+    }
+    store
+        .push(&[Append::new(
+            org,
+            Aggregate::new("ledger", Uuid::new_v4()),
+            ExpectedVersion::NEW,
+        )
+        .event(NewEvent::new("ledger.entry", payload))])
+        .await
+        .unwrap()
+        .last()
+}
+
+/// The read model matches a replay of the event log exactly: every ledger.entry event once.
+async fn assert_exactly_once(db: &TestDb, name: &str) {
+    let c = db.client().await;
+    let dupes: i64 = c
+        .query_one(
+            &format!("SELECT count(*) FROM (SELECT position FROM {} GROUP BY position HAVING count(*) > 1) d", Ledger::table(name)),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dupes, 0, "{name}: events applied more than once");
+    let missing: i64 = c
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM eventstore.events e WHERE e.event_type = 'ledger.entry' \
+                 AND NOT EXISTS (SELECT 1 FROM {} l WHERE l.position = e.tx || '/' || e.seq)",
+                Ledger::table(name)
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(missing, 0, "{name}: events never applied");
+    let extra: i64 = c
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {} l WHERE NOT EXISTS (SELECT 1 FROM eventstore.events e \
+                 WHERE l.position = e.tx || '/' || e.seq AND (e.payload->>'n')::bigint = l.n)",
+                Ledger::table(name)
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(extra, 0, "{name}: rows that match no event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_once_when_reducers_fail_at_random_after_writing() {
+    let db = TestDb::new().await;
+    ledger_tables(&db, &["random"]).await;
+    let node = Node::new(&db).await;
+    let (ledger, faults) = Ledger::build("random");
+    faults.random_fail_pct.store(20, Ordering::SeqCst);
+    let _projector = node.projector(&db, vec![ledger], fast_retries()).await;
+    let org = Uuid::new_v4();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = node.store.clone();
+            tokio::spawn(async move {
+                let mut last = Position::ZERO;
+                for i in 0..100 {
+                    last = push_entry(&store, org, w * 1000 + i, json!({})).await;
+                }
+                last
+            })
+        })
+        .collect();
+    let mut last = Position::ZERO;
+    for w in writers {
+        last = last.max(w.await.unwrap());
+    }
+    node.hub
+        .wait_for_position("random", last, WAIT)
+        .await
+        .unwrap();
+    assert_exactly_once(&db, "random").await;
+    let failed = projection::failed_events(&node.store.pool().get().await.unwrap(), "random")
+        .await
+        .unwrap();
+    assert!(
+        failed.is_empty(),
+        "recovered failures are forgotten: {failed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_runner_aborted_mid_batch_leaves_nothing_half_applied() {
+    let db = TestDb::new().await;
+    ledger_tables(&db, &["abort"]).await;
+    let node = Node::new(&db).await;
+    let org = Uuid::new_v4();
+    let mut last = Position::ZERO;
+    for i in 0..50 {
+        last = push_entry(&node.store, org, i, json!({ "block": i == 30 })).await;
+    }
+    let (ledger, faults) = Ledger::build("abort");
+    faults.block.store(true, Ordering::SeqCst);
+    let projector = node.projector(&db, vec![ledger], fast_retries()).await;
+    // The runner has written 30 rows in its open transaction and hangs in the 31st reducer.
+    tokio::time::timeout(WAIT, faults.entered.notified())
+        .await
+        .expect("the runner reached the blocking event");
+    projector.stop();
+
+    let c = db.client().await;
+    let rows: i64 = c
+        .query_one(
+            &format!("SELECT count(*) FROM {}", Ledger::table("abort")),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "nothing of the aborted batch is visible");
+    let state = projection::state(&c_pool(&node).await, "abort")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.position, Position::ZERO, "the position did not move");
+
+    let (ledger, _) = Ledger::build("abort");
+    let _projector = node.projector(&db, vec![ledger], fast_retries()).await;
+    node.hub
+        .wait_for_position("abort", last, WAIT)
+        .await
+        .unwrap();
+    assert_exactly_once(&db, "abort").await;
+}
+
+async fn c_pool(node: &Node) -> deadpool_postgres::Client {
+    node.store.pool().get().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_runners_in_two_processes_apply_every_event_once() {
+    let db = TestDb::new().await;
+    ledger_tables(&db, &["shared"]).await;
+    let (a, b) = (Node::new(&db).await, Node::new(&db).await);
+    let _pa = a
+        .projector(&db, vec![Ledger::build("shared").0], fast_retries())
+        .await;
+    let _pb = b
+        .projector(&db, vec![Ledger::build("shared").0], fast_retries())
+        .await;
+    let org = Uuid::new_v4();
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            // Writers on both nodes: each node's runner is woken in-process by half of them
+            // and by NOTIFY for the other half.
+            let store = if w % 2 == 0 {
+                a.store.clone()
+            } else {
+                b.store.clone()
+            };
+            tokio::spawn(async move {
+                let mut last = Position::ZERO;
+                for i in 0..60 {
+                    last = push_entry(&store, org, w * 1000 + i, json!({})).await;
+                }
+                last
+            })
+        })
+        .collect();
+    let mut last = Position::ZERO;
+    for w in writers {
+        last = last.max(w.await.unwrap());
+    }
+    a.hub.wait_for_position("shared", last, WAIT).await.unwrap();
+    b.hub.wait_for_position("shared", last, WAIT).await.unwrap();
+    assert_exactly_once(&db, "shared").await;
+}
+
+async fn terminate(db: &TestDb, application_name: &str) -> i64 {
+    db.client()
+        .await
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+              WHERE datname = current_database() AND application_name = $1",
+            &[&application_name],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_listeners_reconnect_and_catch_up() {
+    let db = TestDb::new().await;
+    ledger_tables(&db, &["listen"]).await;
+    // Projector and waiter in one process; the writer in another, so only NOTIFY wakes them.
+    let (node, writer) = (Node::new(&db).await, Node::new(&db).await);
+    let opts = RunnerOptions {
+        fallback_tick: Duration::from_secs(3600),
+        ..fast_retries()
+    };
+    let _projector = node
+        .projector(&db, vec![Ledger::build("listen").0], opts)
+        .await;
+    let org = Uuid::new_v4();
+    let first = push_entry(&writer.store, org, 0, json!({})).await;
+    node.hub
+        .wait_for_position("listen", first, WAIT)
+        .await
+        .unwrap();
+
+    let hub_connects = node.hub.connects();
+    let before = *hub_connects.borrow();
+    assert_eq!(terminate(&db, "portcullis projector").await, 1);
+    // Both nodes' hubs.
+    assert_eq!(terminate(&db, "portcullis progress hub").await, 2);
+    let mut last = first;
+    for i in 1..=40 {
+        last = push_entry(&writer.store, org, i, json!({})).await;
+    }
+    // Both reconnect by themselves; what was announced while they were away is caught up.
+    node.hub
+        .wait_for_position("listen", last, WAIT)
+        .await
+        .unwrap();
+    assert!(*hub_connects.borrow() > before, "the hub reconnected");
+    assert_exactly_once(&db, "listen").await;
+
+    // And they keep working afterwards.
+    let after = push_entry(&writer.store, org, 99, json!({})).await;
+    node.hub
+        .wait_for_position("listen", after, WAIT)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn wait_for_position_returns_on_commit_and_times_out_with_a_typed_error() {
+    let db = TestDb::new().await;
+    ledger_tables(&db, &["waits"]).await;
+    let node = Node::new(&db).await;
+    let org = Uuid::new_v4();
+
+    // No runner: the wait ends with an error naming the projection, its position and the target.
+    let (ledger, _) = Ledger::build("waits");
+    let pos = push_entry(&node.store, org, 1, json!({})).await;
+    match node
+        .hub
+        .wait_for_position("waits", pos, Duration::from_millis(200))
+        .await
+    {
+        Err(WaitError::Timeout {
+            projection,
+            position,
+            target,
+            ..
+        }) => {
+            assert_eq!(projection, "waits");
+            assert_eq!(position, Position::ZERO);
+            assert_eq!(target, pos);
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+
+    // With a runner it returns as soon as the projection has committed the target.
+    let projector = node.projector(&db, vec![ledger], fast_retries()).await;
+    let reached = node
+        .hub
+        .wait_for_position("waits", pos, WAIT)
+        .await
+        .unwrap();
+    assert!(reached >= pos);
+    let state = projection::state(&c_pool(&node).await, "waits")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        state.position >= pos,
+        "the committed state is at the target too"
+    );
+    let both = push_entry(&node.store, org, 2, json!({})).await;
+    node.hub.wait_for_all(&["waits"], both, WAIT).await.unwrap();
+
+    // Stopped: a later position times out again.
+    projector.stop();
+    let later = push_entry(&node.store, org, 3, json!({})).await;
+    let err = node
+        .hub
+        .wait_for_all(&["waits"], later, Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("waits"), "{err}");
+}
+
+#[tokio::test]
+async fn a_progress_notify_from_another_connection_wakes_waiters() {
+    let db = TestDb::new().await;
+    let node = Node::new(&db).await;
+    let target = Position::new(123_456, 7);
+    let waiter = {
+        let hub = node.hub.clone();
+        tokio::spawn(async move { hub.wait_for_position("elsewhere", target, WAIT).await })
+    };
+    // Another process's runner commits its progress: the trigger sends the NOTIFY.
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO projections.projection_states (name, position_tx, position_seq) VALUES ('elsewhere', 123456, 7)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(waiter.await.unwrap().unwrap(), target);
+}
+
+#[tokio::test]
+async fn a_poison_event_is_dead_lettered_and_retry_failed_reapplies_it() {
+    let db = TestDb::new().await;
+    ledger_tables(&db, &["poison"]).await;
+    let node = Node::new(&db).await;
+    let clock = portcullis::clock::ManualClock::default();
+    let (ledger, faults) = Ledger::build("poison");
+    let projector = node
+        .projector(
+            &db,
+            vec![ledger],
+            RunnerOptions {
+                max_attempts: 3,
+                retry_base: Duration::from_secs(60),
+                retry_max: Duration::from_secs(600),
+                clock: Arc::new(clock.clone()),
+                ..RunnerOptions::default()
+            },
+        )
+        .await;
+    let org = Uuid::new_v4();
+    let before = push_entry(&node.store, org, 1, json!({})).await;
+    let poison = push_entry(&node.store, org, 2, json!({"poison": true})).await;
+    let after = push_entry(&node.store, org, 3, json!({})).await;
+    node.hub
+        .wait_for_position("poison", before, WAIT)
+        .await
+        .unwrap();
+
+    let pool = node.store.pool().clone();
+    let failed = |count: i32| {
+        let pool = pool.clone();
+        async move {
+            let f = projection::failed_events(&pool.get().await.unwrap(), "poison")
+                .await
+                .unwrap();
+            (f.len() == 1 && f[0].failure_count == count).then(|| f[0].clone())
+        }
+    };
+    // First failure: recorded, the projection waits for the backoff (a minute of test time).
+    let f = eventually("the first failure", WAIT, || failed(1)).await;
+    assert_eq!(f.position, poison);
+    assert!(f.error.contains("poisoned event"));
+    assert!(f.dead_lettered_at.is_none());
+    assert!(node.hub.current("poison") < poison);
+    let c = pool.get().await.unwrap();
+    let h = projection::health(&c).await.unwrap();
+    let mine = h.projections.iter().find(|p| p.name == "poison").unwrap();
+    assert_eq!((mine.status.as_str(), mine.failed), ("degraded", 1));
+
+    // Move the clock past each backoff: retried, then dead-lettered and skipped.
+    clock.advance(chrono::Duration::seconds(61));
+    projector.poke("poison");
+    eventually("the second failure", WAIT, || failed(2)).await;
+    clock.advance(chrono::Duration::seconds(121));
+    projector.poke("poison");
+    let f = eventually("the dead letter", WAIT, || failed(3)).await;
+    assert!(f.dead_lettered_at.is_some());
+    node.hub
+        .wait_for_position("poison", after, WAIT)
+        .await
+        .unwrap();
+    let h = projection::health(&c).await.unwrap();
+    let mine = h.projections.iter().find(|p| p.name == "poison").unwrap();
+    assert_eq!(
+        (mine.status.as_str(), mine.dead_lettered, mine.failed),
+        ("degraded", 1, 0)
+    );
+    let applied: Vec<i64> = c
+        .query(
+            &format!("SELECT n FROM {} ORDER BY n", Ledger::table("poison")),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        applied,
+        vec![1, 3],
+        "the poison event's writes were rolled back; the rest applied"
+    );
+
+    // Still broken: retry keeps it dead-lettered. Fixed: retry applies it and clears it.
+    let r = projector.retry_failed("poison").await.unwrap();
+    assert_eq!((r.applied, r.still_failing), (0, 1));
+    faults.poison_fixed.store(true, Ordering::SeqCst);
+    let r = projector.retry_failed("poison").await.unwrap();
+    assert_eq!((r.applied, r.still_failing), (1, 0));
+    assert!(projection::failed_events(&c, "poison")
+        .await
+        .unwrap()
+        .is_empty());
+    let h = projection::health(&c).await.unwrap();
+    assert_eq!(
+        h.projections
+            .iter()
+            .find(|p| p.name == "poison")
+            .unwrap()
+            .status,
+        "ok"
+    );
+    assert_exactly_once(&db, "poison").await;
+}
+
+#[tokio::test]
+async fn reset_rebuilds_the_same_read_model() {
+    let db = TestDb::new().await;
+    let node = Node::new(&db).await;
+    let projector = node
+        .projector(
+            &db,
+            portcullis::projections::all(),
+            RunnerOptions::default(),
+        )
+        .await;
+    let org = Uuid::new_v4();
+    let mut last = Position::ZERO;
+    for i in 0..30 {
+        last = push_entry(&node.store, org, i, json!({})).await;
+        if i % 3 == 0 {
+            last = node
+                .store
+                .push(&[Append::new(
+                    org,
+                    Aggregate::new("user", Uuid::new_v4()),
+                    ExpectedVersion::NEW,
+                )
+                .event(NewEvent::new("user.added", json!({})))])
+                .await
+                .unwrap()
+                .last();
+        }
+    }
+    node.hub
+        .wait_for_position("event_counts", last, WAIT)
+        .await
+        .unwrap();
+    let snapshot = |c: deadpool_postgres::Client| async move {
+        c.query("SELECT org_id, event_type, events, last_position FROM projections.event_counts ORDER BY 1, 2", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, Uuid>(0), r.get::<_, String>(1), r.get::<_, i64>(2), r.get::<_, String>(3)))
+            .collect::<Vec<_>>()
+    };
+    let live = snapshot(c_pool(&node).await).await;
+    assert_eq!(live.len(), 2);
+    assert_eq!((live[0].2 + live[1].2), 40);
+
+    projector.reset("event_counts").await.unwrap();
+    let c = c_pool(&node).await;
+    // The service keeps running and replays from the start.
+    node.hub
+        .wait_for_position("event_counts", last, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(snapshot(c).await, live);
+    let state = projection::state(&c_pool(&node).await, "event_counts")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.events_applied, 40);
+}
+
+#[tokio::test]
+async fn lag_and_state_follow_the_log() {
+    let db = TestDb::new().await;
+    ledger_tables(&db, &["lagging"]).await;
+    let node = Node::new(&db).await;
+    let org = Uuid::new_v4();
+    // Registered but not running: everything is lag.
+    let p = node
+        .projector(
+            &db,
+            vec![Ledger::build("lagging").0],
+            RunnerOptions::default(),
+        )
+        .await;
+    p.stop();
+    let mut last = Position::ZERO;
+    for i in 0..5 {
+        last = push_entry(&node.store, org, i, json!({})).await;
+    }
+    let c = c_pool(&node).await;
+    let lag = eventually("the horizon to pass the writes", WAIT, || async {
+        let l = projection::lag(&c, "lagging").await.unwrap();
+        (l.events == 5).then_some(l)
+    })
+    .await;
+    assert!(lag.seconds >= 0.0);
+    assert!(projection::last_event_timestamp(&c, "lagging")
+        .await
+        .unwrap()
+        .is_none());
+
+    let _p = node
+        .projector(
+            &db,
+            vec![Ledger::build("lagging").0],
+            RunnerOptions::default(),
+        )
+        .await;
+    node.hub
+        .wait_for_position("lagging", last, WAIT)
+        .await
+        .unwrap();
+    let l = projection::lag(&c, "lagging").await.unwrap();
+    assert_eq!((l.events, l.seconds), (0, 0.0));
+    let s = projection::state(&c, "lagging").await.unwrap().unwrap();
+    assert_eq!(s.events_applied, 5);
+    assert_eq!(s.last_aggregate_type.as_deref(), Some("ledger"));
+    assert!(s.event_timestamp.is_some());
+    assert!(projection::states(&c)
+        .await
+        .unwrap()
+        .iter()
+        .any(|s| s.name == "lagging"));
+    assert!(matches!(
+        projection::lag(&c, "nope").await,
+        Err(portcullis::projection::ProjectionError::Unknown(_))
+    ));
+}
