@@ -73,3 +73,54 @@ fn help_documents_every_setting() {
         );
     }
 }
+
+#[tokio::test]
+async fn projections_status_reset_retry_and_acknowledge() {
+    let db = TestDb::new().await;
+    // A service ran once: the projections are registered.
+    let app = crate::support::TestApp::spawn(&db).await;
+    app.stop().await;
+
+    let out = portcullis(&["projections", "status", "--json"], &db.url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "event_counts"));
+
+    let out = portcullis(&["projections", "status"], &db.url);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("event_counts") && text.contains("horizon"),
+        "{text}"
+    );
+
+    let out = portcullis(&["projections", "reset", "event_counts"], &db.url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reset event_counts"));
+
+    let out = portcullis(&["projections", "retry-failed", "event_counts"], &db.url);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 dead-lettered event(s) applied"));
+
+    let out = portcullis(&["projections", "acknowledge", "event_counts"], &db.url);
+    assert!(out.status.success());
+
+    let out = portcullis(&["projections", "reset", "no_such_projection"], &db.url);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no projection named") && err.contains("event_counts"),
+        "{err}"
+    );
+}

@@ -107,7 +107,11 @@ struct Node {
 
 impl Node {
     async fn new(db: &TestDb) -> Node {
-        let pool = portcullis::db::pool(&db.url, 16).unwrap();
+        Node::at(&db.url).await
+    }
+
+    async fn at(url: &str) -> Node {
+        let pool = portcullis::db::pool(url, 16).unwrap();
         let store = EventStore::new(
             pool.clone(),
             StoreOptions {
@@ -115,7 +119,7 @@ impl Node {
                 ..StoreOptions::default()
             },
         );
-        let hub = ProgressHub::start(&db.url, pool).await.unwrap();
+        let hub = ProgressHub::start(url, pool).await.unwrap();
         Node { store, hub }
     }
 
@@ -125,8 +129,17 @@ impl Node {
         p: Vec<Arc<dyn Projection>>,
         opts: RunnerOptions,
     ) -> Projector {
+        self.projector_at(&db.url, p, opts).await
+    }
+
+    async fn projector_at(
+        &self,
+        url: &str,
+        p: Vec<Arc<dyn Projection>>,
+        opts: RunnerOptions,
+    ) -> Projector {
         Projector::start(
-            &db.url,
+            url,
             self.store.pool().clone(),
             self.store.clone(),
             self.hub.clone(),
@@ -148,7 +161,11 @@ fn fast_retries() -> RunnerOptions {
 }
 
 async fn ledger_tables(db: &TestDb, names: &[&str]) {
-    let c = db.client().await;
+    ledger_tables_at(&db.url, names).await
+}
+
+async fn ledger_tables_at(url: &str, names: &[&str]) {
+    let c = crate::support::pg::connect(url).await;
     for n in names {
         c.batch_execute(&format!(
             "CREATE TABLE {} (position text NOT NULL, aggregate_id uuid NOT NULL, n bigint NOT NULL)",
@@ -178,7 +195,11 @@ async fn push_entry(store: &EventStore, org: Uuid, n: i64, extra: Value) -> Posi
 
 /// The read model matches a replay of the event log exactly: every ledger.entry event once.
 async fn assert_exactly_once(db: &TestDb, name: &str) {
-    let c = db.client().await;
+    assert_exactly_once_at(&db.url, name).await
+}
+
+async fn assert_exactly_once_at(url: &str, name: &str) {
+    let c = crate::support::pg::connect(url).await;
     let dupes: i64 = c
         .query_one(
             &format!("SELECT count(*) FROM (SELECT position FROM {} GROUP BY position HAVING count(*) > 1) d", Ledger::table(name)),
@@ -702,4 +723,128 @@ async fn lag_and_state_follow_the_log() {
         projection::lag(&c, "nope").await,
         Err(portcullis::projection::ProjectionError::Unknown(_))
     ));
+}
+
+/// A PostgreSQL server of this test's own (scripts/pg-local.sh), so restarting it disturbs
+/// no other test. Destroyed on drop.
+struct OwnServer {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl OwnServer {
+    fn script(&self, cmd: &str) -> String {
+        let out =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-local.sh"))
+                .arg(cmd)
+                .env("PORTCULLIS_PG_DIR", &self.dir)
+                .env("PORTCULLIS_PG_PORT", self.port.to_string())
+                .env("PORTCULLIS_PG_DB", "postgres")
+                .env("PORTCULLIS_PG_FAST", "1")
+                .output()
+                .expect("run scripts/pg-local.sh");
+        assert!(
+            out.status.success(),
+            "pg-local.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn start() -> (OwnServer, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = OwnServer {
+            dir: std::env::temp_dir()
+                .join(format!("portcullis-restart-{}-{port}", std::process::id())),
+            port,
+        };
+        let url = server.script("start");
+        (server, url)
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-local.sh"))
+                .arg("destroy")
+                .env("PORTCULLIS_PG_DIR", &self.dir)
+                .env("PORTCULLIS_PG_PORT", self.port.to_string())
+                .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_service_recovers_by_itself_when_postgres_restarts() {
+    crate::support::init_tracing();
+    let (server, url) = tokio::task::spawn_blocking(OwnServer::start).await.unwrap();
+    portcullis::db::migrate(&url).await.unwrap();
+    ledger_tables_at(&url, &["restart"]).await;
+    let node = Node::at(&url).await;
+    let _projector = node
+        .projector_at(&url, vec![Ledger::build("restart").0], fast_retries())
+        .await;
+    let org = Uuid::new_v4();
+    let (halfway_tx, halfway) = tokio::sync::oneshot::channel();
+    let restarted = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let store = node.store.clone();
+        let restarted = restarted.clone();
+        tokio::spawn(async move {
+            let mut halfway_tx = Some(halfway_tx);
+            let (mut last, mut written, mut after_restart, mut errors) = (Position::ZERO, 0, 0, 0);
+            let mut backoff = Duration::from_millis(10);
+            // Writes go on through the restart, until 100 more have landed after it.
+            while after_restart < 100 {
+                let append = Append::new(
+                    org,
+                    Aggregate::new("ledger", Uuid::new_v4()),
+                    ExpectedVersion::NEW,
+                )
+                .event(NewEvent::new("ledger.entry", json!({ "n": written })));
+                match store.push(&[append]).await {
+                    Ok(p) => {
+                        last = last.max(p.last());
+                        written += 1;
+                        if restarted.load(Ordering::SeqCst) {
+                            after_restart += 1;
+                        }
+                        backoff = Duration::from_millis(10);
+                        if written == 100 {
+                            if let Some(t) = halfway_tx.take() {
+                                let _ = t.send(());
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        // The server is down or restarting: back off and write on.
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                    }
+                }
+            }
+            (last, errors)
+        })
+    };
+    halfway.await.unwrap();
+    let s = &server;
+    tokio::task::block_in_place(|| {
+        s.script("stop");
+        s.script("start");
+    });
+    restarted.store(true, Ordering::SeqCst);
+    let (last, errors) = writer.await.unwrap();
+    assert!(errors > 0, "the writes ran into the restart");
+    node.hub
+        .wait_for_position("restart", last, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_exactly_once_at(&url, "restart").await;
+    drop(node);
+    drop(server);
 }
