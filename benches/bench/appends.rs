@@ -33,15 +33,8 @@ impl Mode {
 }
 
 pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
-    let db = format!("portcullis_bench_{}", std::process::id());
-    let admin = connect(server_url).await;
-    admin
-        .batch_execute(&format!("CREATE DATABASE \"{db}\""))
-        .await
-        .expect("create the benchmark database");
-    let url = portcullis::db::url_with_database(server_url, &db);
-    portcullis::db::migrate(&url).await.expect("migrate");
-    let setup = connect(&url).await;
+    let (db, url) = crate::scratch_database(server_url, "appends").await;
+    let setup = crate::connect(&url).await;
     setup
         .batch_execute(
             "CREATE SCHEMA bench; \
@@ -125,9 +118,7 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
         )],
     );
     drop((trigger, coalesced, plain, setup));
-    let _ = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-        .await;
+    crate::drop_database(server_url, &db).await;
 }
 
 async fn measure(
@@ -187,14 +178,6 @@ async fn measure(
         t.await.unwrap();
     }
     (count.load(Ordering::Relaxed), start.elapsed().as_secs_f64())
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    c
 }
 
 /// A listener, as a projector in another process would have: NOTIFY costs more with one.

@@ -2,10 +2,11 @@
 //! machine; absolute numbers do not). Needs DATABASE_URL; `scripts/bench.sh` provides a
 //! throwaway cluster with default durability settings.
 //!
-//! usage: cargo bench --bench bench -- [--seconds N] [appends]
+//! usage: cargo bench --bench bench -- [--seconds N] [appends] [waits]
 
 mod appends;
 mod report;
+mod waits;
 
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ async fn main() {
             }
             "--bench" => {}
             "-h" | "--help" => {
-                println!("usage: bench [--seconds N] [appends]");
+                println!("usage: bench [--seconds N] [appends] [waits]");
                 return;
             }
             other => which.push(other.to_string()),
@@ -38,5 +39,36 @@ async fn main() {
     if all || which.iter().any(|w| w == "appends") {
         appends::run(&url, cell, &mut out).await;
     }
+    if all || which.iter().any(|w| w == "waits") {
+        waits::run(&url, cell, &mut out).await;
+    }
     out.print();
+}
+
+/// A database of the benchmark's own on the server, migrated; returns its name and URL.
+pub async fn scratch_database(server_url: &str, what: &str) -> (String, String) {
+    let db = format!("portcullis_bench_{what}_{}", std::process::id());
+    connect(server_url)
+        .await
+        .batch_execute(&format!("CREATE DATABASE \"{db}\""))
+        .await
+        .expect("create the benchmark database");
+    let url = portcullis::db::url_with_database(server_url, &db);
+    portcullis::db::migrate(&url).await.expect("migrate");
+    (db, url)
+}
+
+pub async fn drop_database(server_url: &str, db: &str) {
+    let _ = connect(server_url)
+        .await
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+        .await;
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    c
 }

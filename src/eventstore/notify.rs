@@ -58,14 +58,9 @@ impl Waker {
     }
 
     pub(crate) fn wake(&self, pos: Position) {
-        self.local.send_if_modified(|cur| {
-            if pos > *cur {
-                *cur = pos;
-                true
-            } else {
-                false
-            }
-        });
+        // Every commit wakes the readers, also one below the highest position: it may have
+        // been the transaction that held the horizon back.
+        self.local.send_modify(|cur| *cur = (*cur).max(pos));
         if self.task.is_some() {
             let mut latest = self.shared.latest.lock().unwrap_or_else(|e| e.into_inner());
             if pos > *latest {

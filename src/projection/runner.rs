@@ -76,6 +76,9 @@ struct Inner {
     hub: ProgressHub,
     opts: RunnerOptions,
     projections: Vec<(Arc<dyn Projection>, Arc<Notify>)>,
+    /// Bumped after every batch commit: a runner whose read stopped short of the horizon
+    /// may have been held back by that transaction.
+    commits: watch::Sender<u64>,
 }
 
 /// Runs a set of projections until stopped or dropped.
@@ -140,6 +143,7 @@ impl Projector {
                 .into_iter()
                 .map(|p| (p, Arc::new(Notify::new())))
                 .collect(),
+            commits: watch::channel(0).0,
         });
         let (remote_tx, remote_rx) = watch::channel(RemoteWake::default());
         let (mut events, listener_task) =
@@ -223,8 +227,10 @@ async fn run(inner: Arc<Inner>, index: usize, mut remote: watch::Receiver<Remote
     let mut errors = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut busy = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     let mut connects = remote.borrow().connects;
+    let mut commits = inner.commits.subscribe();
     loop {
         let mut wake_in = inner.opts.fallback_tick;
+        let mut behind = false;
         let outcome = match batch(&inner, &*projection, catch_up, false).await {
             Ok(Outcome::Careful) => batch(&inner, &*projection, catch_up, true).await,
             other => other,
@@ -245,8 +251,10 @@ async fn run(inner: Arc<Inner>, index: usize, mut remote: watch::Receiver<Remote
                 if let Some(d) = retry_in {
                     wake_in = d;
                 } else if position < target {
-                    // An open transaction holds the horizon below what we were told exists;
-                    // it ends soon (or idle_in_transaction_session_timeout ends it).
+                    // An open transaction holds the horizon below what we were told exists.
+                    // Ours (a push or another runner's batch) wake us when they end; for one of
+                    // another process, back off (idle_in_transaction_session_timeout bounds it).
+                    behind = true;
                     wake_in = horizon_wait;
                     horizon_wait = (horizon_wait * 2).min(Duration::from_millis(100));
                 } else {
@@ -278,6 +286,9 @@ async fn run(inner: Arc<Inner>, index: usize, mut remote: watch::Receiver<Remote
                 }
             }
             _ = poke.notified() => {}
+            changed = commits.changed(), if behind => {
+                let _ = changed;
+            }
             // A backoff or the fallback tick; never a wait for state that has a signal.
             _ = tokio::time::sleep(wake_in) => {}
         }
@@ -301,7 +312,15 @@ async fn batch(
     let name = p.name();
     let mut client = inner.pool.get().await?;
     let mut tx = client.transaction().await?;
-    let locked: bool = tx.query_one(TRY_LOCK_SQL, &[&name]).await?.get(0);
+    // A read model is derived data: a batch lost in a crash is applied again from the older
+    // position (state and model move together), so its commit need not wait for the flush.
+    let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&name];
+    let (async_commit, locked) = futures::join!(
+        tx.execute("SET LOCAL synchronous_commit = off", &[]),
+        tx.query_one(TRY_LOCK_SQL, &lock_params)
+    );
+    async_commit?;
+    let locked: bool = locked?.get(0);
     if !locked {
         return Ok(Outcome::Busy);
     }
@@ -445,6 +464,9 @@ async fn batch(
     }
     tx.commit().await?;
     inner.hub.publish(name, position);
+    if position != from {
+        inner.commits.send_modify(|n| *n += 1);
+    }
     Ok(Outcome::Done {
         position,
         more,
