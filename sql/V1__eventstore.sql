@@ -101,55 +101,81 @@ COMMENT ON INDEX eventstore.unique_constraints_aggregate_idx IS 'Finding the val
 CREATE FUNCTION eventstore.notify_events() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    last text;
+    t    bigint := eventstore.current_tx();
+    last bigint;
 BEGIN
-    SELECT n.tx || '/' || n.seq INTO last FROM new_events n ORDER BY n.tx DESC, n.seq DESC LIMIT 1;
-    IF last IS NOT NULL THEN
-        PERFORM pg_notify('eventstore_events', last);
-    END IF;
+    -- This transaction's highest position (seq grows with every row it inserted), found on
+    -- the primary key. No transition table: capturing the new rows would cost every INSERT,
+    -- opted out or not.
+    SELECT max(ev.seq) INTO last FROM eventstore.events ev WHERE ev.tx = t;
+    PERFORM pg_notify('eventstore_events', t || '/' || coalesce(last, 0));
     RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION eventstore.notify_events() IS 'Statement trigger: NOTIFY eventstore_events with the highest new position.';
+COMMENT ON FUNCTION eventstore.notify_events() IS 'Statement trigger: NOTIFY eventstore_events with the transaction''s highest position.';
 
 CREATE TRIGGER events_notify AFTER INSERT ON eventstore.events
-    REFERENCING NEW TABLE AS new_events
     FOR EACH STATEMENT
     WHEN (coalesce(current_setting('portcullis.notify', true), '') <> 'off')
     EXECUTE FUNCTION eventstore.notify_events();
 COMMENT ON TRIGGER events_notify ON eventstore.events IS 'One NOTIFY eventstore_events per INSERT statement (payload tx/seq), unless portcullis.notify is off for the transaction.';
 
--- Appends events for one or more aggregates, atomically, in the caller's transaction.
--- commands: [{"org_id", "aggregate_type", "aggregate_id", "expected_version" (null: any,
--- 0: must be new), "events": [{"event_type", "payload", "metadata"}],
--- "unique_add": [{"name", "value", "case_insensitive"}], "unique_remove": [...]}]
--- notify => false opts this transaction out of the NOTIFY trigger (the caller wakes readers).
+-- Appends events for one or more aggregates, atomically, in the caller's transaction. The
+-- service calls it directly; eventstore.push(jsonb) below is the same for people.
+--   commands:       [{"org_id", "aggregate_type", "aggregate_id", "expected_version" (null:
+--                   any, 0: must be new), "unique_add": [{"name", "value", "case_insensitive"}],
+--                   "unique_remove": [...]}]
+--   event_commands: for each event, the (1-based) command it belongs to, in command order;
+--   event_types, payloads, metadata: the events, in the same order.
+--   notify => false opts this transaction out of the NOTIFY trigger (the caller wakes readers).
 -- Errors: PC001 version conflict, PC002 unique value taken, PC003 invalid input (the DETAIL of
--- PC001 and PC002 is JSON for programs); the table's CHECK constraints refuse malformed event
--- and aggregate types. Kept lean: it runs in every write, and the service validates first.
-CREATE FUNCTION eventstore.push(commands jsonb, notify boolean DEFAULT true)
-RETURNS TABLE (tx bigint, seq bigint)
+-- PC001 and PC002 is JSON for programs); 23505 on events_aggregate_version_key when a creation
+-- (expected_version 0) finds the aggregate exists; the table's CHECK constraints refuse
+-- malformed event and aggregate types. Kept lean: it runs in every write, and the service
+-- validates first.
+CREATE FUNCTION eventstore.append(
+    commands       jsonb,
+    event_commands int[],
+    event_types    text[],
+    payloads       jsonb[],
+    metadata       jsonb[],
+    notify         boolean DEFAULT true
+) RETURNS TABLE (tx bigint, seq bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     c        jsonb;
     u        jsonb;
-    ord      bigint;
+    ord      int;
     n        int;
     org      uuid;
     atype    text;
     aid      uuid;
     expected bigint;
     actual   bigint;
-    actuals  bigint[] := '{}';
+    orgs     uuid[] := '{}';
+    atypes   text[] := '{}';
+    aids     uuid[] := '{}';
+    base     bigint[] := '{}';
+    events   int := coalesce(cardinality(event_commands), 0);
+    before   int := 0;
+    setting  text;
 BEGIN
+    -- Assignments, not PERFORM or FOR .. IN SELECT, where possible: plain expressions skip the
+    -- query executor, and this runs in every write.
     IF NOT notify THEN
-        PERFORM set_config('portcullis.notify', 'off', true);
+        setting := set_config('portcullis.notify', 'off', true);
     END IF;
     IF jsonb_typeof(commands) IS DISTINCT FROM 'array' OR jsonb_array_length(commands) = 0 THEN
-        RAISE EXCEPTION 'push needs a non-empty JSON array of commands' USING ERRCODE = 'PC003';
+        RAISE EXCEPTION 'append needs a non-empty JSON array of commands' USING ERRCODE = 'PC003';
+    END IF;
+    IF coalesce(cardinality(event_types), 0) <> events OR coalesce(cardinality(payloads), 0) <> events
+       OR coalesce(cardinality(metadata), 0) <> events THEN
+        RAISE EXCEPTION 'event_commands, event_types, payloads and metadata must be arrays of one length'
+            USING ERRCODE = 'PC003';
     END IF;
 
-    FOR c, ord IN SELECT value, ordinality FROM jsonb_array_elements(commands) WITH ORDINALITY LOOP
+    FOR ord IN 1 .. jsonb_array_length(commands) LOOP
+        c := commands -> (ord - 1);
         org := (c->>'org_id')::uuid;
         atype := c->>'aggregate_type';
         aid := (c->>'aggregate_id')::uuid;
@@ -161,23 +187,35 @@ BEGIN
             RAISE EXCEPTION 'command %: invalid expected version %: must be a whole number >= 0 (0: the aggregate must be new)',
                 ord, expected USING ERRCODE = 'PC003';
         END IF;
-        IF jsonb_typeof(c->'events') IS DISTINCT FROM 'array' OR jsonb_array_length(c->'events') = 0 THEN
-            RAISE EXCEPTION 'command %: events must be a non-empty array', ord USING ERRCODE = 'PC003';
+        n := coalesce(cardinality(array_positions(event_commands, ord)), 0);
+        IF n = 0 OR event_commands[before + 1] IS DISTINCT FROM ord OR event_commands[before + n] IS DISTINCT FROM ord THEN
+            RAISE EXCEPTION 'command %: needs at least one event, listed together in command order', ord USING ERRCODE = 'PC003';
         END IF;
 
-        -- Writers of one aggregate take turns, so the version read next is the committed one
-        -- and a clash names the real version. (Pushes of several aggregates should list them
-        -- in a fixed order; the service sorts them.)
-        PERFORM pg_advisory_xact_lock(hashtextextended(atype || '/' || aid, 0));
-        SELECT coalesce(max(ev.version), 0) INTO actual
-          FROM eventstore.events ev WHERE ev.aggregate_type = atype AND ev.aggregate_id = aid;
+        IF expected = 0 THEN
+            -- A creation: version 1 can exist only once (events_aggregate_version_key), so the
+            -- index refuses a second creator (23505) without a lookup or a lock.
+            actual := 0;
+        ELSE
+            -- Writers of one aggregate take turns, so the version read next is the committed
+            -- one and a clash names the real version. (Pushes of several aggregates should list
+            -- them in a fixed order; the service sorts them.)
+            PERFORM pg_advisory_xact_lock(hashtextextended(atype || '/' || aid, 0));
+            SELECT coalesce(max(ev.version), 0) INTO actual
+              FROM eventstore.events ev WHERE ev.aggregate_type = atype AND ev.aggregate_id = aid;
+        END IF;
         IF expected IS NOT NULL AND expected <> actual THEN
             RAISE EXCEPTION 'version conflict on %/%: expected version %, found %', atype, aid, expected, actual
                 USING ERRCODE = 'PC001',
                       DETAIL = jsonb_build_object('aggregate_type', atype, 'aggregate_id', aid,
                                                   'expected', expected, 'actual', actual)::text;
         END IF;
-        actuals := actuals || actual;
+        orgs := orgs || org;
+        atypes := atypes || atype;
+        aids := aids || aid;
+        -- Event number i (1-based, overall) of this command gets version i - base.
+        base := base || (actual - before);
+        before := before + n;
 
         IF jsonb_array_length(coalesce(c->'unique_remove', '[]')) > 0 THEN
             DELETE FROM eventstore.unique_constraints uc
@@ -186,39 +224,62 @@ BEGIN
                AND uc.unique_value = CASE WHEN coalesce((r->>'case_insensitive')::boolean, false)
                                           THEN lower(r->>'value') ELSE r->>'value' END;
         END IF;
-        FOR u IN SELECT value FROM jsonb_array_elements(coalesce(c->'unique_add', '[]')) LOOP
-            IF coalesce(u->>'name', '') = '' OR u->>'value' IS NULL THEN
-                RAISE EXCEPTION 'command %: a unique value needs a name and a value', ord USING ERRCODE = 'PC003';
-            END IF;
-            INSERT INTO eventstore.unique_constraints
-                   (org_id, constraint_name, unique_value, original_value, aggregate_type, aggregate_id)
-            VALUES (org, u->>'name',
-                    CASE WHEN coalesce((u->>'case_insensitive')::boolean, false) THEN lower(u->>'value') ELSE u->>'value' END,
-                    u->>'value', atype, aid)
-            ON CONFLICT DO NOTHING;
-            GET DIAGNOSTICS n = ROW_COUNT;
-            IF n = 0 THEN
-                RAISE EXCEPTION 'unique constraint %: value % is taken', u->>'name', quote_literal(u->>'value')
-                    USING ERRCODE = 'PC002',
-                          DETAIL = jsonb_build_object('constraint', u->>'name', 'value', u->>'value')::text;
-            END IF;
-        END LOOP;
+        IF jsonb_array_length(coalesce(c->'unique_add', '[]')) > 0 THEN
+            FOR u IN SELECT value FROM jsonb_array_elements(c->'unique_add') LOOP
+                IF coalesce(u->>'name', '') = '' OR u->>'value' IS NULL THEN
+                    RAISE EXCEPTION 'command %: a unique value needs a name and a value', ord USING ERRCODE = 'PC003';
+                END IF;
+                INSERT INTO eventstore.unique_constraints
+                       (org_id, constraint_name, unique_value, original_value, aggregate_type, aggregate_id)
+                VALUES (org, u->>'name',
+                        CASE WHEN coalesce((u->>'case_insensitive')::boolean, false) THEN lower(u->>'value') ELSE u->>'value' END,
+                        u->>'value', atype, aid)
+                ON CONFLICT DO NOTHING;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                IF n = 0 THEN
+                    RAISE EXCEPTION 'unique constraint %: value % is taken', u->>'name', quote_literal(u->>'value')
+                        USING ERRCODE = 'PC002',
+                              DETAIL = jsonb_build_object('constraint', u->>'name', 'value', u->>'value')::text;
+                END IF;
+            END LOOP;
+        END IF;
     END LOOP;
+    IF before <> events THEN
+        RAISE EXCEPTION 'every event must belong to one of the % commands', jsonb_array_length(commands)
+            USING ERRCODE = 'PC003';
+    END IF;
 
-    -- One INSERT for the whole push: one statement trigger, one wake-up.
+    -- One INSERT for the whole push: one statement trigger, one wake-up. unnest yields the
+    -- events in array order and the INSERT takes their seq in that order (no sort needed).
     RETURN QUERY
     INSERT INTO eventstore.events AS ev
            (org_id, aggregate_type, aggregate_id, version, event_type, payload, metadata)
-    SELECT (cmd.value->>'org_id')::uuid, cmd.value->>'aggregate_type', (cmd.value->>'aggregate_id')::uuid,
-           actuals[cmd.ord] + evt.ord, evt.value->>'event_type',
-           coalesce(evt.value->'payload', '{}'), coalesce(evt.value->'metadata', '{}')
-      FROM jsonb_array_elements(commands) WITH ORDINALITY AS cmd(value, ord)
-     CROSS JOIN LATERAL jsonb_array_elements(cmd.value->'events') WITH ORDINALITY AS evt(value, ord)
-     ORDER BY cmd.ord, evt.ord
+    SELECT orgs[e.cmd], atypes[e.cmd], aids[e.cmd], base[e.cmd] + e.i, e.t,
+           coalesce(e.p, '{}'), coalesce(e.m, '{}')
+      FROM unnest(event_commands, event_types, payloads, metadata) WITH ORDINALITY AS e(cmd, t, p, m, i)
     RETURNING ev.tx, ev.seq;
 END
 $$;
-COMMENT ON FUNCTION eventstore.push(jsonb, boolean) IS 'Appends events atomically in the caller''s transaction: version checks (PC001), unique values (PC002), input checks (PC003). notify => false skips the NOTIFY trigger. Returns the new positions.';
+COMMENT ON FUNCTION eventstore.append(jsonb, integer[], text[], jsonb[], jsonb[], boolean) IS 'Appends events atomically in the caller''s transaction: version checks (PC001), unique values (PC002), input checks (PC003). notify => false skips the NOTIFY trigger. Returns the new positions.';
+
+-- The same as eventstore.append with the events inside the commands, for psql:
+-- SELECT * FROM eventstore.push('[{"org_id": "...", "aggregate_type": "user", "aggregate_id": "...",
+--   "expected_version": 0, "events": [{"event_type": "user.added", "payload": {...}}]}]');
+CREATE FUNCTION eventstore.push(commands jsonb, notify boolean DEFAULT true)
+RETURNS TABLE (tx bigint, seq bigint)
+LANGUAGE sql AS $$
+    SELECT a.tx, a.seq
+      FROM (SELECT array_agg(c.ord::int ORDER BY c.ord, e.ord) AS cmds,
+                   array_agg(e.v->>'event_type' ORDER BY c.ord, e.ord) AS types,
+                   array_agg(e.v->'payload' ORDER BY c.ord, e.ord) AS payloads,
+                   array_agg(e.v->'metadata' ORDER BY c.ord, e.ord) AS metas
+              FROM jsonb_array_elements(CASE jsonb_typeof(commands) WHEN 'array' THEN commands ELSE '[]' END)
+                   WITH ORDINALITY AS c(v, ord)
+              CROSS JOIN LATERAL jsonb_array_elements(CASE jsonb_typeof(c.v->'events') WHEN 'array' THEN c.v->'events' ELSE '[]' END)
+                   WITH ORDINALITY AS e(v, ord)) x
+     CROSS JOIN LATERAL eventstore.append(commands, x.cmds, x.types, x.payloads, x.metas, notify) a
+$$;
+COMMENT ON FUNCTION eventstore.push(jsonb, boolean) IS 'eventstore.append with each command''s events in its "events" array: the form to call by hand.';
 
 -- Run once after a logical dump is restored into a new cluster, before the service writes:
 -- raises the offset so that new positions sort after every restored one.

@@ -67,9 +67,48 @@ impl StoreError {
                     .unwrap_or_default(),
             },
             SQLSTATE_INVALID => StoreError::Invalid(db.message().to_string()),
+            // A creation that found the aggregate already there. The version it has is looked
+            // up afterwards (the transaction is aborted); see EventStore::push_in.
+            "23505" if db.constraint() == Some("events_aggregate_version_key") => {
+                match db.detail().and_then(parse_version_key) {
+                    Some((aggregate, version)) => StoreError::Conflict {
+                        aggregate,
+                        expected: ExpectedVersion::Exact(version.saturating_sub(1)),
+                        actual: version,
+                    },
+                    None => StoreError::Db(e),
+                }
+            }
             // The table's CHECK constraints guard writers that skip our validation.
             "23514" => StoreError::Invalid(db.message().to_string()),
             _ => StoreError::Db(e),
         }
+    }
+}
+
+/// "Key (aggregate_type, aggregate_id, version)=(user, 6f1c..., 1) already exists."
+fn parse_version_key(detail: &str) -> Option<(Aggregate, u64)> {
+    let values = detail.split_once(")=(")?.1.split_once(')')?.0;
+    let mut parts = values.split(", ");
+    let aggregate_type = parts.next()?.to_string();
+    let id = parts.next()?.parse().ok()?;
+    let version = parts.next()?.parse().ok()?;
+    Some((Aggregate { aggregate_type, id }, version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_unique_violation_detail() {
+        let (agg, v) = parse_version_key(
+            "Key (aggregate_type, aggregate_id, version)=(user, 6f1c2a3e-0000-4000-8000-000000000001, 1) already exists.",
+        )
+        .unwrap();
+        assert_eq!(agg.aggregate_type, "user");
+        assert_eq!(agg.id.to_string(), "6f1c2a3e-0000-4000-8000-000000000001");
+        assert_eq!(v, 1);
+        assert!(parse_version_key("garbage").is_none());
     }
 }

@@ -58,7 +58,7 @@ impl fmt::Display for ExpectedVersion {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
     pub event_type: String,
     pub payload: Value,
@@ -289,14 +289,57 @@ impl EventStore {
         let mut ordered: Vec<&Append> = appends.iter().collect();
         ordered.sort_by(|a, b| a.aggregate.cmp(&b.aggregate));
         let commands: Vec<CommandJson> = ordered.iter().map(|a| CommandJson::from(*a)).collect();
+        // Events travel as parallel arrays: cheaper for the server than one JSON document.
+        let n = ordered.iter().map(|a| a.events.len()).sum();
+        let (mut cmds, mut types, mut payloads, mut metadata) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (i, a) in ordered.iter().enumerate() {
+            for e in &a.events {
+                cmds.push(i as i32 + 1);
+                types.push(e.event_type.as_str());
+                payloads.push(&e.payload);
+                metadata.push(&e.metadata);
+            }
+        }
         let notify = self.opts.notify == NotifyMode::Trigger;
-        let push = tx
-            .prepare_cached("SELECT tx, seq FROM eventstore.push($1::jsonb, $2)")
+        let append = tx
+            .prepare_cached("SELECT tx, seq FROM eventstore.append($1::jsonb, $2, $3, $4, $5, $6)")
             .await?;
         let rows = tx
-            .query(&push, &[&Json(&commands), &notify])
-            .await
-            .map_err(StoreError::from_db)?;
+            .query(
+                &append,
+                &[
+                    &Json(&commands),
+                    &cmds,
+                    &types,
+                    &payloads,
+                    &metadata,
+                    &notify,
+                ],
+            )
+            .await;
+        let rows = match rows.map_err(StoreError::from_db) {
+            Ok(rows) => rows,
+            Err(StoreError::Conflict {
+                aggregate,
+                expected,
+                ..
+            }) => {
+                // The transaction is aborted: read the aggregate's version on another connection.
+                let client = self.pool.get().await?;
+                let actual = load_version(&client, &aggregate).await?;
+                return Err(StoreError::Conflict {
+                    aggregate,
+                    expected,
+                    actual,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let mut positions: Vec<Position> = rows
             .iter()
             .map(|r| Position::from_sql(r.get(0), r.get(1)))
@@ -370,14 +413,13 @@ impl EventStore {
     }
 }
 
-/// What eventstore.push reads, serialized straight from the caller's data.
+/// The commands eventstore.append reads, serialized straight from the caller's data.
 #[derive(Debug, serde::Serialize)]
 struct CommandJson<'a> {
     org_id: Uuid,
     aggregate_type: &'a str,
     aggregate_id: Uuid,
     expected_version: Option<u64>,
-    events: &'a [NewEvent],
     unique_add: &'a [UniqueValue],
     unique_remove: &'a [UniqueValue],
 }
@@ -392,7 +434,6 @@ impl<'a> From<&'a Append> for CommandJson<'a> {
                 ExpectedVersion::Any => None,
                 ExpectedVersion::Exact(v) => Some(v),
             },
-            events: &a.events,
             unique_add: &a.claim,
             unique_remove: &a.release,
         }
@@ -505,6 +546,24 @@ pub async fn head<C: GenericClient>(client: &C) -> Result<Position, StoreError> 
         .await?
         .map(|r| Position::from_sql(r.get(0), r.get(1)))
         .unwrap_or_default())
+}
+
+/// The aggregate's current version (0 when it has no events).
+pub async fn load_version<C: GenericClient>(
+    client: &C,
+    aggregate: &Aggregate,
+) -> Result<u64, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT coalesce(max(version), 0) FROM eventstore.events \
+             WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .await?;
+    let v: i64 = client
+        .query_one(&stmt, &[&aggregate.aggregate_type, &aggregate.id])
+        .await?
+        .get(0);
+    Ok(v.max(0) as u64)
 }
 
 /// The event at exactly `position`, if there is one.

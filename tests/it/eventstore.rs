@@ -746,3 +746,45 @@ async fn bad_input_is_refused_with_a_clear_error_and_writes_nothing() {
         .get(0);
     assert_eq!(claims, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn creating_one_aggregate_twice_is_a_conflict_even_concurrently() {
+    let db = TestDb::new().await;
+    let store = db.store(opts(NotifyMode::Coalesced));
+    let (org, id) = (Uuid::new_v4(), Uuid::new_v4());
+    store.push(&[added(org, id, "a")]).await.unwrap();
+    match store.push(&[added(org, id, "again")]).await {
+        Err(StoreError::Conflict {
+            aggregate,
+            expected,
+            actual,
+        }) => {
+            assert_eq!(aggregate, user(id));
+            assert_eq!(expected, ExpectedVersion::NEW);
+            assert_eq!(actual, 1);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+
+    let fresh = Uuid::new_v4();
+    let barrier = Arc::new(tokio::sync::Barrier::new(8));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.push(&[added(org, fresh, "x")]).await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(StoreError::Conflict { actual: 1, .. }) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(count_events(&db).await, 2);
+}
