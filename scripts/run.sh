@@ -17,6 +17,16 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 
 "$bin" migrate
+
+# A development admin token, made once and kept in .dev/ (git-ignored), unless you set one.
+if [ -z "${PORTCULLIS_ADMIN_TOKEN:-}" ]; then
+  mkdir -p .dev
+  [ -s .dev/admin-token ] || (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >.dev/admin-token)
+  PORTCULLIS_ADMIN_TOKEN=$(cat .dev/admin-token)
+  export PORTCULLIS_ADMIN_TOKEN
+  echo "make run: admin token in .dev/admin-token; try:" >&2
+  echo "  curl -H \"Authorization: Bearer \$(cat .dev/admin-token)\" http://${PORTCULLIS_LISTEN:-127.0.0.1:8080}/api/v1/admin/projections/health" >&2
+fi
 listen=${PORTCULLIS_LISTEN:-127.0.0.1:8080}
 echo "make run: serving on http://$listen (Ctrl-C stops the service and the local cluster)" >&2
 "$bin" serve "$@"

@@ -112,7 +112,11 @@ pub struct ProjectionArgs {
     #[arg(long, env = "PORTCULLIS_STALL_SECONDS", default_value_t = 60.0)]
     pub stall_seconds: f64,
     /// Failures after which an event is dead-lettered (skipped; the projection is degraded).
-    #[arg(long, env = "PORTCULLIS_PROJECTION_MAX_ATTEMPTS", default_value_t = 5)]
+    #[arg(
+        long = "projection-max-attempts",
+        env = "PORTCULLIS_PROJECTION_MAX_ATTEMPTS",
+        default_value_t = 5
+    )]
     pub max_attempts: i32,
 }
 

@@ -66,6 +66,11 @@ fn help_documents_every_setting() {
         "PORTCULLIS_MAX_EVENT_BYTES",
         "PORTCULLIS_NOTIFY_MODE",
         "PORTCULLIS_LOG",
+        "PORTCULLIS_ADMIN_TOKEN",
+        "PORTCULLIS_LAG_EVENTS",
+        "PORTCULLIS_LAG_SECONDS",
+        "PORTCULLIS_STALL_SECONDS",
+        "PORTCULLIS_PROJECTION_MAX_ATTEMPTS",
     ] {
         assert!(
             help.contains(var),

@@ -692,6 +692,19 @@ async fn lag_and_state_follow_the_log() {
     })
     .await;
     assert!(lag.seconds >= 0.0);
+    // The thresholds of the configuration decide the status column.
+    let thresholds = |lag_events, stall_seconds| projection::Thresholds {
+        lag_events,
+        lag_seconds: 1000.0,
+        stall_seconds,
+    };
+    thresholds(100, 1000.0).store(&c).await.unwrap();
+    assert_eq!(health_status(&c, "lagging").await, "ok");
+    thresholds(2, 1000.0).store(&c).await.unwrap();
+    assert_eq!(health_status(&c, "lagging").await, "lagging");
+    thresholds(2, 0.0).store(&c).await.unwrap();
+    assert_eq!(health_status(&c, "lagging").await, "stalled");
+    projection::Thresholds::default().store(&c).await.unwrap();
     assert!(projection::last_event_timestamp(&c, "lagging")
         .await
         .unwrap()
@@ -847,4 +860,14 @@ async fn the_service_recovers_by_itself_when_postgres_restarts() {
     assert_exactly_once_at(&url, "restart").await;
     drop(node);
     drop(server);
+}
+
+async fn health_status(c: &deadpool_postgres::Client, name: &str) -> String {
+    c.query_one(
+        "SELECT status FROM projections.health WHERE name = $1",
+        &[&name],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
