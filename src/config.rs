@@ -39,6 +39,49 @@ pub enum Command {
     /// Inspect and repair projections (the read models).
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Organizations (tenants).
+    #[command(subcommand)]
+    Orgs(OrgsCommand),
+    /// API tokens for SCIM clients and admin automation.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrgsCommand {
+    /// Create an organization; prints only its id, so scripts can capture it.
+    Create {
+        #[command(flatten)]
+        db: DbArgs,
+        /// A name for people (need not be unique).
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Issue a token; prints only the token, once: it is stored hashed and cannot be shown
+    /// again. Its id (for revoking) goes to standard error.
+    Create {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The organization it acts for.
+        #[arg(long)]
+        org: uuid::Uuid,
+        /// scim: provisioning and the org's API; admin: the admin endpoints.
+        #[arg(long, value_enum)]
+        scope: crate::domain::token::Scope,
+        /// A label, e.g. the client that uses it.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Revoke a token by its id; it is refused from then on.
+    Revoke {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The token's id (printed by `tokens create` on standard error).
+        id: uuid::Uuid,
+    },
 }
 
 #[derive(Debug, Subcommand)]

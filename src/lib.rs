@@ -6,6 +6,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod domain;
 pub mod eventstore;
 pub mod listener;
 pub mod projection;

@@ -7,7 +7,12 @@ use tracing_subscriber::EnvFilter;
 
 use portcullis::app::{self, AppState};
 use portcullis::clock::SystemClock;
-use portcullis::config::{Cli, Command, Config, DbArgs, ProjectionsCommand};
+use portcullis::config::{
+    Cli, Command, Config, DbArgs, OrgsCommand, ProjectionsCommand, TokensCommand,
+};
+use portcullis::domain::{org, token};
+use portcullis::eventstore::{EventStore, Position, StoreOptions};
+use portcullis::projection::ProgressHub;
 use portcullis::projection::{self, Projection};
 use portcullis::{db, error_chain};
 
@@ -66,6 +71,60 @@ async fn run(cmd: Command) -> Result<(), BoxError> {
             Ok(())
         }
         Command::Projections(p) => projections(p).await,
+        Command::Orgs(OrgsCommand::Create { db, name }) => {
+            let store = store(&db)?;
+            let written = org::create(&store, &name).await?;
+            wait_applied(&db, &store, "orgs", written.position).await;
+            println!("{}", written.id);
+            Ok(())
+        }
+        Command::Tokens(TokensCommand::Create {
+            db,
+            org,
+            scope,
+            name,
+        }) => {
+            let store = store(&db)?;
+            let issued = token::issue(&store, org, scope, name.as_deref()).await?;
+            wait_applied(&db, &store, "api_tokens", issued.written.position).await;
+            eprintln!(
+                "token {} ({scope}) for organization {org}; shown once, keep it safe",
+                issued.written.id
+            );
+            println!("{}", issued.token);
+            Ok(())
+        }
+        Command::Tokens(TokensCommand::Revoke { db, id }) => {
+            let store = store(&db)?;
+            let written = token::revoke(&store, id).await?;
+            wait_applied(&db, &store, "api_tokens", written.position).await;
+            println!("revoked token {id}");
+            Ok(())
+        }
+    }
+}
+
+fn store(db: &DbArgs) -> Result<EventStore, BoxError> {
+    Ok(EventStore::new(pool(db)?, StoreOptions::default()))
+}
+
+/// The running service applies what the CLI wrote; wait a little for it, so that a token is
+/// usable when the command returns. Without a running service, say so.
+async fn wait_applied(db: &DbArgs, store: &EventStore, projection: &str, position: Position) {
+    let waited = async {
+        let hub = ProgressHub::start(&db.database_url, store.pool().clone())
+            .await
+            .ok()?;
+        hub.wait_for_position(projection, position, std::time::Duration::from_secs(5))
+            .await
+            .ok()
+    }
+    .await;
+    if waited.is_none() {
+        eprintln!(
+            "note: no running portcullis service has applied this yet ({projection} is behind); \
+             it takes effect once one runs"
+        );
     }
 }
 

@@ -9,14 +9,15 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::app::AppState;
+use crate::domain::token::{self, Scope};
 use crate::projection::{self, HealthReport};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/v1/admin/projections/health", get(projections_health))
 }
 
-/// An admin caller: the bootstrap token from PORTCULLIS_ADMIN_TOKEN (API tokens with the
-/// admin scope come with the identity domain).
+/// An admin caller: the bootstrap token from PORTCULLIS_ADMIN_TOKEN, or an API token with
+/// the admin scope.
 pub struct Admin;
 
 impl FromRequestParts<AppState> for Admin {
@@ -36,10 +37,14 @@ impl FromRequestParts<AppState> for Admin {
             })
             .map(str::trim)
             .ok_or(ApiError::Unauthorized)?;
-        match &state.admin_token {
-            Some(expected) if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) => {
-                Ok(Admin)
+        if let Some(expected) = &state.admin_token {
+            if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+                return Ok(Admin);
             }
+        }
+        let client = state.pool.get().await?;
+        match token::authenticate(&client, presented).await? {
+            Some(caller) if caller.scope == Scope::Admin => Ok(Admin),
             _ => Err(ApiError::Unauthorized),
         }
     }

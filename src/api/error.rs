@@ -18,6 +18,8 @@ pub enum ApiError {
     Projection(#[from] ProjectionError),
     #[error("database pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+    #[error(transparent)]
+    Domain(#[from] crate::domain::DomainError),
 }
 
 impl IntoResponse for ApiError {

@@ -8,3 +8,4 @@ mod cli;
 mod eventstore;
 mod http;
 mod projections;
+mod tokens;

@@ -1,0 +1,172 @@
+use std::process::Command;
+
+use crate::support::{TestApp, TestDb};
+
+/// Runs the CLI beside the in-process service (on a blocking thread, so the service keeps
+/// serving meanwhile).
+async fn cli(db: &TestDb, args: &[&str]) -> (bool, String, String) {
+    let (url, args): (String, Vec<String>) =
+        (db.url.clone(), args.iter().map(|s| s.to_string()).collect());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(&args)
+            .env("DATABASE_URL", url)
+            .env("PORTCULLIS_LOG", "warn")
+            .output()
+            .expect("run portcullis")
+    })
+    .await
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+async fn health_status(app: &TestApp, token: &str) -> u16 {
+    app.http
+        .get(app.url("/api/v1/admin/projections/health"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orgs_and_tokens_from_the_command_line() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+
+    let (ok, org, err) = cli(&db, &["orgs", "create", "Acme Corp"]).await;
+    assert!(ok, "{err}");
+    let org_id: uuid::Uuid = org.parse().expect("stdout holds only the org id");
+
+    let (ok, admin, err) = cli(
+        &db,
+        &[
+            "tokens", "create", "--org", &org, "--scope", "admin", "--name", "ci",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        admin.starts_with("pcs_") && !admin.contains(char::is_whitespace),
+        "stdout holds only the token: {admin:?}"
+    );
+    let admin_id = err
+        .split_whitespace()
+        .nth(1)
+        .and_then(|w| w.parse::<uuid::Uuid>().ok())
+        .unwrap_or_else(|| panic!("the token id on stderr: {err}"));
+
+    // Usable as soon as the command returns: it waited for the running service.
+    assert_eq!(health_status(&app, &admin).await, 200);
+    let (ok, scim, _) = cli(&db, &["tokens", "create", "--org", &org, "--scope", "scim"]).await;
+    assert!(ok);
+    assert_eq!(
+        health_status(&app, &scim).await,
+        401,
+        "a scim token is no admin token"
+    );
+    assert_eq!(health_status(&app, &format!("{admin}x")).await, 401);
+
+    // Only hashes are kept.
+    let c = db.client().await;
+    let leaked: i64 = c
+        .query_one(
+            "SELECT count(*) FROM eventstore.events WHERE payload::text LIKE '%' || $1 || '%' OR payload::text LIKE '%' || $2 || '%'",
+            &[&admin, &scim],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leaked, 0, "a plain token reached the event log");
+    let stored: String = c
+        .query_one(
+            "SELECT token_hash FROM projections.api_tokens WHERE token_id = $1",
+            &[&admin_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, portcullis::domain::token::hash(&admin));
+    let (org_of_token, scope): (uuid::Uuid, String) = {
+        let r = c
+            .query_one(
+                "SELECT org_id, scope FROM projections.api_tokens WHERE token_id = $1",
+                &[&admin_id],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((org_of_token, scope.as_str()), (org_id, "admin"));
+
+    let (ok, out, err) = cli(&db, &["tokens", "revoke", &admin_id.to_string()]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("revoked"));
+    assert_eq!(health_status(&app, &admin).await, 401, "revoked at once");
+    let (ok, _, err) = cli(&db, &["tokens", "revoke", &admin_id.to_string()]).await;
+    assert!(ok, "revoking twice is fine: {err}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_token_requests_are_clear_errors() {
+    let db = TestDb::new().await;
+    let (ok, _, err) = cli(
+        &db,
+        &[
+            "tokens",
+            "create",
+            "--org",
+            &uuid::Uuid::new_v4().to_string(),
+            "--scope",
+            "scim",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("organization") && err.contains("not found"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(
+        &db,
+        &["tokens", "create", "--org", "not-a-uuid", "--scope", "scim"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("--org"), "{err}");
+    let (ok, _, err) = cli(
+        &db,
+        &[
+            "tokens",
+            "create",
+            "--org",
+            &uuid::Uuid::new_v4().to_string(),
+            "--scope",
+            "root",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("scim") && err.contains("admin"), "{err}");
+    let (ok, _, err) = cli(&db, &["orgs", "create", "  "]).await;
+    assert!(!ok);
+    assert!(err.contains("name"), "{err}");
+    let (ok, _, err) = cli(
+        &db,
+        &["tokens", "revoke", &uuid::Uuid::new_v4().to_string()],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("not found"), "{err}");
+    // Without a running service the org is created all the same, with a note.
+    let (ok, out, err) = cli(&db, &["orgs", "create", "Lonely"]).await;
+    assert!(ok && out.parse::<uuid::Uuid>().is_ok(), "{err}");
+    assert!(err.contains("no running portcullis service"), "{err}");
+}
