@@ -14,6 +14,22 @@ use uuid::Uuid;
 
 use crate::support::{eventually, TestDb};
 
+/// How many of the racing pushes succeeded; every loser must fail as `expected` says.
+async fn winners(
+    tasks: Vec<tokio::task::JoinHandle<Result<portcullis::eventstore::Pushed, StoreError>>>,
+    expected: impl Fn(&StoreError) -> bool,
+) -> usize {
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) if expected(&e) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    ok
+}
+
 fn opts(notify: NotifyMode) -> StoreOptions {
     StoreOptions {
         notify,
@@ -344,14 +360,10 @@ async fn concurrent_pushes_at_one_version_exactly_one_wins() {
             })
         })
         .collect();
-    let mut ok = 0;
-    for t in tasks {
-        match t.await.unwrap() {
-            Ok(_) => ok += 1,
-            Err(StoreError::Conflict { actual: 2, .. }) => {}
-            Err(e) => panic!("unexpected error: {e}"),
-        }
-    }
+    let ok = winners(tasks, |e| {
+        matches!(e, StoreError::Conflict { actual: 2, .. })
+    })
+    .await;
     assert_eq!(ok, 1);
     assert_eq!(count_events(&db).await, 2);
 }
@@ -438,14 +450,7 @@ async fn concurrent_claims_of_one_value_exactly_one_wins() {
             })
         })
         .collect();
-    let mut ok = 0;
-    for t in tasks {
-        match t.await.unwrap() {
-            Ok(_) => ok += 1,
-            Err(StoreError::AlreadyExists { .. }) => {}
-            Err(e) => panic!("unexpected error: {e}"),
-        }
-    }
+    let ok = winners(tasks, |e| matches!(e, StoreError::AlreadyExists { .. })).await;
     assert_eq!(ok, 1);
     assert_eq!(count_events(&db).await, 1);
 }
@@ -777,14 +782,10 @@ async fn creating_one_aggregate_twice_is_a_conflict_even_concurrently() {
             })
         })
         .collect();
-    let mut ok = 0;
-    for t in tasks {
-        match t.await.unwrap() {
-            Ok(_) => ok += 1,
-            Err(StoreError::Conflict { actual: 1, .. }) => {}
-            Err(e) => panic!("unexpected error: {e}"),
-        }
-    }
+    let ok = winners(tasks, |e| {
+        matches!(e, StoreError::Conflict { actual: 1, .. })
+    })
+    .await;
     assert_eq!(ok, 1);
     assert_eq!(count_events(&db).await, 2);
 }

@@ -117,54 +117,30 @@ async fn orgs_and_tokens_from_the_command_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_token_requests_are_clear_errors() {
     let db = TestDb::new().await;
-    let (ok, _, err) = cli(
-        &db,
-        &[
-            "tokens",
-            "create",
-            "--org",
-            &uuid::Uuid::new_v4().to_string(),
-            "--scope",
-            "scim",
-        ],
-    )
-    .await;
-    assert!(!ok);
-    assert!(
-        err.contains("organization") && err.contains("not found"),
-        "{err}"
-    );
-    let (ok, _, err) = cli(
-        &db,
-        &["tokens", "create", "--org", "not-a-uuid", "--scope", "scim"],
-    )
-    .await;
-    assert!(!ok);
-    assert!(err.contains("--org"), "{err}");
-    let (ok, _, err) = cli(
-        &db,
-        &[
-            "tokens",
-            "create",
-            "--org",
-            &uuid::Uuid::new_v4().to_string(),
-            "--scope",
-            "root",
-        ],
-    )
-    .await;
-    assert!(!ok);
-    assert!(err.contains("scim") && err.contains("admin"), "{err}");
-    let (ok, _, err) = cli(&db, &["orgs", "create", "  "]).await;
-    assert!(!ok);
-    assert!(err.contains("name"), "{err}");
-    let (ok, _, err) = cli(
-        &db,
-        &["tokens", "revoke", &uuid::Uuid::new_v4().to_string()],
-    )
-    .await;
-    assert!(!ok);
-    assert!(err.contains("not found"), "{err}");
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &["tokens", "create", "--org", &unknown, "--scope", "scim"],
+            &["organization", "not found"],
+        ),
+        (
+            &["tokens", "create", "--org", "not-a-uuid", "--scope", "scim"],
+            &["--org"],
+        ),
+        (
+            &["tokens", "create", "--org", &unknown, "--scope", "root"],
+            &["scim", "admin"],
+        ),
+        (&["orgs", "create", "  "], &["name"]),
+        (&["tokens", "revoke", &unknown], &["not found"]),
+    ];
+    for (args, expected) in cases {
+        let (ok, _, err) = cli(&db, args).await;
+        assert!(!ok, "{args:?} succeeded");
+        for e in expected {
+            assert!(err.contains(e), "{args:?}: {err}");
+        }
+    }
     // Without a running service the org is created all the same, with a note.
     let (ok, out, err) = cli(&db, &["orgs", "create", "Lonely"]).await;
     assert!(ok && out.parse::<uuid::Uuid>().is_ok(), "{err}");
