@@ -18,9 +18,13 @@ COMMENT ON COLUMN eventstore.xid_offset.only_row IS 'Always true; keeps the tabl
 COMMENT ON COLUMN eventstore.xid_offset.xid_offset IS 'Added to pg_current_xact_id() to form events.tx; never decreases.';
 COMMENT ON COLUMN eventstore.xid_offset.rebased_at IS 'When eventstore.rebase_after_restore() last raised the offset.';
 
+-- plpgsql, not sql: a sql function with a sub-select is never inlined, and running one per
+-- row as a column default costs more than the INSERT itself.
 CREATE FUNCTION eventstore.current_tx() RETURNS bigint
-LANGUAGE sql VOLATILE AS $$
-    SELECT pg_current_xact_id()::text::bigint + (SELECT xid_offset FROM eventstore.xid_offset)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN pg_current_xact_id()::text::bigint + (SELECT xid_offset FROM eventstore.xid_offset);
+END
 $$;
 COMMENT ON FUNCTION eventstore.current_tx() IS 'This transaction''s id plus the restore offset: the tx part of the positions it writes.';
 
@@ -159,6 +163,7 @@ DECLARE
     events   int := coalesce(cardinality(event_commands), 0);
     before   int := 0;
     setting  text;
+    tx_now   bigint;
 BEGIN
     -- Assignments, not PERFORM or FOR .. IN SELECT, where possible: plain expressions skip the
     -- query executor, and this runs in every write.
@@ -248,13 +253,14 @@ BEGIN
         RAISE EXCEPTION 'every event must belong to one of the % commands', jsonb_array_length(commands)
             USING ERRCODE = 'PC003';
     END IF;
+    tx_now := eventstore.current_tx();  -- once, not as a per-row default
 
     -- One INSERT for the whole push: one statement trigger, one wake-up. unnest yields the
     -- events in array order and the INSERT takes their seq in that order (no sort needed).
     RETURN QUERY
     INSERT INTO eventstore.events AS ev
-           (org_id, aggregate_type, aggregate_id, version, event_type, payload, metadata)
-    SELECT orgs[e.cmd], atypes[e.cmd], aids[e.cmd], base[e.cmd] + e.i, e.t,
+           (tx, org_id, aggregate_type, aggregate_id, version, event_type, payload, metadata)
+    SELECT tx_now, orgs[e.cmd], atypes[e.cmd], aids[e.cmd], base[e.cmd] + e.i, e.t,
            coalesce(e.p, '{}'), coalesce(e.m, '{}')
       FROM unnest(event_commands, event_types, payloads, metadata) WITH ORDINALITY AS e(cmd, t, p, m, i)
     RETURNING ev.tx, ev.seq;
