@@ -310,36 +310,44 @@ async fn batch(
 ) -> Result<Outcome, ProjectionError> {
     let opts = &inner.opts;
     let name = p.name();
+    let resets = inner.hub.resets(name);
     let mut client = inner.pool.get().await?;
     let mut tx = client.transaction().await?;
     // A read model is derived data: a batch lost in a crash is applied again from the older
     // position (state and model move together), so its commit need not wait for the flush.
-    let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&name];
+    // Prepared once per connection, and pipelined: a live batch is a handful of round trips.
+    let (set_async, try_lock, load_state, load_failures) = futures::try_join!(
+        tx.prepare_cached("SET LOCAL synchronous_commit = off"),
+        tx.prepare_cached(TRY_LOCK_SQL),
+        tx.prepare_cached(
+            "SELECT position_tx, position_seq FROM projections.projection_states WHERE name = $1"
+        ),
+        tx.prepare_cached(
+            "SELECT f.event_tx, f.event_seq, f.next_attempt_at, f.dead_lettered_at IS NOT NULL \
+               FROM projections.failed_events f \
+               JOIN projections.projection_states s ON s.name = f.projection \
+              WHERE f.projection = $1 AND (f.event_tx, f.event_seq) > (s.position_tx, s.position_seq)"
+        ),
+    )?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&name];
     let (async_commit, locked) = futures::join!(
-        tx.execute("SET LOCAL synchronous_commit = off", &[]),
-        tx.query_one(TRY_LOCK_SQL, &lock_params)
+        tx.execute(&set_async, &[]),
+        tx.query_one(&try_lock, &params)
     );
     async_commit?;
     let locked: bool = locked?.get(0);
     if !locked {
         return Ok(Outcome::Busy);
     }
-    let from = tx
-        .query_opt(
-            "SELECT position_tx, position_seq FROM projections.projection_states WHERE name = $1",
-            &[&name],
-        )
-        .await?
+    // After the lock: these read the state its last holder committed.
+    let (state, failures) = futures::join!(
+        tx.query_opt(&load_state, &params),
+        tx.query(&load_failures, &params)
+    );
+    let from = state?
         .map(|r| Position::from_sql(r.get(0), r.get(1)))
         .unwrap_or_default();
-    let failures: HashMap<Position, Failure> = tx
-        .query(
-            "SELECT event_tx, event_seq, next_attempt_at, dead_lettered_at IS NOT NULL \
-               FROM projections.failed_events \
-              WHERE projection = $1 AND (event_tx, event_seq) > ($2, $3)",
-            &[&name, &from.tx_sql(), &from.seq],
-        )
-        .await?
+    let failures: HashMap<Position, Failure> = failures?
         .iter()
         .map(|r| {
             (
@@ -440,8 +448,9 @@ async fn batch(
         }
     };
     if position != from {
-        tx.execute(
-            "UPDATE projections.projection_states \
+        let update = tx
+            .prepare_cached(
+                "UPDATE projections.projection_states \
                 SET position_tx = $2, position_seq = $3, updated_at = now(), \
                     events_applied = events_applied + $4, \
                     event_timestamp = coalesce($5, event_timestamp), \
@@ -449,6 +458,10 @@ async fn batch(
                     last_aggregate_id = coalesce($7, last_aggregate_id), \
                     last_version = coalesce($8, last_version) \
               WHERE name = $1",
+            )
+            .await?;
+        tx.execute(
+            &update,
             &[
                 &name,
                 &position.tx_sql(),
@@ -463,7 +476,7 @@ async fn batch(
         .await?;
     }
     tx.commit().await?;
-    inner.hub.publish(name, position);
+    inner.hub.publish_since(name, position, resets);
     if position != from {
         inner.commits.send_modify(|n| *n += 1);
     }

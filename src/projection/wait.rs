@@ -36,6 +36,8 @@ pub struct ProgressHub {
 
 struct Inner {
     watches: Mutex<HashMap<String, watch::Sender<Position>>>,
+    /// Bumped by every local reset: a runner's publish from before it is stale.
+    resets: Mutex<HashMap<String, u64>>,
     listener: Mutex<Option<JoinHandle<()>>>,
     task: Mutex<Option<JoinHandle<()>>>,
     connects: watch::Sender<u64>,
@@ -58,6 +60,7 @@ impl ProgressHub {
         let hub = ProgressHub {
             inner: Arc::new(Inner {
                 watches: Mutex::new(HashMap::new()),
+                resets: Mutex::new(HashMap::new()),
                 listener: Mutex::new(None),
                 task: Mutex::new(None),
                 connects,
@@ -137,7 +140,33 @@ impl ProgressHub {
 
     /// The projection was reset: its read model is empty until it replays.
     pub fn rewound(&self, name: &str) {
+        *self
+            .inner
+            .resets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default() += 1;
         self.set(name, Position::ZERO);
+    }
+
+    /// How many times this process reset the projection; see [`ProgressHub::publish_since`].
+    pub fn resets(&self, name: &str) -> u64 {
+        self.inner
+            .resets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Publishes what a batch that started when [`ProgressHub::resets`] said `resets`
+    /// committed, unless a reset came in between (its position would be stale).
+    pub fn publish_since(&self, name: &str, pos: Position, resets: u64) {
+        if self.resets(name) == resets {
+            self.publish(name, pos);
+        }
     }
 
     fn set(&self, name: &str, pos: Position) {
