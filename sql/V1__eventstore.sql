@@ -132,6 +132,7 @@ COMMENT ON TRIGGER events_notify ON eventstore.events IS 'One NOTIFY eventstore_
 --   event_commands: for each event, the (1-based) command it belongs to, in command order;
 --   event_types, payloads, metadata: the events, in the same order.
 --   notify => false opts this transaction out of the NOTIFY trigger (the caller wakes readers).
+-- Returns one row: the transaction's tx and the new events' seqs; their positions are (tx, seq).
 -- Errors: PC001 version conflict, PC002 unique value taken, PC003 invalid input (the DETAIL of
 -- PC001 and PC002 is JSON for programs); 23505 on events_aggregate_version_key when a creation
 -- (expected_version 0) finds the aggregate exists; the table's CHECK constraints refuse
@@ -143,9 +144,10 @@ CREATE FUNCTION eventstore.append(
     event_types    text[],
     payloads       jsonb[],
     metadata       jsonb[],
-    notify         boolean DEFAULT true
-) RETURNS TABLE (tx bigint, seq bigint)
-LANGUAGE plpgsql AS $$
+    notify         boolean DEFAULT true,
+    OUT tx         bigint,
+    OUT seqs       bigint[]
+) LANGUAGE plpgsql AS $$
 DECLARE
     c        jsonb;
     u        jsonb;
@@ -257,16 +259,20 @@ BEGIN
 
     -- One INSERT for the whole push: one statement trigger, one wake-up. unnest yields the
     -- events in array order and the INSERT takes their seq in that order (no sort needed).
-    RETURN QUERY
-    INSERT INTO eventstore.events AS ev
-           (tx, org_id, aggregate_type, aggregate_id, version, event_type, payload, metadata)
-    SELECT tx_now, orgs[e.cmd], atypes[e.cmd], aids[e.cmd], base[e.cmd] + e.i, e.t,
-           coalesce(e.p, '{}'), coalesce(e.m, '{}')
-      FROM unnest(event_commands, event_types, payloads, metadata) WITH ORDINALITY AS e(cmd, t, p, m, i)
-    RETURNING ev.tx, ev.seq;
+    -- One row back (the transaction's tx and the seqs), not a set: cheaper for every caller.
+    tx := tx_now;
+    WITH ins AS (
+        INSERT INTO eventstore.events AS ev
+               (tx, org_id, aggregate_type, aggregate_id, version, event_type, payload, metadata)
+        SELECT tx_now, orgs[e.cmd], atypes[e.cmd], aids[e.cmd], base[e.cmd] + e.i, e.t,
+               coalesce(e.p, '{}'), coalesce(e.m, '{}')
+          FROM unnest(event_commands, event_types, payloads, metadata) WITH ORDINALITY AS e(cmd, t, p, m, i)
+        RETURNING ev.seq
+    )
+    SELECT array_agg(ins.seq ORDER BY ins.seq) INTO seqs FROM ins;
 END
 $$;
-COMMENT ON FUNCTION eventstore.append(jsonb, integer[], text[], jsonb[], jsonb[], boolean) IS 'Appends events atomically in the caller''s transaction: version checks (PC001), unique values (PC002), input checks (PC003). notify => false skips the NOTIFY trigger. Returns the new positions.';
+COMMENT ON FUNCTION eventstore.append(jsonb, integer[], text[], jsonb[], jsonb[], boolean) IS 'Appends events atomically in the caller''s transaction: version checks (PC001), unique values (PC002), input checks (PC003). notify => false skips the NOTIFY trigger. Returns the transaction''s tx and the new events'' seqs, in order: their positions are (tx, seq).';
 
 -- The same as eventstore.append with the events inside the commands, for psql:
 -- SELECT * FROM eventstore.push('[{"org_id": "...", "aggregate_type": "user", "aggregate_id": "...",
@@ -274,7 +280,7 @@ COMMENT ON FUNCTION eventstore.append(jsonb, integer[], text[], jsonb[], jsonb[]
 CREATE FUNCTION eventstore.push(commands jsonb, notify boolean DEFAULT true)
 RETURNS TABLE (tx bigint, seq bigint)
 LANGUAGE sql AS $$
-    SELECT a.tx, a.seq
+    SELECT a.tx, unnest(a.seqs)
       FROM (SELECT array_agg(c.ord::int ORDER BY c.ord, e.ord) AS cmds,
                    array_agg(e.v->>'event_type' ORDER BY c.ord, e.ord) AS types,
                    array_agg(e.v->'payload' ORDER BY c.ord, e.ord) AS payloads,

@@ -307,7 +307,7 @@ impl EventStore {
         }
         let notify = self.opts.notify == NotifyMode::Trigger;
         let append = tx
-            .prepare_cached("SELECT tx, seq FROM eventstore.append($1::jsonb, $2, $3, $4, $5, $6)")
+            .prepare_cached("SELECT tx, seqs FROM eventstore.append($1::jsonb, $2, $3, $4, $5, $6)")
             .await?;
         let rows = tx
             .query(
@@ -340,11 +340,15 @@ impl EventStore {
             }
             Err(e) => return Err(e),
         };
-        let mut positions: Vec<Position> = rows
-            .iter()
-            .map(|r| Position::from_sql(r.get(0), r.get(1)))
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::Invalid("append returned nothing".into()))?;
+        let tx: i64 = row.get(0);
+        let seqs: Vec<i64> = row.get(1);
+        let positions: Vec<Position> = seqs
+            .into_iter()
+            .map(|seq| Position::from_sql(tx, seq))
             .collect();
-        positions.sort();
         Ok(Pushed { positions })
     }
 
