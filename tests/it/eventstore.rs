@@ -14,11 +14,24 @@ use uuid::Uuid;
 
 use crate::support::{eventually, TestDb};
 
-/// How many of the racing pushes succeeded; every loser must fail as `expected` says.
-async fn winners(
-    tasks: Vec<tokio::task::JoinHandle<Result<portcullis::eventstore::Pushed, StoreError>>>,
+/// Starts the pushes `make(i)` builds for i in 0..n all at once (behind a barrier); returns
+/// how many succeeded. Every loser must fail as `expected` says.
+async fn race(
+    store: &EventStore,
+    n: usize,
+    make: impl Fn(usize) -> Vec<Append>,
     expected: impl Fn(&StoreError) -> bool,
 ) -> usize {
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (store, barrier, appends) = (store.clone(), barrier.clone(), make(i));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.push(&appends).await
+            })
+        })
+        .collect();
     let mut ok = 0;
     for t in tasks {
         match t.await.unwrap() {
@@ -347,22 +360,15 @@ async fn concurrent_pushes_at_one_version_exactly_one_wins() {
     let store = db.store(opts(NotifyMode::Coalesced));
     let (org, id) = (Uuid::new_v4(), Uuid::new_v4());
     store.push(&[added(org, id, "a")]).await.unwrap();
-    let barrier = Arc::new(tokio::sync::Barrier::new(12));
-    let tasks: Vec<_> = (0..12)
-        .map(|i| {
-            let (store, barrier) = (store.clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                store
-                    .push(&[Append::new(org, user(id), ExpectedVersion::Exact(1))
-                        .event(NewEvent::new("user.renamed", json!({ "n": i })))])
-                    .await
-            })
-        })
-        .collect();
-    let ok = winners(tasks, |e| {
-        matches!(e, StoreError::Conflict { actual: 2, .. })
-    })
+    let ok = race(
+        &store,
+        12,
+        |i| {
+            vec![Append::new(org, user(id), ExpectedVersion::Exact(1))
+                .event(NewEvent::new("user.renamed", json!({ "n": i })))]
+        },
+        |e| matches!(e, StoreError::Conflict { actual: 2, .. }),
+    )
     .await;
     assert_eq!(ok, 1);
     assert_eq!(count_events(&db).await, 2);
@@ -435,22 +441,18 @@ async fn concurrent_claims_of_one_value_exactly_one_wins() {
     let db = TestDb::new().await;
     let store = db.store(opts(NotifyMode::Coalesced));
     let org = Uuid::new_v4();
-    let barrier = Arc::new(tokio::sync::Barrier::new(16));
     let spellings = ["bob", "Bob", "BOB", "bOb"];
-    let tasks: Vec<_> = (0..16)
-        .map(|i| {
-            let (store, barrier) = (store.clone(), barrier.clone());
+    let ok = race(
+        &store,
+        16,
+        |i| {
             let v = spellings[i % 4];
-            tokio::spawn(async move {
-                barrier.wait().await;
-                store
-                    .push(&[added(org, Uuid::new_v4(), v)
-                        .claim(UniqueValue::case_insensitive("user.username", v))])
-                    .await
-            })
-        })
-        .collect();
-    let ok = winners(tasks, |e| matches!(e, StoreError::AlreadyExists { .. })).await;
+            vec![added(org, Uuid::new_v4(), v)
+                .claim(UniqueValue::case_insensitive("user.username", v))]
+        },
+        |e| matches!(e, StoreError::AlreadyExists { .. }),
+    )
+    .await;
     assert_eq!(ok, 1);
     assert_eq!(count_events(&db).await, 1);
 }
@@ -772,19 +774,12 @@ async fn creating_one_aggregate_twice_is_a_conflict_even_concurrently() {
     }
 
     let fresh = Uuid::new_v4();
-    let barrier = Arc::new(tokio::sync::Barrier::new(8));
-    let tasks: Vec<_> = (0..8)
-        .map(|_| {
-            let (store, barrier) = (store.clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                store.push(&[added(org, fresh, "x")]).await
-            })
-        })
-        .collect();
-    let ok = winners(tasks, |e| {
-        matches!(e, StoreError::Conflict { actual: 1, .. })
-    })
+    let ok = race(
+        &store,
+        8,
+        |_| vec![added(org, fresh, "x")],
+        |e| matches!(e, StoreError::Conflict { actual: 1, .. }),
+    )
     .await;
     assert_eq!(ok, 1);
     assert_eq!(count_events(&db).await, 2);
