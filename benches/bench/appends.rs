@@ -165,11 +165,10 @@ async fn measure(
                 while Instant::now() < deadline {
                     let id = Uuid::new_v4();
                     if mode == Mode::Ceiling {
-                        // The same work around the INSERT as a push: a pooled connection, a
+                        // The same work around the INSERT as a push: a pooled connection, one
                         // transaction, one statement carrying each event's payload.
-                        let mut client = plain.get().await.unwrap();
-                        let tx = client.transaction().await.unwrap();
-                        let stmt = tx
+                        let client = plain.get().await.unwrap();
+                        let stmt = client
                             .prepare_cached(
                                 "INSERT INTO bench.events_plain \
                                  (org_id, aggregate_type, aggregate_id, version, event_type, payload, metadata) \
@@ -179,10 +178,17 @@ async fn measure(
                             .await
                             .unwrap();
                         let payloads: Vec<&serde_json::Value> = vec![&payload; batch];
-                        tx.execute(&stmt, &[&org, &id, &payloads])
-                            .await
-                            .unwrap();
-                        tx.commit().await.unwrap();
+                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                            [&org, &id, &payloads];
+                        // Pipelined like EventStore::push: BEGIN, INSERT, COMMIT in one round trip.
+                        let (begin, insert, commit) = futures::join!(
+                            client.batch_execute("BEGIN"),
+                            client.execute(&stmt, &params),
+                            client.batch_execute("COMMIT")
+                        );
+                        begin.unwrap();
+                        insert.unwrap();
+                        commit.unwrap();
                     } else {
                         let mut append =
                             Append::new(org, Aggregate::new("user", id), ExpectedVersion::NEW);

@@ -267,12 +267,22 @@ impl EventStore {
         self.waker.subscribe()
     }
 
-    /// Appends in a transaction of its own, commits, then wakes readers.
+    /// Appends in a transaction of its own, commits, then wakes readers. BEGIN, the append and
+    /// COMMIT go out pipelined: one round trip (after a failed append, PostgreSQL answers the
+    /// COMMIT with a rollback).
     pub async fn push(&self, appends: &[Append]) -> Result<Pushed, StoreError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let pushed = self.push_in(&tx, appends).await?;
-        tx.commit().await?;
+        let encoded = self.encode(appends)?;
+        let client = self.pool.get().await?;
+        let append = client.prepare_cached(APPEND_SQL).await?;
+        let params = encoded.params();
+        let (begin, rows, commit) = futures::join!(
+            client.batch_execute("BEGIN"),
+            client.query(&append, &params),
+            client.batch_execute("COMMIT")
+        );
+        begin?;
+        let pushed = self.decode(rows).await?;
+        commit?;
         self.committed(&pushed);
         Ok(pushed)
     }
@@ -284,44 +294,44 @@ impl EventStore {
         tx: &Transaction<'_>,
         appends: &[Append],
     ) -> Result<Pushed, StoreError> {
+        let encoded = self.encode(appends)?;
+        let append = tx.prepare_cached(APPEND_SQL).await?;
+        let rows = tx.query(&append, &encoded.params()).await;
+        self.decode(rows).await
+    }
+
+    /// Validates and lays the appends out as eventstore.append's parameters.
+    fn encode<'a>(&self, appends: &'a [Append]) -> Result<Encoded<'a>, StoreError> {
         self.validate(appends)?;
         // Aggregates in a fixed order: concurrent multi-aggregate pushes lock without deadlock.
         let mut ordered: Vec<&Append> = appends.iter().collect();
         ordered.sort_by(|a, b| a.aggregate.cmp(&b.aggregate));
-        let commands: Vec<CommandJson> = ordered.iter().map(|a| CommandJson::from(*a)).collect();
         // Events travel as parallel arrays: cheaper for the server than one JSON document.
         let n = ordered.iter().map(|a| a.events.len()).sum();
-        let (mut cmds, mut types, mut payloads, mut metadata) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
+        let mut e = Encoded {
+            commands: Json(ordered.iter().map(|a| CommandJson::from(*a)).collect()),
+            cmds: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+            notify: self.opts.notify == NotifyMode::Trigger,
+        };
         for (i, a) in ordered.iter().enumerate() {
-            for e in &a.events {
-                cmds.push(i as i32 + 1);
-                types.push(e.event_type.as_str());
-                payloads.push(&e.payload);
-                metadata.push(&e.metadata);
+            for ev in &a.events {
+                e.cmds.push(i as i32 + 1);
+                e.types.push(ev.event_type.as_str());
+                e.payloads.push(&ev.payload);
+                e.metadata.push(&ev.metadata);
             }
         }
-        let notify = self.opts.notify == NotifyMode::Trigger;
-        let append = tx
-            .prepare_cached("SELECT tx, seqs FROM eventstore.append($1::jsonb, $2, $3, $4, $5, $6)")
-            .await?;
-        let rows = tx
-            .query(
-                &append,
-                &[
-                    &Json(&commands),
-                    &cmds,
-                    &types,
-                    &payloads,
-                    &metadata,
-                    &notify,
-                ],
-            )
-            .await;
+        Ok(e)
+    }
+
+    /// Turns eventstore.append's answer into positions, or into a typed error.
+    async fn decode(
+        &self,
+        rows: Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>,
+    ) -> Result<Pushed, StoreError> {
         let rows = match rows.map_err(StoreError::from_db) {
             Ok(rows) => rows,
             Err(StoreError::Conflict {
@@ -414,6 +424,31 @@ impl EventStore {
             }
         }
         Ok(())
+    }
+}
+
+const APPEND_SQL: &str = "SELECT tx, seqs FROM eventstore.append($1::jsonb, $2, $3, $4, $5, $6)";
+
+/// eventstore.append's parameters, borrowed from the appends.
+struct Encoded<'a> {
+    commands: Json<Vec<CommandJson<'a>>>,
+    cmds: Vec<i32>,
+    types: Vec<&'a str>,
+    payloads: Vec<&'a Value>,
+    metadata: Vec<&'a Value>,
+    notify: bool,
+}
+
+impl Encoded<'_> {
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 6] {
+        [
+            &self.commands,
+            &self.cmds,
+            &self.types,
+            &self.payloads,
+            &self.metadata,
+            &self.notify,
+        ]
     }
 }
 
