@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool, Transaction};
-use postgres_types::Json;
+use postgres_types::{to_sql_checked, IsNull, Json, ToSql, Type};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -316,12 +316,26 @@ impl EventStore {
             metadata: Vec::with_capacity(n),
             notify: self.opts.notify == NotifyMode::Trigger,
         };
+        let limit = self.opts.max_event_bytes;
         for (i, a) in ordered.iter().enumerate() {
             for ev in &a.events {
                 e.cmds.push(i as i32 + 1);
                 e.types.push(ev.event_type.as_str());
-                e.payloads.push(&ev.payload);
-                e.metadata.push(&ev.metadata);
+                // Serialized once: the size check and the wire use the same bytes.
+                for (part, out) in [
+                    (&ev.payload, &mut e.payloads),
+                    (&ev.metadata, &mut e.metadata),
+                ] {
+                    let json = RawJsonb::of(part);
+                    if json.0.len() > limit {
+                        return Err(StoreError::PayloadTooLarge {
+                            event_type: ev.event_type.clone(),
+                            size: json.0.len(),
+                            limit,
+                        });
+                    }
+                    out.push(json);
+                }
             }
         }
         Ok(e)
@@ -373,7 +387,6 @@ impl EventStore {
         if appends.is_empty() {
             return Err(StoreError::Invalid("nothing to append".into()));
         }
-        let limit = self.opts.max_event_bytes;
         let mut seen = std::collections::HashSet::new();
         for a in appends {
             let agg = &a.aggregate;
@@ -405,14 +418,6 @@ impl EventStore {
                             e.event_type
                         )));
                     }
-                    let size = json_size(part);
-                    if size > limit {
-                        return Err(StoreError::PayloadTooLarge {
-                            event_type: e.event_type.clone(),
-                            size,
-                            limit,
-                        });
-                    }
                 }
             }
             for u in a.claim.iter().chain(&a.release) {
@@ -434,9 +439,37 @@ struct Encoded<'a> {
     commands: Json<Vec<CommandJson<'a>>>,
     cmds: Vec<i32>,
     types: Vec<&'a str>,
-    payloads: Vec<&'a Value>,
-    metadata: Vec<&'a Value>,
+    payloads: Vec<RawJsonb>,
+    metadata: Vec<RawJsonb>,
     notify: bool,
+}
+
+/// A JSON value serialized once, sent as jsonb as it is.
+#[derive(Debug)]
+struct RawJsonb(Vec<u8>);
+
+impl RawJsonb {
+    fn of(v: &Value) -> RawJsonb {
+        RawJsonb(serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec()))
+    }
+}
+
+impl ToSql for RawJsonb {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&[1]); // jsonb's binary format: version 1, then the text
+        out.extend_from_slice(&self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
 }
 
 impl Encoded<'_> {
@@ -493,22 +526,6 @@ pub(crate) fn valid_event_type(t: &str) -> bool {
 /// Mirrors eventstore.valid_aggregate_type: one lower-case word.
 pub(crate) fn valid_aggregate_type(t: &str) -> bool {
     t.len() <= 64 && is_word(t)
-}
-
-fn json_size(v: &Value) -> usize {
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut c = Counter(0);
-    let _ = serde_json::to_writer(&mut c, v);
-    c.0
 }
 
 /// Events after `after`, in `(tx, seq)` order, only from transactions below the horizon: no
@@ -640,9 +657,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_size_counts_serialized_bytes() {
+    fn raw_jsonb_is_the_serialized_text() {
         let v = json!({"a": "héllo", "b": [1, 2, 3]});
-        assert_eq!(json_size(&v), serde_json::to_vec(&v).unwrap().len());
+        assert_eq!(RawJsonb::of(&v).0, serde_json::to_vec(&v).unwrap());
     }
 
     #[test]
