@@ -6,7 +6,7 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, ScimOptions};
 use crate::db::{self, DbError};
 use crate::eventstore::EventStore;
 use crate::projection::{ProgressHub, ProjectionError, Projector};
@@ -27,6 +27,7 @@ pub struct AppState {
     /// The projections this process runs (none when `Config::run_projections` is off).
     pub projector: Option<Arc<Projector>>,
     pub admin_token: Option<Arc<str>>,
+    pub scim: Arc<ScimOptions>,
 }
 
 impl AppState {
@@ -61,12 +62,15 @@ impl AppState {
             hub,
             projector,
             admin_token: cfg.admin_token.as_deref().map(Arc::from),
+            scim: Arc::new(cfg.scim.clone()),
         })
     }
 }
 
 pub fn router(state: AppState) -> axum::Router {
-    crate::api::router().with_state(state)
+    crate::api::router()
+        .merge(crate::scim::router(&state))
+        .with_state(state)
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then finishes in-flight requests.

@@ -137,6 +137,8 @@ pub struct ServeArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub projections: ProjectionArgs,
+    #[command(flatten)]
+    pub scim: ScimArgs,
     /// Bearer token for the admin endpoints, for first start-up and automation (compared in
     /// constant time). Unset: only admin-scope API tokens are accepted.
     #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN", hide_env_values = true)]
@@ -161,6 +163,52 @@ pub struct ProjectionArgs {
         default_value_t = 5
     )]
     pub max_attempts: i32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ScimArgs {
+    /// How long a request waits for the read models to reach its write (or the client's
+    /// Portcullis-Min-Position) before answering 503, in milliseconds.
+    #[arg(long, env = "PORTCULLIS_WAIT_TIMEOUT_MS", default_value_t = 5000)]
+    pub wait_timeout_ms: u64,
+    /// Largest SCIM request body in bytes (also the /Bulk maxPayloadSize); larger gets 413.
+    #[arg(long, env = "PORTCULLIS_SCIM_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub scim_max_body_bytes: usize,
+    /// Most operations in one /Bulk request.
+    #[arg(
+        long,
+        env = "PORTCULLIS_SCIM_MAX_BULK_OPERATIONS",
+        default_value_t = 1000
+    )]
+    pub scim_max_bulk_operations: usize,
+}
+
+impl ScimArgs {
+    pub fn options(&self) -> ScimOptions {
+        ScimOptions {
+            wait_timeout: std::time::Duration::from_millis(self.wait_timeout_ms.max(1)),
+            max_body_bytes: self.scim_max_body_bytes.max(1024),
+            max_bulk_operations: self.scim_max_bulk_operations.max(1),
+        }
+    }
+}
+
+/// Limits of the SCIM API.
+#[derive(Debug, Clone)]
+pub struct ScimOptions {
+    pub wait_timeout: std::time::Duration,
+    pub max_body_bytes: usize,
+    pub max_bulk_operations: usize,
+}
+
+impl Default for ScimOptions {
+    fn default() -> Self {
+        ScimOptions {
+            wait_timeout: std::time::Duration::from_secs(5),
+            max_body_bytes: 1024 * 1024,
+            max_bulk_operations: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -193,6 +241,7 @@ pub struct Config {
     pub run_projections: bool,
     pub runner: RunnerOptions,
     pub thresholds: Thresholds,
+    pub scim: ScimOptions,
     pub admin_token: Option<String>,
 }
 
@@ -204,6 +253,7 @@ impl std::fmt::Debug for Config {
             .field("store", &self.store)
             .field("run_projections", &self.run_projections)
             .field("thresholds", &self.thresholds)
+            .field("scim", &self.scim)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .finish_non_exhaustive()
     }
@@ -218,6 +268,7 @@ impl Config {
             run_projections: true,
             runner: RunnerOptions::default(),
             thresholds: Thresholds::default(),
+            scim: ScimOptions::default(),
             admin_token: None,
         }
     }
@@ -240,6 +291,7 @@ impl From<&ServeArgs> for Config {
                 lag_seconds: p.lag_seconds,
                 stall_seconds: p.stall_seconds,
             },
+            scim: a.scim.options(),
             admin_token: a.admin_token.clone().filter(|t| !t.is_empty()),
         }
     }

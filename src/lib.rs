@@ -11,6 +11,7 @@ pub mod eventstore;
 pub mod listener;
 pub mod projection;
 pub mod projections;
+pub mod scim;
 
 /// An error and its causes, `: `-separated, for logs and the command line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -1,10 +1,14 @@
 //! The identity domain as commands and events (DESIGN.md §6): each command loads what it
 //! needs, validates, and pushes events with the expected version.
 
+pub mod group;
 pub mod org;
 pub mod token;
+pub mod user;
 
-use crate::eventstore::{Position, StoreError};
+use serde_json::{Map, Value};
+
+use crate::eventstore::{self, Aggregate, Append, EventStore, Position, StoreError, StoredEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DomainError {
@@ -12,6 +16,13 @@ pub enum DomainError {
     NotFound(String),
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// The caller's If-Match named a version the aggregate is no longer at.
+    #[error("{aggregate} is at version {actual}, not {expected}")]
+    VersionMismatch {
+        aggregate: Aggregate,
+        expected: u64,
+        actual: u64,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("database pool: {0}")]
@@ -20,6 +31,8 @@ pub enum DomainError {
     Db(#[from] tokio_postgres::Error),
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),
+    #[error("password hashing failed: {0}")]
+    Hash(String),
 }
 
 /// What a command wrote: the id it created or changed and the position to wait for.
@@ -27,4 +40,115 @@ pub enum DomainError {
 pub struct Written {
     pub id: uuid::Uuid,
     pub position: Position,
+}
+
+/// A document of attributes (canonical SCIM names) as the domain keeps it.
+pub type Doc = Map<String, Value>;
+
+/// How often a command that lost a race reloads and decides again. From the second attempt
+/// on it holds the aggregate's lock while it loads, so only a writer that skips the lock
+/// (none in this service) can make it lose again.
+const ATTEMPTS: usize = 4;
+
+/// Loads the aggregate, lets `decide` validate and say what to append (None: nothing to
+/// do), pushes with the expected version `decide` put in the append, and on `Conflict`
+/// reloads and decides again. Returns the position to wait for: the push's, or for a
+/// no-op the aggregate's last event.
+pub(crate) async fn write<E>(
+    store: &EventStore,
+    aggregate: &Aggregate,
+    mut decide: impl FnMut(&[StoredEvent]) -> Result<Option<Append>, E>,
+) -> Result<Position, E>
+where
+    E: From<DomainError>,
+{
+    let last = |events: &[StoredEvent]| events.last().map(|e| e.position).unwrap_or_default();
+    // Optimistic: most commands meet no competition.
+    let events = {
+        let client = store.pool().get().await.map_err(DomainError::from)?;
+        eventstore::load(&client, aggregate)
+            .await
+            .map_err(DomainError::from)?
+    };
+    let Some(append) = decide(&events)? else {
+        return Ok(last(&events));
+    };
+    match store.push(&[append]).await {
+        Ok(pushed) => return Ok(pushed.last()),
+        Err(StoreError::Conflict { .. }) => {}
+        Err(e) => return Err(DomainError::from(e).into()),
+    }
+    let mut attempt = 1;
+    loop {
+        attempt += 1;
+        let mut client = store.pool().get().await.map_err(DomainError::from)?;
+        let tx = client.transaction().await.map_err(DomainError::from)?;
+        // The same key eventstore.append locks, so the append below re-enters it.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&aggregate.to_string()],
+        )
+        .await
+        .map_err(DomainError::from)?;
+        let events = eventstore::load(&tx, aggregate)
+            .await
+            .map_err(DomainError::from)?;
+        let Some(append) = decide(&events)? else {
+            return Ok(last(&events));
+        };
+        match store.push_in(&tx, &[append]).await {
+            Ok(pushed) => {
+                tx.commit().await.map_err(DomainError::from)?;
+                store.committed(&pushed);
+                return Ok(pushed.last());
+            }
+            Err(StoreError::Conflict { .. }) if attempt < ATTEMPTS => continue,
+            Err(e) => return Err(DomainError::from(e).into()),
+        }
+    }
+}
+
+/// Checks an If-Match version against the aggregate's current one.
+pub(crate) fn check_version(
+    aggregate: &Aggregate,
+    if_match: Option<u64>,
+    actual: u64,
+) -> Result<(), DomainError> {
+    match if_match {
+        Some(expected) if expected != actual => Err(DomainError::VersionMismatch {
+            aggregate: aggregate.clone(),
+            expected,
+            actual,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The top-level attributes that differ: (set, unset).
+pub(crate) fn diff(old: &Doc, new: &Doc) -> (Doc, Vec<String>) {
+    let set: Doc = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let unset = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .cloned()
+        .collect();
+    (set, unset)
+}
+
+/// Applies a `*.changed` payload ({"set": {...}, "unset": [...]}) to a document.
+pub(crate) fn apply_change(doc: &mut Doc, payload: &Value) {
+    if let Some(set) = payload.get("set").and_then(Value::as_object) {
+        for (k, v) in set {
+            doc.insert(k.clone(), v.clone());
+        }
+    }
+    if let Some(unset) = payload.get("unset").and_then(Value::as_array) {
+        for k in unset.iter().filter_map(Value::as_str) {
+            doc.remove(k);
+        }
+    }
 }

@@ -2,7 +2,9 @@
 
 mod api_tokens;
 mod event_counts;
+mod groups;
 mod orgs;
+mod users;
 
 use std::sync::Arc;
 
@@ -10,9 +12,17 @@ use crate::projection::Projection;
 
 pub use api_tokens::ApiTokens;
 pub use event_counts::EventCounts;
+pub use groups::Groups;
 pub use orgs::Orgs;
+pub use users::Users;
 
 /// Every projection the service runs.
 pub fn all() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(EventCounts), Arc::new(Orgs), Arc::new(ApiTokens)]
+    vec![
+        Arc::new(EventCounts),
+        Arc::new(Orgs),
+        Arc::new(ApiTokens),
+        Arc::new(Users),
+        Arc::new(Groups),
+    ]
 }

@@ -8,4 +8,5 @@ mod cli;
 mod eventstore;
 mod http;
 mod projections;
+mod scim;
 mod tokens;

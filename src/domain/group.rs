@@ -1,0 +1,312 @@
+//! Groups: a displayName unique per org case-insensitively, an externalId, and members that
+//! are users or groups. Each membership change is its own event, so concurrent additions of
+//! different members never undo each other.
+
+use std::collections::{HashMap, HashSet};
+
+use deadpool_postgres::GenericClient;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{apply_change, check_version, diff, user, write, Doc, DomainError, Written};
+use crate::eventstore::{
+    Aggregate, Append, EventStore, ExpectedVersion, NewEvent, StoredEvent, UniqueValue,
+};
+
+pub const AGGREGATE: &str = "group";
+pub const ADDED: &str = "group.added";
+pub const CHANGED: &str = "group.changed";
+pub const MEMBER_ADDED: &str = "group.member.added";
+pub const MEMBER_REMOVED: &str = "group.member.removed";
+pub const REMOVED: &str = "group.removed";
+/// The unique constraint on displayName (per org, case-insensitive).
+pub const DISPLAY_NAME: &str = "group.display_name";
+
+const MAX_DISPLAY_NAME: usize = 256;
+/// Members one group may hold; keeps a group's event stream loadable in milliseconds.
+pub const MAX_MEMBERS: usize = 100_000;
+
+pub fn aggregate(id: Uuid) -> Aggregate {
+    Aggregate::new(AGGREGATE, id)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    User,
+    Group,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::User => "User",
+            Kind::Group => "Group",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Kind> {
+        if s.eq_ignore_ascii_case("user") {
+            Some(Kind::User)
+        } else if s.eq_ignore_ascii_case("group") {
+            Some(Kind::Group)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Member {
+    pub id: Uuid,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub org_id: Uuid,
+    pub version: u64,
+    /// displayName and externalId.
+    pub doc: Doc,
+    /// In the order they were added.
+    pub members: Vec<Member>,
+}
+
+impl Group {
+    pub fn display_name(&self) -> &str {
+        self.doc
+            .get("displayName")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+}
+
+fn member_of(v: &Value) -> Option<Member> {
+    Some(Member {
+        id: v["value"].as_str()?.parse().ok()?,
+        kind: Kind::parse(v["type"].as_str()?)?,
+    })
+}
+
+pub fn fold(events: &[StoredEvent]) -> Option<Group> {
+    let mut group: Option<Group> = None;
+    for e in events {
+        match e.event_type.as_str() {
+            ADDED => {
+                group = Some(Group {
+                    org_id: e.org_id,
+                    version: e.version,
+                    doc: e.payload["attributes"]
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
+                    members: Vec::new(),
+                })
+            }
+            CHANGED => {
+                if let Some(g) = &mut group {
+                    apply_change(&mut g.doc, &e.payload);
+                }
+            }
+            MEMBER_ADDED => {
+                if let (Some(g), Some(m)) = (&mut group, member_of(&e.payload)) {
+                    if !g.members.iter().any(|x| x.id == m.id) {
+                        g.members.push(m);
+                    }
+                }
+            }
+            MEMBER_REMOVED => {
+                if let (Some(g), Some(id)) = (
+                    &mut group,
+                    e.payload["value"]
+                        .as_str()
+                        .and_then(|s| s.parse::<Uuid>().ok()),
+                ) {
+                    g.members.retain(|m| m.id != id);
+                }
+            }
+            REMOVED => group = None,
+            _ => {}
+        }
+        if let Some(g) = &mut group {
+            g.version = e.version;
+        }
+    }
+    group
+}
+
+fn validate(group_id: Uuid, doc: &Doc, members: &[Member]) -> Result<String, DomainError> {
+    let name = doc
+        .get("displayName")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if name.trim().is_empty() {
+        return Err(DomainError::Invalid {
+            field: "displayName",
+            reason: "a group needs a displayName".into(),
+        });
+    }
+    if name.chars().count() > MAX_DISPLAY_NAME || name.chars().any(char::is_control) {
+        return Err(DomainError::Invalid {
+            field: "displayName",
+            reason: format!(
+                "displayName has at most {MAX_DISPLAY_NAME} characters and no control characters"
+            ),
+        });
+    }
+    if members.iter().any(|m| m.id == group_id) {
+        return Err(DomainError::Invalid {
+            field: "members",
+            reason: "a group cannot be a member of itself".into(),
+        });
+    }
+    if members.len() > MAX_MEMBERS {
+        return Err(DomainError::Invalid {
+            field: "members",
+            reason: format!("a group has at most {MAX_MEMBERS} members"),
+        });
+    }
+    Ok(name.to_string())
+}
+
+/// Which of `ids` are users or groups of `org_id` (that exist now); the rest are absent.
+pub async fn resolve_members<C: GenericClient>(
+    client: &C,
+    org_id: Uuid,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Kind>, DomainError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let stmt = client
+        .prepare_cached(
+            "SELECT aggregate_id, aggregate_type FROM eventstore.events \
+             WHERE aggregate_type IN ('user', 'group') AND aggregate_id = ANY($2) AND org_id = $1 \
+             GROUP BY aggregate_id, aggregate_type \
+             HAVING NOT bool_or(event_type IN ('user.removed', 'group.removed'))",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&org_id, &ids]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let kind = if r.get::<_, &str>(1) == user::AGGREGATE {
+                Kind::User
+            } else {
+                Kind::Group
+            };
+            (r.get(0), kind)
+        })
+        .collect())
+}
+
+fn member_events(append: Append, old: &[Member], new: &[Member]) -> Append {
+    let old_ids: HashSet<Uuid> = old.iter().map(|m| m.id).collect();
+    let new_ids: HashSet<Uuid> = new.iter().map(|m| m.id).collect();
+    let mut append = append;
+    for m in old.iter().filter(|m| !new_ids.contains(&m.id)) {
+        append = append.event(NewEvent::new(MEMBER_REMOVED, json!({ "value": m.id })));
+    }
+    let mut seen = HashSet::new();
+    for m in new.iter().filter(|m| !old_ids.contains(&m.id)) {
+        if seen.insert(m.id) {
+            append = append.event(NewEvent::new(
+                MEMBER_ADDED,
+                json!({ "value": m.id, "type": m.kind.as_str() }),
+            ));
+        }
+    }
+    append
+}
+
+pub async fn create(
+    store: &EventStore,
+    org_id: Uuid,
+    doc: Doc,
+    members: Vec<Member>,
+) -> Result<Written, DomainError> {
+    let id = Uuid::new_v4();
+    let name = validate(id, &doc, &members)?;
+    let append = Append::new(org_id, aggregate(id), ExpectedVersion::NEW)
+        .claim(UniqueValue::case_insensitive(DISPLAY_NAME, name))
+        .event(NewEvent::new(ADDED, json!({ "attributes": doc })));
+    let append = member_events(append, &[], &members);
+    let pushed = store.push(&[append]).await?;
+    Ok(Written {
+        id,
+        position: pushed.last(),
+    })
+}
+
+pub async fn load(
+    store: &EventStore,
+    org_id: Uuid,
+    id: Uuid,
+) -> Result<Option<Group>, DomainError> {
+    let client = store.pool().get().await?;
+    let events = crate::eventstore::load(&client, &aggregate(id)).await?;
+    Ok(fold(&events).filter(|g| g.org_id == org_id))
+}
+
+/// Changes a group: `change` gets the current group and returns the new attributes and
+/// members. Writes one event per attribute change and per member added or removed.
+pub async fn update<E: From<DomainError>>(
+    store: &EventStore,
+    org_id: Uuid,
+    id: Uuid,
+    if_match: Option<u64>,
+    mut change: impl FnMut(&Group) -> Result<(Doc, Vec<Member>), E>,
+) -> Result<Written, E> {
+    let agg = aggregate(id);
+    let position = write(store, &agg, |events| -> Result<_, E> {
+        let group = fold(events)
+            .filter(|g| g.org_id == org_id)
+            .ok_or_else(|| DomainError::NotFound(format!("group {id}")))?;
+        check_version(&agg, if_match, group.version)?;
+        let (doc, members) = change(&group)?;
+        let name = validate(id, &doc, &members)?;
+        let (set, unset) = diff(&group.doc, &doc);
+        let mut append = Append::new(org_id, agg.clone(), ExpectedVersion::Exact(group.version));
+        if !set.is_empty() || !unset.is_empty() {
+            append = append.event(NewEvent::new(
+                CHANGED,
+                json!({ "set": set, "unset": unset }),
+            ));
+            if name.to_lowercase() != group.display_name().to_lowercase() {
+                append = append
+                    .release(UniqueValue::case_insensitive(
+                        DISPLAY_NAME,
+                        group.display_name(),
+                    ))
+                    .claim(UniqueValue::case_insensitive(DISPLAY_NAME, name));
+            }
+        }
+        let append = member_events(append, &group.members, &members);
+        Ok((!append.events.is_empty()).then_some(append))
+    })
+    .await?;
+    Ok(Written { id, position })
+}
+
+pub async fn remove(
+    store: &EventStore,
+    org_id: Uuid,
+    id: Uuid,
+    if_match: Option<u64>,
+) -> Result<Written, DomainError> {
+    let agg = aggregate(id);
+    let position = write(store, &agg, |events| -> Result<_, DomainError> {
+        let group = fold(events)
+            .filter(|g| g.org_id == org_id)
+            .ok_or_else(|| DomainError::NotFound(format!("group {id}")))?;
+        check_version(&agg, if_match, group.version)?;
+        Ok(Some(
+            Append::new(org_id, agg.clone(), ExpectedVersion::Exact(group.version))
+                .release(UniqueValue::case_insensitive(
+                    DISPLAY_NAME,
+                    group.display_name(),
+                ))
+                .event(NewEvent::new(REMOVED, json!({}))),
+        ))
+    })
+    .await?;
+    Ok(Written { id, position })
+}

@@ -1,0 +1,200 @@
+//! POST /Bulk (RFC 7644 §3.7): operations in order, `bulkId` references to resources
+//! created earlier in the request, `failOnErrors`, and one wait for the read models at the end.
+
+use std::collections::HashMap;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+
+use super::error::ScimError;
+use super::schema::{self, ResourceType, GROUP_TYPE, USER_TYPE};
+use super::{wait, write, Body, Ctx, ScimJson, POSITION_HEADER};
+use crate::app::AppState;
+use crate::eventstore::Position;
+
+fn get<'a>(o: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    o.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+}
+
+/// Replaces `bulkId:x` strings with the ids they stand for.
+fn substitute(v: &Value, ids: &HashMap<String, String>) -> Result<Value, ScimError> {
+    Ok(match v {
+        Value::String(s) => match s.strip_prefix("bulkId:") {
+            Some(b) => Value::String(ids.get(b).cloned().ok_or_else(|| {
+                ScimError::value(format!("bulkId {b:?} names no resource created before it"))
+            })?),
+            None => v.clone(),
+        },
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| substitute(x, ids))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| Ok((k.clone(), substitute(x, ids)?)))
+                .collect::<Result<_, ScimError>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+fn resource_type(segment: &str) -> Option<&'static ResourceType> {
+    [&USER_TYPE, &GROUP_TYPE]
+        .into_iter()
+        .find(|rt| rt.endpoint.eq_ignore_ascii_case(segment))
+}
+
+struct Done {
+    status: StatusCode,
+    location: Option<String>,
+    position: Position,
+    id: String,
+}
+
+async fn one(
+    state: &AppState,
+    ctx: &Ctx,
+    op: &Map<String, Value>,
+    ids: &HashMap<String, String>,
+) -> Result<Done, ScimError> {
+    let method = get(op, "method")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ScimError::syntax("every operation needs a method"))?
+        .to_ascii_uppercase();
+    let path = get(op, "path")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ScimError::syntax("every operation needs a path"))?;
+    let path = substitute(&Value::String(path.to_string()), ids).unwrap_or(Value::Null);
+    let path = path.as_str().unwrap_or_default().to_string();
+    let mut segments = path.trim_start_matches('/').split('/');
+    let rt = segments
+        .next()
+        .and_then(resource_type)
+        .ok_or_else(|| ScimError::path(format!("bulk path {path:?} is not /Users or /Groups")))?;
+    let id = segments.next().map(str::to_string);
+    if segments.next().is_some() {
+        return Err(ScimError::path(format!("bulk path {path:?} is too long")));
+    }
+    let data = || -> Result<Value, ScimError> {
+        substitute(
+            get(op, "data").ok_or_else(|| ScimError::syntax(format!("{method} needs data")))?,
+            ids,
+        )
+    };
+    let version = match get(op, "version").and_then(Value::as_str) {
+        None => None,
+        Some(v) => Some(
+            v.trim_start_matches("W/")
+                .trim_matches('"')
+                .parse::<u64>()
+                .map_err(|_| {
+                    ScimError::PreconditionFailed(format!("version {v:?} does not match"))
+                })?,
+        ),
+    };
+    let (status, w) = match (method.as_str(), id) {
+        ("POST", None) => (StatusCode::CREATED, write::create(state, ctx.org, rt, &data()?).await?),
+        ("PUT", Some(id)) => (
+            StatusCode::OK,
+            write::replace(state, ctx.org, rt, &id, version, &data()?).await?,
+        ),
+        ("PATCH", Some(id)) => (
+            StatusCode::OK,
+            write::patch(state, ctx.org, rt, &id, version, &data()?).await?,
+        ),
+        ("DELETE", Some(id)) => (
+            StatusCode::NO_CONTENT,
+            write::delete(state, ctx.org, rt, &id, version).await?,
+        ),
+        (m, _) => {
+            return Err(ScimError::syntax(format!(
+                "{m} {path}: bulk supports POST /Users|/Groups and PUT, PATCH, DELETE /Users|/Groups/{{id}}"
+            )))
+        }
+    };
+    Ok(Done {
+        status,
+        location: (status != StatusCode::NO_CONTENT)
+            .then(|| format!("{}/{}/{}", ctx.base, rt.endpoint, w.id)),
+        position: w.position,
+        id: w.id.to_string(),
+    })
+}
+
+pub async fn bulk(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Body(body): Body,
+) -> Result<Response, ScimError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ScimError::syntax("a BulkRequest must be an object"))?;
+    let ops = get(obj, "Operations")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ScimError::syntax("a BulkRequest needs an Operations array"))?;
+    let max = state.scim.max_bulk_operations;
+    if ops.len() > max {
+        return Err(ScimError::TooLarge(format!(
+            "the request has {} operations, over maxOperations {max}",
+            ops.len()
+        )));
+    }
+    let fail_on_errors = match get(obj, "failOnErrors") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ScimError::value("failOnErrors must be a positive integer"))?,
+        ),
+    };
+    let mut ids: HashMap<String, String> = HashMap::new();
+    let mut results = Vec::new();
+    let mut errors = 0u64;
+    let mut last = None::<Position>;
+    for op in ops {
+        let op = op
+            .as_object()
+            .ok_or_else(|| ScimError::syntax("each operation must be an object"))?;
+        let method = get(op, "method").cloned().unwrap_or(Value::Null);
+        let bulk_id = get(op, "bulkId")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let mut result = json!({"method": method});
+        if let Some(b) = &bulk_id {
+            result["bulkId"] = json!(b);
+        }
+        match one(&state, &ctx, op, &ids).await {
+            Ok(done) => {
+                if let Some(b) = bulk_id {
+                    ids.insert(b, done.id.clone());
+                }
+                if let Some(l) = done.location {
+                    result["location"] = json!(l);
+                }
+                result["status"] = json!(done.status.as_u16().to_string());
+                last = last.max(Some(done.position));
+            }
+            Err(e) => {
+                result["status"] = json!(e.status().as_u16().to_string());
+                result["response"] = e.body();
+                errors += 1;
+            }
+        }
+        results.push(result);
+        if fail_on_errors.is_some_and(|n| errors >= n) {
+            break;
+        }
+    }
+    wait(&state, last).await?;
+    let mut res = ScimJson(json!({"schemas": [schema::BULK_RESPONSE], "Operations": results}))
+        .into_response();
+    if let Some(p) = last.and_then(|p| HeaderValue::from_str(&p.to_string()).ok()) {
+        res.headers_mut().insert(POSITION_HEADER, p);
+    }
+    Ok(res)
+}

@@ -1,0 +1,155 @@
+//! SCIM errors and the one place they become responses (RFC 7644 §3.12 bodies).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::schema;
+use crate::domain::DomainError;
+use crate::eventstore::StoreError;
+use crate::projection::WaitError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScimError {
+    #[error("{detail}")]
+    BadRequest {
+        scim_type: &'static str,
+        detail: String,
+    },
+    #[error("missing, malformed or unknown bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Uniqueness(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    NotImplemented(String),
+    #[error("the read models did not catch up in time: {0}")]
+    NotCaughtUp(#[from] WaitError),
+    #[error(transparent)]
+    Domain(DomainError),
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+impl ScimError {
+    pub fn bad(scim_type: &'static str, detail: impl Into<String>) -> ScimError {
+        ScimError::BadRequest {
+            scim_type,
+            detail: detail.into(),
+        }
+    }
+    pub fn syntax(detail: impl Into<String>) -> ScimError {
+        Self::bad("invalidSyntax", detail)
+    }
+    pub fn value(detail: impl Into<String>) -> ScimError {
+        Self::bad("invalidValue", detail)
+    }
+    pub fn filter(detail: impl Into<String>) -> ScimError {
+        Self::bad("invalidFilter", detail)
+    }
+    pub fn path(detail: impl Into<String>) -> ScimError {
+        Self::bad("invalidPath", detail)
+    }
+    pub fn mutability(detail: impl Into<String>) -> ScimError {
+        Self::bad("mutability", detail)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ScimError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ScimError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ScimError::NotFound(_) => StatusCode::NOT_FOUND,
+            ScimError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ScimError::Uniqueness(_) => StatusCode::CONFLICT,
+            ScimError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ScimError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ScimError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ScimError::NotCaughtUp(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ScimError::Domain(_) | ScimError::Pool(_) | ScimError::Db(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    pub fn scim_type(&self) -> Option<&'static str> {
+        match self {
+            ScimError::BadRequest { scim_type, .. } => Some(scim_type),
+            ScimError::Uniqueness(_) => Some("uniqueness"),
+            _ => None,
+        }
+    }
+
+    /// The error body; server errors log their cause chain and show no internals.
+    pub fn body(&self) -> serde_json::Value {
+        let status = self.status();
+        let detail = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(error = %crate::error_chain(self), "SCIM request failed");
+            "internal error; see the service log".to_string()
+        } else {
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                tracing::warn!(error = %self, "SCIM request timed out waiting for projections");
+            }
+            self.to_string()
+        };
+        let mut body = json!({
+            "schemas": [schema::ERROR],
+            "status": status.as_u16().to_string(),
+            "detail": detail,
+        });
+        if let Some(t) = self.scim_type() {
+            body["scimType"] = t.into();
+        }
+        body
+    }
+}
+
+/// Domain errors that are the client's doing become 4xx; the rest stay server errors.
+impl From<DomainError> for ScimError {
+    fn from(e: DomainError) -> ScimError {
+        match e {
+            DomainError::NotFound(what) => ScimError::NotFound(format!("{what} not found")),
+            DomainError::Invalid { reason, .. } => ScimError::value(reason),
+            DomainError::VersionMismatch { .. } => {
+                ScimError::PreconditionFailed(format!("If-Match failed: {e}"))
+            }
+            DomainError::Store(StoreError::AlreadyExists { constraint, value }) => {
+                let what = match constraint.as_str() {
+                    crate::domain::user::USER_NAME => "userName",
+                    crate::domain::group::DISPLAY_NAME => "displayName",
+                    other => other,
+                };
+                ScimError::Uniqueness(format!("{what} {value:?} is already taken"))
+            }
+            DomainError::Store(StoreError::PayloadTooLarge { size, limit, .. }) => {
+                ScimError::TooLarge(format!(
+                    "the resource is {size} bytes, over the limit of {limit} bytes"
+                ))
+            }
+            DomainError::Store(StoreError::Conflict { .. }) => ScimError::Uniqueness(
+                "the resource kept changing under concurrent writes; try again".into(),
+            ),
+            other => ScimError::Domain(other),
+        }
+    }
+}
+
+impl IntoResponse for ScimError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut res = (status, super::ScimJson(self.body())).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}

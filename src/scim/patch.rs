@@ -1,0 +1,793 @@
+//! PATCH (RFC 7644 §3.5.2) on a canonical document, with the quirks real clients send
+//! (SCIM.md): operations apply to a copy, so a failing operation changes nothing.
+
+use serde_json::{Map, Value};
+
+use super::error::ScimError;
+use super::filter::{self, Filter, Op, PatchPath};
+use super::resource::coerce;
+use super::schema::{Attr, Mutability, ResourceType, Type};
+use crate::domain::Doc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Add,
+    Replace,
+    Remove,
+}
+
+/// The outcome of a PATCH: the new document and a new password, if one was set.
+#[derive(Debug)]
+pub struct Patched {
+    pub doc: Doc,
+    pub password: Option<String>,
+}
+
+/// Checks the PatchOp body and returns its operations (before any state is loaded, so a
+/// malformed request costs nothing).
+pub fn operations(body: &Value) -> Result<Vec<Value>, ScimError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ScimError::syntax("the body must be a PatchOp object"))?;
+    let ops = obj
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("Operations"))
+        .map(|(_, v)| v)
+        .and_then(Value::as_array)
+        .ok_or_else(|| ScimError::syntax("a PatchOp needs an Operations array"))?;
+    if ops.is_empty() {
+        return Err(ScimError::syntax("Operations is empty"));
+    }
+    for op in ops {
+        let o = op
+            .as_object()
+            .ok_or_else(|| ScimError::syntax("each operation must be an object"))?;
+        let kind = get(o, "op").and_then(Value::as_str).unwrap_or_default();
+        if !["add", "replace", "remove"]
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(kind))
+        {
+            return Err(ScimError::syntax(format!(
+                "unknown operation {kind:?}: expected add, replace or remove"
+            )));
+        }
+    }
+    Ok(ops.clone())
+}
+
+fn get<'a>(o: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    o.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+}
+
+/// The password a PATCH sets, found before applying it (hashing is slow; do it once).
+pub fn password_in(ops: &[Value]) -> Option<String> {
+    let mut found = None;
+    for op in ops {
+        let Some(o) = op.as_object() else { continue };
+        let path = get(o, "path").and_then(Value::as_str);
+        let value = get(o, "value");
+        match (path, value) {
+            (Some(p), Some(Value::String(s))) if p.trim().eq_ignore_ascii_case("password") => {
+                found = Some(s.clone())
+            }
+            (None, Some(Value::Object(m))) => {
+                if let Some(Value::String(s)) = get(m, "password") {
+                    found = Some(s.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// Applies the operations to `doc` (the resource `id`).
+pub fn apply(
+    rt: &'static ResourceType,
+    doc: &Doc,
+    id: &str,
+    ops: &[Value],
+) -> Result<Patched, ScimError> {
+    let mut p = Patcher {
+        rt,
+        doc: doc.clone(),
+        password: None,
+        id,
+    };
+    for op in ops {
+        let o = op.as_object().expect("checked by operations()");
+        let kind = match get(o, "op").and_then(Value::as_str).unwrap_or_default() {
+            k if k.eq_ignore_ascii_case("add") => Kind::Add,
+            k if k.eq_ignore_ascii_case("replace") => Kind::Replace,
+            _ => Kind::Remove,
+        };
+        let value = get(o, "value").cloned().unwrap_or(Value::Null);
+        match get(o, "path") {
+            None | Some(Value::Null) => p.no_path(kind, &value)?,
+            Some(Value::String(path)) if path.trim().is_empty() => p.no_path(kind, &value)?,
+            Some(Value::String(path)) => p.op(kind, path, &value)?,
+            Some(_) => return Err(ScimError::path("path must be a string")),
+        }
+    }
+    Ok(Patched {
+        doc: p.doc,
+        password: p.password,
+    })
+}
+
+struct Patcher<'a> {
+    rt: &'static ResourceType,
+    doc: Doc,
+    password: Option<String>,
+    id: &'a str,
+}
+
+impl Patcher<'_> {
+    fn no_path(&mut self, kind: Kind, value: &Value) -> Result<(), ScimError> {
+        if kind == Kind::Remove {
+            return Err(ScimError::bad("noTarget", "remove needs a path"));
+        }
+        let map = value.as_object().ok_or_else(|| {
+            ScimError::syntax("an operation without a path needs an object of attributes")
+        })?;
+        for (k, v) in map {
+            if k.eq_ignore_ascii_case("schemas") || k.eq_ignore_ascii_case("meta") {
+                continue;
+            }
+            if k.eq_ignore_ascii_case("id") {
+                if v.as_str() == Some(self.id) {
+                    continue; // Okta echoes the id of the resource it patches
+                }
+                return Err(ScimError::mutability("id cannot change"));
+            }
+            self.op(kind, k, v)?;
+        }
+        Ok(())
+    }
+
+    fn op(&mut self, kind: Kind, path: &str, value: &Value) -> Result<(), ScimError> {
+        let rt = self.rt;
+        // A whole extension: apply each of its attributes.
+        if let Some((urn, _)) = rt.extension(path.trim()) {
+            if kind == Kind::Remove {
+                self.doc.remove(urn);
+                return Ok(());
+            }
+            let map = value
+                .as_object()
+                .ok_or_else(|| ScimError::value(format!("{urn} takes an object")))?;
+            for (k, v) in map {
+                self.op(kind, &format!("{urn}:{k}"), v)?;
+            }
+            return Ok(());
+        }
+        let pp = filter::parse_path(path).map_err(ScimError::path)?;
+        let resolved = rt
+            .resolve(&pp.attr.full_attr())
+            .ok_or_else(|| ScimError::path(format!("unknown attribute in path {path:?}")))?;
+        let attr = resolved.attr;
+        if attr.name == "password" && resolved.extension.is_none() {
+            return match (kind, value) {
+                (Kind::Remove, _) => Err(ScimError::mutability("password cannot be removed")),
+                (_, Value::String(s)) => {
+                    self.password = Some(s.clone());
+                    Ok(())
+                }
+                _ => Err(ScimError::value("password must be a string")),
+            };
+        }
+        if attr.mutability == Mutability::ReadOnly || attr.name == "schemas" {
+            return Err(ScimError::mutability(format!("{} is read-only", attr.name)));
+        }
+        let sub = match &pp.attr.sub {
+            Some(s) => Some(attr.sub_attr(s).ok_or_else(|| {
+                ScimError::path(format!("{} has no sub-attribute {s:?}", attr.name))
+            })?),
+            None => None,
+        };
+        let sub_after = match &pp.sub_after_filter {
+            Some(s) => Some(attr.sub_attr(s).ok_or_else(|| {
+                ScimError::path(format!("{} has no sub-attribute {s:?}", attr.name))
+            })?),
+            None => None,
+        };
+        for s in sub.iter().chain(sub_after.iter()) {
+            if s.mutability == Mutability::ReadOnly {
+                return Err(ScimError::mutability(format!(
+                    "{}.{} is read-only",
+                    attr.name, s.name
+                )));
+            }
+        }
+        if pp.filter.is_some() && !attr.multi {
+            return Err(ScimError::path(format!(
+                "{} is single-valued: a value filter does not apply",
+                attr.name
+            )));
+        }
+        let container: &mut Map<String, Value> = match resolved.extension {
+            Some(urn) => {
+                let e = self
+                    .doc
+                    .entry(urn.to_string())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if !e.is_object() {
+                    *e = Value::Object(Map::new());
+                }
+                e.as_object_mut().unwrap()
+            }
+            None => &mut self.doc,
+        };
+        let label = pp.attr.to_string();
+        match (&pp, sub, sub_after) {
+            (PatchPath { filter: None, .. }, None, _) => {
+                whole(container, attr, kind, value, &label)?
+            }
+            (PatchPath { filter: None, .. }, Some(sub), _) => {
+                sub_of_all(container, attr, sub, kind, value, &label)?
+            }
+            (
+                PatchPath {
+                    filter: Some(f), ..
+                },
+                _,
+                sub_after,
+            ) => filtered(container, attr, f, sub_after, kind, value, &label)?,
+        }
+        if let Some(urn) = resolved.extension {
+            if self
+                .doc
+                .get(urn)
+                .and_then(Value::as_object)
+                .is_some_and(Map::is_empty)
+            {
+                self.doc.remove(urn);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn demote_primaries(items: &mut [Value]) {
+    for i in items {
+        if let Some(o) = i.as_object_mut() {
+            if o.get("primary") == Some(&Value::Bool(true)) {
+                o.insert("primary".into(), Value::Bool(false));
+            }
+        }
+    }
+}
+
+fn is_primary(v: &Value) -> bool {
+    v.get("primary") == Some(&Value::Bool(true))
+}
+
+/// Values of an attribute with a `value` sub-attribute are identified by it.
+fn same_value(attr: &Attr, a: &Value, b: &Value) -> bool {
+    if attr.has_value_sub() {
+        a.get("value").is_some() && a.get("value") == b.get("value")
+    } else {
+        a == b
+    }
+}
+
+/// add / replace / remove on a whole attribute.
+fn whole(
+    c: &mut Map<String, Value>,
+    attr: &'static Attr,
+    kind: Kind,
+    value: &Value,
+    label: &str,
+) -> Result<(), ScimError> {
+    let key = attr.name;
+    match kind {
+        Kind::Remove if attr.multi && !value.is_null() => {
+            // Entra ID: remove only the listed values.
+            let listed: Vec<Value> = match value {
+                Value::Array(a) => a.clone(),
+                v => vec![v.clone()],
+            };
+            if let Some(Value::Array(items)) = c.get_mut(key) {
+                items.retain(|i| {
+                    !listed
+                        .iter()
+                        .any(|l| match (l.get("value"), i.get("value")) {
+                            (Some(lv), Some(iv)) => lv == iv,
+                            _ => l == i,
+                        })
+                });
+                if items.is_empty() {
+                    c.remove(key);
+                }
+            }
+        }
+        Kind::Remove => {
+            c.remove(key);
+        }
+        Kind::Add if attr.multi => {
+            let Some(Value::Array(new)) = coerce(attr, value, label)? else {
+                return Ok(());
+            };
+            let items = c
+                .entry(key.to_string())
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if !items.is_array() {
+                *items = Value::Array(Vec::new());
+            }
+            let items = items.as_array_mut().unwrap();
+            if new.iter().any(is_primary) {
+                demote_primaries(items);
+            }
+            for n in new {
+                match items.iter_mut().find(|i| same_value(attr, i, &n)) {
+                    // Re-adding a member is a no-op; re-adding an email updates its fields.
+                    Some(_) if attr.name == "members" => {}
+                    Some(existing) => {
+                        if let (Some(e), Value::Object(n)) = (existing.as_object_mut(), n) {
+                            e.extend(n);
+                        }
+                    }
+                    None => items.push(n),
+                }
+            }
+        }
+        Kind::Add | Kind::Replace if attr.ty == Type::Complex && !attr.multi => {
+            // Sub-attributes not named are left as they are (RFC 7644 §3.5.2.3).
+            match coerce(attr, value, label)? {
+                Some(Value::Object(new)) => {
+                    let e = c
+                        .entry(key.to_string())
+                        .or_insert_with(|| Value::Object(Map::new()));
+                    if !e.is_object() {
+                        *e = Value::Object(Map::new());
+                    }
+                    e.as_object_mut().unwrap().extend(new);
+                }
+                _ if kind == Kind::Replace => {
+                    c.remove(key);
+                }
+                _ => {}
+            }
+        }
+        Kind::Add | Kind::Replace => match coerce(attr, value, label)? {
+            Some(v) => {
+                c.insert(key.to_string(), v);
+            }
+            None => {
+                c.remove(key);
+            }
+        },
+    }
+    Ok(())
+}
+
+/// `name.givenName`, or `emails.value` without a filter (every value).
+fn sub_of_all(
+    c: &mut Map<String, Value>,
+    attr: &'static Attr,
+    sub: &'static Attr,
+    kind: Kind,
+    value: &Value,
+    label: &str,
+) -> Result<(), ScimError> {
+    let v = if kind == Kind::Remove {
+        None
+    } else {
+        coerce(sub, value, label)?
+    };
+    let set = |o: &mut Map<String, Value>| match &v {
+        Some(v) => {
+            o.insert(sub.name.to_string(), v.clone());
+        }
+        None => {
+            o.remove(sub.name);
+        }
+    };
+    if attr.multi {
+        match c.get_mut(attr.name) {
+            Some(Value::Array(items)) if !items.is_empty() => {
+                if sub.name == "primary" && v == Some(Value::Bool(true)) && items.len() > 1 {
+                    return Err(ScimError::value(format!(
+                        "{label}: only one value may be primary"
+                    )));
+                }
+                items
+                    .iter_mut()
+                    .filter_map(Value::as_object_mut)
+                    .for_each(set);
+                items.retain(|i| i.as_object().is_some_and(|o| !o.is_empty()));
+            }
+            _ if kind == Kind::Remove => {}
+            _ => {
+                if let Some(v) = v {
+                    let mut o = Map::new();
+                    o.insert(sub.name.to_string(), v);
+                    c.insert(attr.name.to_string(), Value::Array(vec![Value::Object(o)]));
+                }
+            }
+        }
+    } else {
+        let e = c
+            .entry(attr.name.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !e.is_object() {
+            *e = Value::Object(Map::new());
+        }
+        set(e.as_object_mut().unwrap());
+    }
+    if c.get(attr.name).is_some_and(|v| match v {
+        Value::Object(o) => o.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }) {
+        c.remove(attr.name);
+    }
+    Ok(())
+}
+
+/// `emails[type eq "work"]` and `emails[type eq "work"].value`.
+fn filtered(
+    c: &mut Map<String, Value>,
+    attr: &'static Attr,
+    f: &Filter,
+    sub_after: Option<&'static Attr>,
+    kind: Kind,
+    value: &Value,
+    label: &str,
+) -> Result<(), ScimError> {
+    let items = match c.get(attr.name) {
+        Some(Value::Array(a)) => a.clone(),
+        _ => Vec::new(),
+    };
+    let mut hits = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        if matches(attr, item, f)? {
+            hits.push(i);
+        }
+    }
+    let mut items = items;
+    match (kind, sub_after) {
+        (Kind::Remove, None) => {
+            let mut i = 0;
+            items.retain(|_| {
+                let keep = !hits.contains(&i);
+                i += 1;
+                keep
+            });
+        }
+        (Kind::Remove, Some(sub)) => {
+            for &i in &hits {
+                if let Some(o) = items[i].as_object_mut() {
+                    o.remove(sub.name);
+                }
+            }
+        }
+        (_, Some(sub)) => {
+            let v = coerce(sub, value, label)?;
+            if v == Some(Value::Bool(true)) && sub.name == "primary" {
+                demote_primaries(&mut items);
+            }
+            if hits.is_empty() {
+                // Entra ID: replace emails[type eq "work"].value when there is no work email
+                // means "create it".
+                let mut o = equalities(f).ok_or_else(|| {
+                    ScimError::bad(
+                        "noTarget",
+                        format!("no value of {} matches the filter", attr.name),
+                    )
+                })?;
+                if let Some(v) = v.clone() {
+                    o.insert(sub.name.to_string(), v);
+                }
+                let new = coerce(attr, &Value::Object(o), label)?;
+                if let Some(Value::Array(new)) = new {
+                    items.extend(new);
+                }
+            }
+            for &i in &hits {
+                if let Some(o) = items[i].as_object_mut() {
+                    match &v {
+                        Some(v) => o.insert(sub.name.to_string(), v.clone()),
+                        None => o.remove(sub.name),
+                    };
+                }
+            }
+        }
+        (_, None) => {
+            let Some(Value::Array(new)) = coerce(attr, value, label)? else {
+                return Err(ScimError::value(format!("{label}: a value is required")));
+            };
+            if new.iter().any(is_primary) {
+                demote_primaries(&mut items);
+            }
+            if hits.is_empty() {
+                if kind == Kind::Replace {
+                    return Err(ScimError::bad(
+                        "noTarget",
+                        format!("no value of {} matches the filter", attr.name),
+                    ));
+                }
+                items.extend(new);
+            } else {
+                let patch = new.into_iter().next().unwrap_or(Value::Null);
+                for &i in &hits {
+                    if let (Some(o), Some(p)) = (items[i].as_object_mut(), patch.as_object()) {
+                        o.extend(p.clone());
+                    }
+                }
+            }
+        }
+    }
+    items.retain(|i| i.as_object().is_some_and(|o| !o.is_empty()));
+    if items.iter().filter(|i| is_primary(i)).count() > 1 {
+        return Err(ScimError::value(format!(
+            "{label}: only one value may be primary"
+        )));
+    }
+    if items.is_empty() {
+        c.remove(attr.name);
+    } else {
+        c.insert(attr.name.to_string(), Value::Array(items));
+    }
+    Ok(())
+}
+
+/// `type eq "work" and primary eq true` as an object, for creating the value it describes.
+fn equalities(f: &Filter) -> Option<Map<String, Value>> {
+    match f {
+        Filter::Compare(p, Op::Eq, v) if p.urn.is_none() && p.sub.is_none() => {
+            let mut m = Map::new();
+            m.insert(p.attr.clone(), v.clone());
+            Some(m)
+        }
+        Filter::And(a, b) => {
+            let mut m = equalities(a)?;
+            m.extend(equalities(b)?);
+            Some(m)
+        }
+        _ => None,
+    }
+}
+
+/// Whether one value of a multi-valued attribute matches a value filter.
+fn matches(attr: &'static Attr, item: &Value, f: &Filter) -> Result<bool, ScimError> {
+    Ok(match f {
+        Filter::And(a, b) => matches(attr, item, a)? && matches(attr, item, b)?,
+        Filter::Or(a, b) => matches(attr, item, a)? || matches(attr, item, b)?,
+        Filter::Not(a) => !matches(attr, item, a)?,
+        Filter::ValuePath(..) => return Err(ScimError::path("value filters cannot nest")),
+        Filter::Present(p) | Filter::Compare(p, ..) => {
+            if p.urn.is_some() || p.sub.is_some() {
+                return Err(ScimError::path(format!(
+                    "{p} is not a sub-attribute of {}",
+                    attr.name
+                )));
+            }
+            let sub = attr.sub_attr(&p.attr).ok_or_else(|| {
+                ScimError::path(format!("{} has no sub-attribute {:?}", attr.name, p.attr))
+            })?;
+            let have = item.get(sub.name).filter(|v| !v.is_null());
+            match f {
+                Filter::Present(_) => have.is_some(),
+                Filter::Compare(_, op, want) => compare(sub, have, *op, want)?,
+                _ => unreachable!(),
+            }
+        }
+    })
+}
+
+fn compare(sub: &Attr, have: Option<&Value>, op: Op, want: &Value) -> Result<bool, ScimError> {
+    if let (Some(Value::Bool(h)), Value::Bool(w)) = (have, want) {
+        return match op {
+            Op::Eq => Ok(h == w),
+            Op::Ne => Ok(h != w),
+            _ => Err(ScimError::filter("booleans compare with eq and ne only")),
+        };
+    }
+    let Some(w) = want
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| want.as_number().map(|n| n.to_string()))
+    else {
+        return Err(ScimError::filter(format!(
+            "cannot compare {} with {want}",
+            sub.name
+        )));
+    };
+    let Some(h) = have.map(|h| match h {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }) else {
+        return Ok(op == Op::Ne);
+    };
+    let (h, w) = if sub.case_exact {
+        (h, w)
+    } else {
+        (h.to_lowercase(), w.to_lowercase())
+    };
+    Ok(match op {
+        Op::Eq => h == w,
+        Op::Ne => h != w,
+        Op::Co => h.contains(&w),
+        Op::Sw => h.starts_with(&w),
+        Op::Ew => h.ends_with(&w),
+        Op::Gt => h > w,
+        Op::Ge => h >= w,
+        Op::Lt => h < w,
+        Op::Le => h <= w,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::schema::{ENTERPRISE, GROUP_TYPE, USER_TYPE};
+    use super::*;
+    use serde_json::json;
+
+    fn doc(v: Value) -> Doc {
+        v.as_object().unwrap().clone()
+    }
+
+    fn patch(rt: &'static ResourceType, d: Value, ops: Value) -> Result<Value, ScimError> {
+        let ops = operations(&json!({"Operations": ops}))?;
+        Ok(Value::Object(apply(rt, &doc(d), "id1", &ops)?.doc))
+    }
+
+    #[test]
+    fn entra_id_shapes() {
+        let d = json!({"userName": "a", "active": true});
+        assert_eq!(
+            patch(
+                &USER_TYPE,
+                d.clone(),
+                json!([{"op": "Replace", "path": "active", "value": "False"}])
+            )
+            .unwrap(),
+            json!({"userName": "a", "active": false})
+        );
+        assert_eq!(
+            patch(
+                &USER_TYPE,
+                d.clone(),
+                json!([{"op": "replace", "value": {
+                "name.givenName": "G", (format!("{ENTERPRISE}:employeeNumber")): "7"}}])
+            )
+            .unwrap(),
+            json!({"userName": "a", "active": true, "name": {"givenName": "G"}, ENTERPRISE: {"employeeNumber": "7"}})
+        );
+        assert_eq!(
+            patch(
+                &USER_TYPE,
+                d.clone(),
+                json!([{"op": "Add", "path": "emails[type eq \"work\"].value", "value": "a@x"}])
+            )
+            .unwrap(),
+            json!({"userName": "a", "active": true, "emails": [{"type": "work", "value": "a@x"}]})
+        );
+        assert_eq!(
+            patch(
+                &USER_TYPE,
+                d.clone(),
+                json!([{"op": "Add", "path": format!("{ENTERPRISE}:manager"), "value": "271"}])
+            )
+            .unwrap(),
+            json!({"userName": "a", "active": true, ENTERPRISE: {"manager": {"value": "271"}}})
+        );
+        let g = json!({"displayName": "g", "members": [{"value": "u1", "type": "User"}, {"value": "u2", "type": "User"}]});
+        assert_eq!(
+            patch(
+                &GROUP_TYPE,
+                g,
+                json!([{"op": "Remove", "path": "members", "value": [{"value": "u1"}]}])
+            )
+            .unwrap(),
+            json!({"displayName": "g", "members": [{"value": "u2", "type": "User"}]})
+        );
+    }
+
+    #[test]
+    fn okta_shapes() {
+        let g = json!({"displayName": "g", "members": [{"value": "u1"}, {"value": "u2"}]});
+        assert_eq!(
+            patch(
+                &GROUP_TYPE,
+                g.clone(),
+                json!([
+                    {"op": "remove", "path": "members[value eq \"u1\"]"},
+                    {"op": "add", "path": "members", "value": [{"value": "u3"}, {"value": "u2"}]}
+                ])
+            )
+            .unwrap(),
+            json!({"displayName": "g", "members": [{"value": "u2"}, {"value": "u3"}]})
+        );
+        assert_eq!(
+            patch(
+                &GROUP_TYPE,
+                g.clone(),
+                json!([{"op": "replace", "path": "members", "value": []}])
+            )
+            .unwrap(),
+            json!({"displayName": "g"})
+        );
+        assert_eq!(
+            patch(
+                &GROUP_TYPE,
+                g.clone(),
+                json!([{"op": "replace", "value": {"id": "id1", "displayName": "new"}}])
+            )
+            .unwrap()["displayName"],
+            "new"
+        );
+        assert!(patch(
+            &GROUP_TYPE,
+            g,
+            json!([{"op": "replace", "value": {"id": "other"}}])
+        )
+        .is_err());
+        assert_eq!(
+            patch(
+                &USER_TYPE,
+                json!({"userName": "a"}),
+                json!([{"op": "replace", "value": {"active": false}}])
+            )
+            .unwrap(),
+            json!({"userName": "a", "active": false})
+        );
+    }
+
+    #[test]
+    fn primary_is_demoted_and_adds_dedupe() {
+        let d = json!({"userName": "a", "emails": [{"value": "a@x", "primary": true}]});
+        assert_eq!(
+            patch(&USER_TYPE, d.clone(), json!([{"op": "add", "path": "emails", "value": [{"value": "b@x", "primary": true}]}])).unwrap()["emails"],
+            json!([{"value": "a@x", "primary": false}, {"value": "b@x", "primary": true}])
+        );
+        assert_eq!(
+            patch(&USER_TYPE, d.clone(), json!([{"op": "add", "path": "emails", "value": [{"value": "a@x", "primary": true}]}])).unwrap()["emails"],
+            json!([{"value": "a@x", "primary": true}])
+        );
+    }
+
+    #[test]
+    fn errors() {
+        let d = json!({"userName": "a"});
+        for (ops, scim_type) in [
+            (json!([{"op": "remove"}]), "noTarget"),
+            (
+                json!([{"op": "replace", "path": "id", "value": "x"}]),
+                "mutability",
+            ),
+            (
+                json!([{"op": "add", "path": "groups", "value": []}]),
+                "mutability",
+            ),
+            (
+                json!([{"op": "add", "path": "nosuch", "value": 1}]),
+                "invalidPath",
+            ),
+            (
+                json!([{"op": "add", "path": "emails[type eq", "value": 1}]),
+                "invalidPath",
+            ),
+            (
+                json!([{"op": "replace", "path": "emails[type eq \"x\"]", "value": {"value": "a"}}]),
+                "noTarget",
+            ),
+            (
+                json!([{"op": "replace", "path": "active", "value": "maybe"}]),
+                "invalidValue",
+            ),
+            (json!([{"op": "move", "path": "active"}]), "invalidSyntax"),
+            (json!([]), "invalidSyntax"),
+        ] {
+            match patch(&USER_TYPE, d.clone(), ops.clone()) {
+                Err(ScimError::BadRequest { scim_type: t, .. }) => {
+                    assert_eq!(t, scim_type, "{ops}")
+                }
+                other => panic!("{ops}: {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! SCIM writes as domain commands: POST, PUT, PATCH and DELETE of users and groups. Each
+//! returns what it wrote; the HTTP layer (and /Bulk) then waits and reads.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::error::ScimError;
+use super::patch;
+use super::resource;
+use super::schema::{ResourceType, USER_TYPE};
+use crate::app::AppState;
+use crate::domain::group::{self, Kind, Member};
+use crate::domain::{user, Doc, Written};
+
+fn is_user(rt: &ResourceType) -> bool {
+    rt.name == USER_TYPE.name
+}
+
+fn parse_id(id: &str) -> Option<Uuid> {
+    id.parse().ok()
+}
+
+async fn hash(password: Option<String>) -> Result<Option<String>, ScimError> {
+    match password {
+        Some(p) => Ok(Some(user::hash_password(p).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Every member id a body mentions that is a uuid, looked up at once.
+async fn resolve(
+    state: &AppState,
+    org: Uuid,
+    ids: HashSet<Uuid>,
+) -> Result<HashMap<Uuid, Kind>, ScimError> {
+    let ids: Vec<Uuid> = ids.into_iter().collect();
+    let client = state.pool.get().await?;
+    Ok(group::resolve_members(&client, org, &ids).await?)
+}
+
+fn mentioned(v: &Value, out: &mut HashSet<Uuid>) {
+    match v {
+        Value::String(s) => {
+            if let Ok(id) = s.parse() {
+                out.insert(id);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| mentioned(x, out)),
+        Value::Object(o) => o.values().for_each(|x| mentioned(x, out)),
+        _ => {}
+    }
+}
+
+/// Splits a group document into attributes and members, resolving each member's kind: the
+/// kind it already has, else what the store says the id is (it must exist in the org).
+fn split_members(
+    mut doc: Doc,
+    current: &[Member],
+    known: &HashMap<Uuid, Kind>,
+) -> Result<(Doc, Vec<Member>), ScimError> {
+    let mut members = Vec::new();
+    let mut seen = HashSet::new();
+    if let Some(Value::Array(items)) = doc.remove("members") {
+        for m in items {
+            let value = m.get("value").and_then(Value::as_str).unwrap_or_default();
+            let missing = || {
+                ScimError::value(format!(
+                    "member {value:?} is not a user or group of this organization"
+                ))
+            };
+            let id = parse_id(value).ok_or_else(missing)?;
+            let kind = match current.iter().find(|c| c.id == id) {
+                Some(c) => c.kind,
+                None => *known.get(&id).ok_or_else(missing)?,
+            };
+            if let Some(t) = m.get("type").and_then(Value::as_str) {
+                if Kind::parse(t) != Some(kind) {
+                    return Err(ScimError::value(format!(
+                        "member {id} is a {}, not a {t}",
+                        kind.as_str()
+                    )));
+                }
+            }
+            if seen.insert(id) {
+                members.push(Member { id, kind });
+            }
+        }
+    }
+    Ok((doc, members))
+}
+
+fn group_doc(g: &group::Group) -> Doc {
+    let mut doc = g.doc.clone();
+    if !g.members.is_empty() {
+        doc.insert(
+            "members".into(),
+            Value::Array(
+                g.members
+                    .iter()
+                    .map(
+                        |m| serde_json::json!({"value": m.id.to_string(), "type": m.kind.as_str()}),
+                    )
+                    .collect(),
+            ),
+        );
+    }
+    doc
+}
+
+pub async fn create(
+    state: &AppState,
+    org: Uuid,
+    rt: &'static ResourceType,
+    body: &Value,
+) -> Result<Written, ScimError> {
+    let input = resource::read(rt, body)?;
+    if is_user(rt) {
+        let hash = hash(input.password).await?;
+        Ok(user::create(&state.store, org, input.doc, hash).await?)
+    } else {
+        let mut ids = HashSet::new();
+        if let Some(m) = input.doc.get("members") {
+            mentioned(m, &mut ids);
+        }
+        let known = resolve(state, org, ids).await?;
+        let (doc, members) = split_members(input.doc, &[], &known)?;
+        Ok(group::create(&state.store, org, doc, members).await?)
+    }
+}
+
+pub async fn replace(
+    state: &AppState,
+    org: Uuid,
+    rt: &'static ResourceType,
+    id: &str,
+    if_match: Option<u64>,
+    body: &Value,
+) -> Result<Written, ScimError> {
+    let not_found = || ScimError::NotFound(format!("{} {id} not found", rt.name));
+    let uid = parse_id(id).ok_or_else(not_found)?;
+    let input = resource::read(rt, body)?;
+    if input.id.as_deref().is_some_and(|given| given != id) {
+        return Err(ScimError::mutability(
+            "id in the body differs from the id in the URL",
+        ));
+    }
+    if is_user(rt) {
+        let hash = hash(input.password).await?;
+        let doc = input.doc;
+        user::update(&state.store, org, uid, if_match, hash, |_| {
+            Ok::<_, ScimError>(doc.clone())
+        })
+        .await
+    } else {
+        let mut ids = HashSet::new();
+        if let Some(m) = input.doc.get("members") {
+            mentioned(m, &mut ids);
+        }
+        let known = resolve(state, org, ids).await?;
+        let doc = input.doc;
+        group::update(&state.store, org, uid, if_match, |g| {
+            split_members(doc.clone(), &g.members, &known)
+        })
+        .await
+    }
+    .map_err(|e| match e {
+        ScimError::NotFound(_) => not_found(),
+        e => e,
+    })
+}
+
+pub async fn patch(
+    state: &AppState,
+    org: Uuid,
+    rt: &'static ResourceType,
+    id: &str,
+    if_match: Option<u64>,
+    body: &Value,
+) -> Result<Written, ScimError> {
+    let not_found = || ScimError::NotFound(format!("{} {id} not found", rt.name));
+    let uid = parse_id(id).ok_or_else(not_found)?;
+    let ops = patch::operations(body)?;
+    if is_user(rt) {
+        let hash = hash(patch::password_in(&ops)).await?;
+        user::update(&state.store, org, uid, if_match, hash, |doc| {
+            patch::apply(rt, doc, id, &ops).map(|p| p.doc)
+        })
+        .await
+    } else {
+        let mut ids = HashSet::new();
+        for op in &ops {
+            mentioned(op, &mut ids);
+        }
+        ids.remove(&uid);
+        let known = resolve(state, org, ids).await?;
+        group::update(&state.store, org, uid, if_match, |g| {
+            let patched = patch::apply(rt, &group_doc(g), id, &ops)?;
+            split_members(patched.doc, &g.members, &known)
+        })
+        .await
+    }
+    .map_err(|e| match e {
+        ScimError::NotFound(_) => not_found(),
+        e => e,
+    })
+}
+
+pub async fn delete(
+    state: &AppState,
+    org: Uuid,
+    rt: &'static ResourceType,
+    id: &str,
+    if_match: Option<u64>,
+) -> Result<Written, ScimError> {
+    let not_found = || ScimError::NotFound(format!("{} {id} not found", rt.name));
+    let uid = parse_id(id).ok_or_else(not_found)?;
+    let r = if is_user(rt) {
+        user::remove(&state.store, org, uid, if_match).await
+    } else {
+        group::remove(&state.store, org, uid, if_match).await
+    };
+    r.map_err(|e| match ScimError::from(e) {
+        ScimError::NotFound(_) => not_found(),
+        e => e,
+    })
+}
