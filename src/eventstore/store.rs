@@ -272,14 +272,18 @@ impl EventStore {
     /// COMMIT with a rollback).
     pub async fn push(&self, appends: &[Append]) -> Result<Pushed, StoreError> {
         let encoded = self.encode(appends)?;
-        let client = self.pool.get().await?;
-        let append = client.prepare_cached(APPEND_SQL).await?;
-        let params = encoded.params();
-        let (begin, rows, commit) = futures::join!(
-            client.batch_execute("BEGIN"),
-            client.query(&append, &params),
-            client.batch_execute("COMMIT")
-        );
+        let (begin, rows, commit) = {
+            let client = self.pool.get().await?;
+            let append = client.prepare_cached(APPEND_SQL).await?;
+            let params = encoded.params();
+            futures::join!(
+                client.batch_execute("BEGIN"),
+                client.query(&append, &params),
+                client.batch_execute("COMMIT")
+            )
+        };
+        // The connection is back in the pool before decode, which may take one to read the
+        // version after a conflict (holding two at once starves the pool under contention).
         begin?;
         let pushed = self.decode(rows).await?;
         commit?;

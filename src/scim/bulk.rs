@@ -69,9 +69,17 @@ async fn one(
     let path = get(op, "path")
         .and_then(Value::as_str)
         .ok_or_else(|| ScimError::syntax("every operation needs a path"))?;
-    let path = substitute(&Value::String(path.to_string()), ids).unwrap_or(Value::Null);
-    let path = path.as_str().unwrap_or_default().to_string();
-    let mut segments = path.trim_start_matches('/').split('/');
+    let segments: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(
+            |seg| match substitute(&Value::String(seg.to_string()), ids)? {
+                Value::String(s) => Ok(s),
+                _ => unreachable!("a string substitutes to a string"),
+            },
+        )
+        .collect::<Result<_, ScimError>>()?;
+    let mut segments = segments.iter().map(String::as_str);
     let rt = segments
         .next()
         .and_then(resource_type)

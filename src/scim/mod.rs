@@ -90,7 +90,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/scim/v2/{org}/", any(not_found))
         .route("/scim/v2/{org}/{*rest}", any(not_found))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new().merge(scim)
 }
 

@@ -220,6 +220,9 @@ fn element(elem: &Elem, name: &str) -> Result<Col, String> {
 struct Compiler {
     first: usize,
     params: Vec<Param>,
+    /// Unknown attributes compare false instead of failing (the root /.search, where an
+    /// attribute of one resource type is unknown to the other).
+    lenient: bool,
 }
 
 impl Compiler {
@@ -234,6 +237,14 @@ impl Compiler {
         scope: &dyn Fn(&AttrPath) -> Result<Col, String>,
         in_value: bool,
     ) -> Result<String, String> {
+        if let Filter::Present(p) | Filter::Compare(p, ..) | Filter::ValuePath(p, _) = f {
+            if self.lenient
+                && !in_value
+                && scope(p).is_err_and(|e| e.starts_with("unknown attribute"))
+            {
+                return Ok("false".into());
+            }
+        }
         Ok(match f {
             Filter::Or(a, b) => format!(
                 "({} OR {})",
@@ -431,9 +442,24 @@ fn exists(from: &str, cond: &str) -> String {
 
 /// Compiles a filter for a resource type; parameters are numbered from `$first`.
 pub fn compile(rt: &ResourceType, f: &Filter, first: usize) -> Result<Compiled, String> {
+    compile_with(rt, f, first, false)
+}
+
+/// Like [`compile`], but attributes the resource type does not have compare false.
+pub fn compile_lenient(rt: &ResourceType, f: &Filter, first: usize) -> Result<Compiled, String> {
+    compile_with(rt, f, first, true)
+}
+
+fn compile_with(
+    rt: &ResourceType,
+    f: &Filter,
+    first: usize,
+    lenient: bool,
+) -> Result<Compiled, String> {
     let mut c = Compiler {
         first,
         params: Vec::new(),
+        lenient,
     };
     let sql = c.filter(f, &|p| resolve(rt, p), false)?;
     Ok(Compiled {

@@ -239,10 +239,24 @@ pub struct Plan {
 }
 
 pub fn plan(rt: &'static ResourceType, ctx: &Ctx, q: &ListQuery) -> Result<Plan, ScimError> {
+    plan_with(rt, ctx, q, false)
+}
+
+fn plan_with(
+    rt: &'static ResourceType,
+    ctx: &Ctx,
+    q: &ListQuery,
+    lenient: bool,
+) -> Result<Plan, ScimError> {
     let mut params = vec![Param::Uuid(ctx.org)];
     let mut where_sql = "r.org_id = $1".to_string();
     if let Some(f) = &q.filter {
-        let c = query::compile(rt, f, 2).map_err(ScimError::filter)?;
+        let c = if lenient {
+            query::compile_lenient(rt, f, 2)
+        } else {
+            query::compile(rt, f, 2)
+        }
+        .map_err(ScimError::filter)?;
         where_sql = format!("{where_sql} AND ({})", c.sql);
         params.extend(c.params);
     }
@@ -331,8 +345,9 @@ pub async fn list<C: GenericClient>(
     Ok(Page { total, resources })
 }
 
-/// Users and groups together (`POST /.search`): users first, each in its own order. A
-/// filter that names attributes only one type has selects from that type only.
+/// Users and groups together (`POST /.search`): users first, each in its own order. An
+/// attribute only one type has compares false on the other; a filter neither type
+/// understands is an error.
 pub async fn list_all<C: GenericClient>(
     client: &C,
     ctx: &Ctx,
@@ -340,22 +355,20 @@ pub async fn list_all<C: GenericClient>(
     attributes: Option<&str>,
     excluded: Option<&str>,
 ) -> Result<Page, ScimError> {
-    let mut plans = Vec::new();
-    let mut first_err = None;
-    for rt in [&USER_TYPE, &GROUP_TYPE] {
-        match plan(rt, ctx, q) {
-            Ok(p) => plans.push(p),
-            Err(e) => first_err = first_err.or(Some(e)),
-        }
-    }
-    if plans.is_empty() {
-        return Err(first_err.expect("one error per type"));
+    let types = [&USER_TYPE, &GROUP_TYPE];
+    if let Some(err) = types
+        .iter()
+        .map(|rt| plan(rt, ctx, q).err())
+        .collect::<Option<Vec<_>>>()
+    {
+        return Err(err.into_iter().next().expect("two types"));
     }
     let mut total = 0;
     let mut resources = Vec::new();
     let mut skip = q.start_index - 1;
     let mut want = q.count;
-    for p in &plans {
+    for rt in types {
+        let p = plan_with(rt, ctx, q, true)?;
         let n = p.count(client).await?;
         total += n;
         if want > 0 && skip < n {
