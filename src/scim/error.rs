@@ -32,6 +32,15 @@ pub enum ScimError {
     NotImplemented(String),
     #[error("the read models did not catch up in time: {0}")]
     NotCaughtUp(#[from] WaitError),
+    /// A write that is stored but not yet readable: the client gets its position, to read
+    /// it later with Portcullis-Min-Position.
+    #[error(
+        "the write at {position} is stored, but the read models did not catch up in time: {error}"
+    )]
+    NotVisibleYet {
+        error: WaitError,
+        position: crate::eventstore::Position,
+    },
     #[error(transparent)]
     Domain(DomainError),
     #[error("database pool: {0}")]
@@ -73,7 +82,9 @@ impl ScimError {
             ScimError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ScimError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ScimError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            ScimError::NotCaughtUp(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ScimError::NotCaughtUp(_) | ScimError::NotVisibleYet { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ScimError::Domain(_) | ScimError::Pool(_) | ScimError::Db(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -146,6 +157,11 @@ impl IntoResponse for ScimError {
     fn into_response(self) -> Response {
         let status = self.status();
         let mut res = (status, super::ScimJson(self.body())).into_response();
+        if let ScimError::NotVisibleYet { position, .. } = &self {
+            if let Ok(p) = HeaderValue::from_str(&position.to_string()) {
+                res.headers_mut().insert(super::POSITION_HEADER, p);
+            }
+        }
         if status == StatusCode::UNAUTHORIZED {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

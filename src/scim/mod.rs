@@ -242,6 +242,13 @@ pub async fn wait(state: &AppState, position: Option<Position>) -> Result<(), Sc
     Ok(())
 }
 
+async fn wait_after_write(state: &AppState, position: Position) -> Result<(), ScimError> {
+    match wait(state, Some(position)).await {
+        Err(ScimError::NotCaughtUp(error)) => Err(ScimError::NotVisibleYet { error, position }),
+        other => other,
+    }
+}
+
 /// If-Match: `W/"3"`, `"3"` or `*` (any).
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ScimError> {
     let Some(v) = headers.get(header::IF_MATCH) else {
@@ -555,7 +562,7 @@ async fn written(
     status: StatusCode,
     q: &HashMap<String, String>,
 ) -> Result<Response, ScimError> {
-    wait(state, Some(w.position)).await?;
+    wait_after_write(state, w.position).await?;
     let client = state.pool.get().await?;
     let (resource, version) = read::by_id(&client, rt, ctx, w.id, &selection(rt, q))
         .await?
@@ -630,7 +637,7 @@ async fn delete_one(
     headers: HeaderMap,
 ) -> Result<Response, ScimError> {
     let w = write::delete(&state, ctx.org, rt, &id, if_match(&headers)?).await?;
-    wait(&state, Some(w.position)).await?;
+    wait_after_write(&state, w.position).await?;
     Ok(position_only(StatusCode::NO_CONTENT, w.position))
 }
 
