@@ -28,5 +28,17 @@ if [ -z "${PORTCULLIS_ADMIN_TOKEN:-}" ]; then
   echo "  curl -H \"Authorization: Bearer \$(cat .dev/admin-token)\" http://${PORTCULLIS_LISTEN:-127.0.0.1:8080}/api/v1/admin/projections/health" >&2
 fi
 listen=${PORTCULLIS_LISTEN:-127.0.0.1:8080}
+
+# A default organization and a SCIM token for it, made once per database and kept in .dev/.
+mkdir -p .dev
+org=$(cat .dev/org-id 2>/dev/null || true)
+if [ -z "$org" ] || ! "$bin" orgs list | grep -q "^$org "; then
+  org=$("$bin" orgs create --no-wait "Default organization")
+  (umask 077 && "$bin" tokens create --no-wait --org "$org" --scope scim --name "make run" 2>/dev/null >.dev/scim-token)
+  echo "$org" >.dev/org-id
+fi
+echo "make run: SCIM base URL http://$listen/scim/v2/$org" >&2
+echo "make run: dev SCIM token (also in .dev/scim-token): $(cat .dev/scim-token)" >&2
+echo "  curl -H \"Authorization: Bearer \$(cat .dev/scim-token)\" http://$listen/scim/v2/$org/Users" >&2
 echo "make run: serving on http://$listen (Ctrl-C stops the service and the local cluster)" >&2
 "$bin" serve "$@"

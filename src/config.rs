@@ -55,6 +55,15 @@ pub enum OrgsCommand {
         db: DbArgs,
         /// A name for people (need not be unique).
         name: String,
+        /// Return at once instead of waiting (up to 5 s) for a running service to apply it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List organizations (from their events, so also those a service has not projected
+    /// yet): one line each, `<id> <name>`, oldest first.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
     },
 }
 
@@ -74,6 +83,9 @@ pub enum TokensCommand {
         /// A label, e.g. the client that uses it.
         #[arg(long)]
         name: Option<String>,
+        /// Return at once instead of waiting (up to 5 s) for a running service to accept it.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Revoke a token by its id; it is refused from then on.
     Revoke {

@@ -71,11 +71,20 @@ async fn run(cmd: Command) -> Result<(), BoxError> {
             Ok(())
         }
         Command::Projections(p) => projections(p).await,
-        Command::Orgs(OrgsCommand::Create { db, name }) => {
+        Command::Orgs(OrgsCommand::Create { db, name, no_wait }) => {
             let store = store(&db)?;
             let written = org::create(&store, &name).await?;
-            wait_applied(&db, &store, "orgs", written.position).await;
+            if !no_wait {
+                wait_applied(&db, &store, "orgs", written.position).await;
+            }
             println!("{}", written.id);
+            Ok(())
+        }
+        Command::Orgs(OrgsCommand::List { db }) => {
+            let store = store(&db)?;
+            for (id, name) in org::list(&store).await? {
+                println!("{id} {name}");
+            }
             Ok(())
         }
         Command::Tokens(TokensCommand::Create {
@@ -83,10 +92,13 @@ async fn run(cmd: Command) -> Result<(), BoxError> {
             org,
             scope,
             name,
+            no_wait,
         }) => {
             let store = store(&db)?;
             let issued = token::issue(&store, org, scope, name.as_deref()).await?;
-            wait_applied(&db, &store, "api_tokens", issued.written.position).await;
+            if !no_wait {
+                wait_applied(&db, &store, "api_tokens", issued.written.position).await;
+            }
             eprintln!(
                 "token {} ({scope}) for organization {org}; shown once, keep it safe",
                 issued.written.id

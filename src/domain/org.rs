@@ -37,3 +37,16 @@ pub async fn exists(store: &EventStore, id: Uuid) -> Result<bool, DomainError> {
     let client = store.pool().get().await?;
     Ok(eventstore::load_version(&client, &aggregate(id)).await? > 0)
 }
+
+/// Every organization, oldest first, from the event log: (id, name).
+pub async fn list(store: &EventStore) -> Result<Vec<(Uuid, String)>, DomainError> {
+    let client = store.pool().get().await?;
+    let rows = client
+        .query(
+            "SELECT aggregate_id, payload->>'name' FROM eventstore.events \
+             WHERE event_type = $1 ORDER BY tx, seq",
+            &[&ADDED],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}

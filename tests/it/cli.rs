@@ -71,6 +71,9 @@ fn help_documents_every_setting() {
         "PORTCULLIS_LAG_SECONDS",
         "PORTCULLIS_STALL_SECONDS",
         "PORTCULLIS_PROJECTION_MAX_ATTEMPTS",
+        "PORTCULLIS_WAIT_TIMEOUT_MS",
+        "PORTCULLIS_SCIM_MAX_BODY_BYTES",
+        "PORTCULLIS_SCIM_MAX_BULK_OPERATIONS",
     ] {
         assert!(
             help.contains(var),

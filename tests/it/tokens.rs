@@ -146,3 +146,57 @@ async fn bad_token_requests_are_clear_errors() {
     assert!(ok && out.parse::<uuid::Uuid>().is_ok(), "{err}");
     assert!(err.contains("no running portcullis service"), "{err}");
 }
+
+/// What `make run` does: an org and a SCIM token from the CLI without waiting, `orgs list`
+/// to find the org again, and the token working on the SCIM API once a service runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_org_and_scim_token_work_on_the_scim_api() {
+    let db = TestDb::new().await;
+    let (ok, org, err) = cli(
+        &db,
+        &["orgs", "create", "--no-wait", "Default organization"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(!err.contains("note:"), "--no-wait does not wait: {err}");
+    let (ok, token, err) = cli(
+        &db,
+        &[
+            "tokens",
+            "create",
+            "--no-wait",
+            "--org",
+            &org,
+            "--scope",
+            "scim",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, listed, _) = cli(&db, &["orgs", "list"]).await;
+    assert!(ok);
+    assert_eq!(listed, format!("{org} Default organization"));
+
+    let app = TestApp::spawn(&db).await;
+    let head = portcullis::eventstore::head(&app.state.pool.get().await.unwrap())
+        .await
+        .unwrap();
+    app.state
+        .hub
+        .wait_for_all(
+            &["orgs", "api_tokens"],
+            head,
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let res = app
+        .http
+        .get(app.url(&format!("/scim/v2/{org}/Users")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    app.stop().await;
+}
