@@ -28,6 +28,7 @@ pub struct AppState {
     pub projector: Option<Arc<Projector>>,
     pub admin_token: Option<Arc<str>>,
     pub scim: Arc<ScimOptions>,
+    pub tokens: Arc<crate::domain::token::TokenCache>,
 }
 
 impl AppState {
@@ -63,6 +64,7 @@ impl AppState {
             projector,
             admin_token: cfg.admin_token.as_deref().map(Arc::from),
             scim: Arc::new(cfg.scim.clone()),
+            tokens: Arc::default(),
         })
     }
 }

@@ -2,10 +2,11 @@
 //! machine; absolute numbers do not). Needs DATABASE_URL; `scripts/bench.sh` provides a
 //! throwaway cluster with default durability settings.
 //!
-//! usage: cargo bench --bench bench -- [--seconds N] [appends] [waits]
+//! usage: cargo bench --bench bench -- [--seconds N] [appends] [waits] [scim]
 
 mod appends;
 mod report;
+mod scim;
 mod waits;
 
 use std::time::Duration;
@@ -25,7 +26,7 @@ async fn main() {
             }
             "--bench" => {}
             "-h" | "--help" => {
-                println!("usage: bench [--seconds N] [appends] [waits]");
+                println!("usage: bench [--seconds N] [appends] [waits] [scim]");
                 return;
             }
             other => which.push(other.to_string()),
@@ -41,6 +42,9 @@ async fn main() {
     }
     if all || which.iter().any(|w| w == "waits") {
         waits::run(&url, cell, &mut out).await;
+    }
+    if all || which.iter().any(|w| w == "scim") {
+        scim::run(&url, cell, &mut out).await;
     }
     out.print();
 }

@@ -159,6 +159,52 @@ pub async fn revoke(store: &EventStore, token_id: Uuid) -> Result<Written, Domai
     })
 }
 
+/// Tokens verified recently, keyed by their hash and tagged with the api_tokens position
+/// seen before the lookup. An entry counts only while that projection has not moved since,
+/// so any change to the read model (a revocation included) is seen as soon as without the
+/// cache; steady read traffic skips a query per request.
+#[derive(Default)]
+pub struct TokenCache {
+    inner: std::sync::Mutex<(
+        crate::eventstore::Position,
+        std::collections::HashMap<String, Caller>,
+    )>,
+}
+
+/// Entries kept at most (the cache empties when full: it only saves a query).
+const CACHE_MAX: usize = 10_000;
+
+impl TokenCache {
+    /// Authenticates through the cache; `at` is the api_tokens position now.
+    pub async fn authenticate(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        presented: &str,
+        at: crate::eventstore::Position,
+    ) -> Result<Option<Caller>, DomainError> {
+        let key = hash(presented);
+        {
+            let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if g.0 != at {
+                *g = (at, Default::default());
+            } else if let Some(c) = g.1.get(&key) {
+                return Ok(Some(*c));
+            }
+        }
+        let caller = authenticate(&pool.get().await?, presented).await?;
+        if let Some(c) = caller {
+            let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if g.0 == at {
+                if g.1.len() >= CACHE_MAX {
+                    g.1.clear();
+                }
+                g.1.insert(key, c);
+            }
+        }
+        Ok(caller)
+    }
+}
+
 /// Who a presented token speaks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::domain::token::{self, Scope};
+use crate::domain::token::Scope;
 use crate::eventstore::Position;
 
 pub use error::ScimError;
@@ -137,8 +137,12 @@ async fn caller(state: &AppState, path: &str, headers: HeaderMap) -> Result<Ctx,
                 .then_some(token.trim())
         })
         .ok_or(ScimError::Unauthorized)?;
-    let client = state.pool.get().await?;
-    match token::authenticate(&client, presented).await? {
+    let at = state.hub.current("api_tokens");
+    match state
+        .tokens
+        .authenticate(&state.pool, presented, at)
+        .await?
+    {
         Some(c) if c.org_id == org && c.scope == Scope::Scim => {}
         _ => return Err(ScimError::Unauthorized),
     }

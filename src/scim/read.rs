@@ -1,7 +1,5 @@
 //! Reading SCIM resources from the read models (after waiting for them; see `wait`).
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, SecondsFormat, Utc};
 use deadpool_postgres::GenericClient;
 use postgres_types::ToSql;
@@ -60,38 +58,52 @@ fn meta(rt: &ResourceType, ctx: &Ctx, id: Uuid, row: &tokio_postgres::Row) -> Va
     })
 }
 
-/// Rows of one resource type, rendered (with what `sel` keeps).
-async fn render<C: GenericClient>(
-    client: &C,
+/// User.groups as one jsonb array per row (a sub-select, so one statement reads a user
+/// and its groups).
+const USER_GROUPS: &str = "(SELECT jsonb_agg(jsonb_build_object('value', g.group_id, \
+     'display', g.display_name, 'direct', g.direct)) FROM projections.user_groups(r.user_id) g)";
+/// Group.members likewise; members whose user or group is gone are not shown.
+const GROUP_MEMBERS: &str = "(SELECT jsonb_agg(jsonb_build_object('value', m.member_id, \
+     'type', m.member_type, 'display', coalesce(u.display_name, u.user_name, g.display_name)) \
+     ORDER BY m.added_at, m.member_id) \
+     FROM projections.group_members m \
+     LEFT JOIN projections.users u ON m.member_type = 'User' AND u.user_id = m.member_id \
+     LEFT JOIN projections.groups g ON m.member_type = 'Group' AND g.group_id = m.member_id \
+     WHERE m.group_id = r.group_id AND (u.user_id IS NOT NULL OR g.group_id IS NOT NULL))";
+
+/// The columns to select: the row's own, then the computed attribute (or NULL when the
+/// response will not hold it).
+fn cols(rt: &ResourceType, sel: &Selection) -> String {
+    if rt.name == USER_TYPE.name {
+        let groups = if sel.wants("groups") {
+            USER_GROUPS
+        } else {
+            "NULL::jsonb"
+        };
+        format!("{USER_COLS}, {groups}")
+    } else {
+        let members = if sel.wants("members") {
+            GROUP_MEMBERS
+        } else {
+            "NULL::jsonb"
+        };
+        format!("{GROUP_COLS}, {members}")
+    }
+}
+
+/// Rows of one resource type (selected with [`cols`]), rendered with what `sel` keeps.
+fn render(
     rt: &'static ResourceType,
     ctx: &Ctx,
     rows: &[tokio_postgres::Row],
     sel: &Selection,
-) -> Result<Vec<Value>, ScimError> {
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
-    if rt.name == USER_TYPE.name {
-        let mut groups: HashMap<Uuid, Vec<Value>> = HashMap::new();
-        if sel.wants("groups") && !ids.is_empty() {
-            let stmt = client
-                .prepare_cached(
-                    "SELECT u.id, g.group_id, g.display_name, g.direct \
-                     FROM unnest($1::uuid[]) AS u(id), LATERAL projections.user_groups(u.id) g",
-                )
-                .await?;
-            for r in client.query(&stmt, &[&ids]).await? {
-                let gid: Uuid = r.get(1);
-                groups.entry(r.get(0)).or_default().push(json!({
-                    "value": gid,
-                    "$ref": format!("{}/Groups/{gid}", ctx.base),
-                    "display": r.get::<_, String>(2),
-                    "type": if r.get::<_, bool>(3) { "direct" } else { "indirect" },
-                }));
-            }
-        }
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let id: Uuid = row.get(0);
+) -> Vec<Value> {
+    rows.iter()
+        .map(|row| {
+            let id: Uuid = row.get(0);
+            let computed: Option<Value> = row.get(6);
+            let mut out = Map::new();
+            if rt.name == USER_TYPE.name {
                 let Value::Object(doc) = row.get::<_, Value>(4) else {
                     return Value::Null;
                 };
@@ -99,73 +111,60 @@ async fn render<C: GenericClient>(
                 if doc.contains_key(schema::ENTERPRISE) {
                     schemas.push(schema::ENTERPRISE);
                 }
-                let mut out = Map::new();
                 out.insert("schemas".into(), json!(schemas));
                 out.insert("id".into(), json!(id));
                 out.extend(doc);
                 out.insert("active".into(), Value::Bool(row.get(5)));
-                if let Some(g) = groups.remove(&id) {
-                    out.insert("groups".into(), Value::Array(g));
+                if let Some(Value::Array(groups)) = computed {
+                    let groups = groups
+                        .into_iter()
+                        .map(|g| {
+                            let gid = g["value"].as_str().unwrap_or_default().to_string();
+                            json!({
+                                "value": gid,
+                                "$ref": format!("{}/Groups/{gid}", ctx.base),
+                                "display": g["display"],
+                                "type": if g["direct"] == true { "direct" } else { "indirect" },
+                            })
+                        })
+                        .collect();
+                    out.insert("groups".into(), Value::Array(groups));
                 }
-                out.insert("meta".into(), meta(rt, ctx, id, row));
-                sel.apply(Value::Object(out))
-            })
-            .collect())
-    } else {
-        let mut members: HashMap<Uuid, Vec<Value>> = HashMap::new();
-        if sel.wants("members") && !ids.is_empty() {
-            // Members whose user or group is gone are not shown.
-            let stmt = client
-                .prepare_cached(
-                    "SELECT m.group_id, m.member_id, m.member_type, \
-                            coalesce(u.display_name, u.user_name, g.display_name) \
-                     FROM projections.group_members m \
-                     LEFT JOIN projections.users u ON m.member_type = 'User' AND u.user_id = m.member_id \
-                     LEFT JOIN projections.groups g ON m.member_type = 'Group' AND g.group_id = m.member_id \
-                     WHERE m.group_id = ANY($1) AND (u.user_id IS NOT NULL OR g.group_id IS NOT NULL) \
-                     ORDER BY m.group_id, m.added_at, m.member_id",
-                )
-                .await?;
-            for r in client.query(&stmt, &[&ids]).await? {
-                let mid: Uuid = r.get(1);
-                let kind: &str = r.get(2);
-                let endpoint = if kind == "User" { "Users" } else { "Groups" };
-                members.entry(r.get(0)).or_default().push(json!({
-                    "value": mid,
-                    "$ref": format!("{}/{endpoint}/{mid}", ctx.base),
-                    "display": r.get::<_, Option<String>>(3),
-                    "type": kind,
-                }));
-            }
-        }
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let id: Uuid = row.get(0);
-                let mut out = Map::new();
+            } else {
                 out.insert("schemas".into(), json!([schema::GROUP]));
                 out.insert("id".into(), json!(id));
                 out.insert("displayName".into(), json!(row.get::<_, String>(4)));
                 if let Some(x) = row.get::<_, Option<String>>(5) {
                     out.insert("externalId".into(), json!(x));
                 }
-                let m = members.remove(&id).unwrap_or_default();
-                if !m.is_empty() || sel.wants("members") {
-                    out.insert("members".into(), Value::Array(m));
+                if sel.wants("members") {
+                    let members: Vec<Value> = match computed {
+                        Some(Value::Array(m)) => m
+                            .into_iter()
+                            .map(|m| {
+                                let mid = m["value"].as_str().unwrap_or_default().to_string();
+                                let endpoint = if m["type"] == "Group" {
+                                    "Groups"
+                                } else {
+                                    "Users"
+                                };
+                                json!({
+                                    "value": mid,
+                                    "$ref": format!("{}/{endpoint}/{mid}", ctx.base),
+                                    "display": m["display"],
+                                    "type": m["type"],
+                                })
+                            })
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    out.insert("members".into(), Value::Array(members));
                 }
-                out.insert("meta".into(), meta(rt, ctx, id, row));
-                sel.apply(Value::Object(out))
-            })
-            .collect())
-    }
-}
-
-fn cols(rt: &ResourceType) -> &'static str {
-    if rt.name == USER_TYPE.name {
-        USER_COLS
-    } else {
-        GROUP_COLS
-    }
+            }
+            out.insert("meta".into(), meta(rt, ctx, id, row));
+            sel.apply(Value::Object(out))
+        })
+        .collect()
 }
 
 /// One resource by id, with its version (None: not in this org).
@@ -180,7 +179,7 @@ pub async fn by_id<C: GenericClient>(
     let stmt = client
         .prepare_cached(&format!(
             "SELECT {} FROM {} WHERE {} = $1 AND r.org_id = $2",
-            cols(rt),
+            cols(rt, sel),
             t.from,
             t.id
         ))
@@ -189,7 +188,7 @@ pub async fn by_id<C: GenericClient>(
         return Ok(None);
     };
     let version: i64 = row.get(1);
-    let mut v = render(client, rt, ctx, &[row], sel).await?;
+    let mut v = render(rt, ctx, &[row], sel);
     Ok(v.pop().map(|v| (v, version)))
 }
 
@@ -215,7 +214,7 @@ pub async fn version<C: GenericClient>(
 
 /// Statements longer than this are not kept prepared per connection (client-chosen filter
 /// shapes must not grow the cache without bound).
-const CACHE_SQL_UP_TO: usize = 600;
+const CACHE_SQL_UP_TO: usize = 2500;
 
 async fn run<C: GenericClient>(
     client: &C,
@@ -308,7 +307,7 @@ impl Plan {
         let n = self.params.len();
         let sql = format!(
             "SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT ${} OFFSET ${}",
-            cols(self.rt),
+            cols(self.rt, sel),
             query::table(self.rt).from,
             self.where_sql,
             self.order,
@@ -324,7 +323,7 @@ impl Plan {
         params.push(&limit);
         params.push(&offset);
         let rows = run(client, &sql, &params).await?;
-        render(client, self.rt, ctx, &rows, sel).await
+        Ok(render(self.rt, ctx, &rows, sel))
     }
 }
 

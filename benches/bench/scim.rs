@@ -1,0 +1,366 @@
+//! SCIM over real HTTP, 16 concurrent clients, on an org of 100k users: create (including the
+//! wait for the read models), get by id, `userName eq`, `emails co`, and PATCH membership of
+//! a 1000-member group. Each row also runs its baseline in the same run: the same work
+//! without HTTP and without waiting (the domain command, or the read model's SQL), so the
+//! ratio shows what the API, authentication and read-your-writes cost.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis::app::{self, AppState};
+use portcullis::config::Config;
+use portcullis::domain::{group, org, token, user};
+use portcullis::eventstore::{Append, ExpectedVersion, NewEvent, UniqueValue};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::report::Report;
+
+const CLIENTS: usize = 16;
+const USERS: usize = 100_000;
+const GROUP_MEMBERS: usize = 1000;
+
+struct Stats {
+    per_sec: f64,
+    p50: f64,
+    p99: f64,
+    errors: usize,
+}
+
+/// Runs `op(i)` from CLIENTS tasks for `cell`; `i` counts up across all tasks.
+async fn measure<F, Fut>(cell: Duration, op: F) -> Stats
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (op, next) = (op.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0;
+                while start.elapsed() < cell {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    if !op(i).await {
+                        errors += 1;
+                    }
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        all.extend(l);
+        errors += e;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    Stats {
+        per_sec: all.len() as f64 / elapsed,
+        p50: pct(0.5),
+        p99: pct(0.99),
+        errors,
+    }
+}
+
+pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
+    let (db, url) = crate::scratch_database(server_url, "scim").await;
+    let mut cfg = Config::new(url.clone());
+    cfg.pool_size = 32;
+    cfg.scim.wait_timeout = Duration::from_secs(30);
+    let state = AppState::start(&cfg).await.expect("start");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app::serve(listener, state.clone(), async move {
+        let _ = stopped.await;
+    }));
+
+    let store = state.store.clone();
+    let org_id = org::create(&store, "bench").await.unwrap().id;
+    let issued = token::issue(&store, org_id, token::Scope::Scim, None)
+        .await
+        .unwrap();
+    let tok = issued.token.clone();
+
+    // 100k users, written as the domain writes them but 500 to a push, then projected.
+    let setup = Instant::now();
+    let mut ids = Vec::with_capacity(USERS);
+    let mut last = issued.written.position;
+    for chunk in 0..USERS / 500 {
+        let appends: Vec<Append> = (0..500)
+            .map(|k| {
+                let n = chunk * 500 + k;
+                let id = Uuid::new_v4();
+                ids.push(id);
+                let name = format!("user{n}@bench.example");
+                Append::new(org_id, user::aggregate(id), ExpectedVersion::NEW)
+                    .claim(UniqueValue::case_insensitive(user::USER_NAME, name.clone()))
+                    .event(NewEvent::new(
+                        user::ADDED,
+                        json!({"attributes": {
+                            "userName": name,
+                            "name": {"givenName": "Bench", "familyName": format!("User {n}")},
+                            "emails": [{"value": format!("u{n}@mail{}.example", n % 100), "type": "work", "primary": true}],
+                            "active": true
+                        }}),
+                    ))
+            })
+            .collect();
+        last = store.push(&appends).await.unwrap().last();
+    }
+    let members: Vec<group::Member> = ids[..GROUP_MEMBERS]
+        .iter()
+        .map(|&id| group::Member {
+            id,
+            kind: group::Kind::User,
+        })
+        .collect();
+    let mut doc = portcullis::domain::Doc::new();
+    doc.insert("displayName".into(), json!("big group"));
+    let big = group::create(&store, org_id, doc, members).await.unwrap();
+    last = last.max(big.position);
+    state
+        .hub
+        .wait_for_all(
+            &["users", "groups", "api_tokens"],
+            last,
+            Duration::from_secs(600),
+        )
+        .await
+        .expect("projections catch up");
+    let setup = setup.elapsed();
+
+    let http = reqwest::Client::new();
+    let base = Arc::new(format!("http://{addr}/scim/v2/{org_id}"));
+    let ids = Arc::new(ids);
+    let auth = Arc::new(format!("Bearer {tok}"));
+    let mut rows = Vec::new();
+    let mut row = |name: &str, scim: Stats, direct: Stats, note: &str| {
+        rows.push(vec![
+            name.to_string(),
+            format!("{:.0}", scim.per_sec),
+            format!("{:.1}", scim.p50),
+            format!("{:.1}", scim.p99),
+            format!("{:.0}", direct.per_sec),
+            format!("{:.1}", direct.p99),
+            format!("{:.2}", scim.per_sec / direct.per_sec),
+            format!("{}", scim.errors + direct.errors),
+            note.to_string(),
+        ]);
+    };
+
+    // Create (POST, wait for the read models, read back) vs the domain command alone.
+    let run_id = std::process::id();
+    let s = {
+        let (http, base, auth) = (http.clone(), base.clone(), auth.clone());
+        measure(cell, move |i| {
+            let (http, base, auth) = (http.clone(), base.clone(), auth.clone());
+            async move {
+                let body = json!({"userName": format!("new{run_id}-{i}@bench.example"),
+                                  "emails": [{"value": format!("new{i}@bench.example")}]});
+                http.post(format!("{base}/Users"))
+                    .header("authorization", auth.as_str())
+                    .header("content-type", "application/scim+json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 201)
+            }
+        })
+        .await
+    };
+    let d = {
+        let store = store.clone();
+        measure(cell, move |i| {
+            let store = store.clone();
+            async move {
+                let mut doc = portcullis::domain::Doc::new();
+                doc.insert(
+                    "userName".into(),
+                    json!(format!("direct{run_id}-{i}@bench.example")),
+                );
+                user::create(&store, org_id, doc, None).await.is_ok()
+            }
+        })
+        .await
+    };
+    row(
+        "POST /Users (incl. wait + read back)",
+        s,
+        d,
+        "baseline: user::create, no HTTP, no wait",
+    );
+
+    // Reads: the SCIM request vs the read model's SQL on a pooled connection.
+    let pool = state.pool.clone();
+    let get = |path: Arc<dyn Fn(usize) -> String + Send + Sync>| {
+        let (http, base, auth) = (http.clone(), base.clone(), auth.clone());
+        measure(cell, move |i| {
+            let (http, base, auth, path) = (http.clone(), base.clone(), auth.clone(), path.clone());
+            async move {
+                http.get(format!("{base}{}", path(i)))
+                    .header("authorization", auth.as_str())
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            }
+        })
+    };
+    let sql = |q: &'static str, arg: Arc<dyn Fn(usize) -> String + Send + Sync>| {
+        let pool = pool.clone();
+        measure(cell, move |i| {
+            let (pool, arg) = (pool.clone(), arg.clone());
+            async move {
+                let c = pool.get().await.unwrap();
+                let st = c.prepare_cached(q).await.unwrap();
+                c.query(&st, &[&org_id, &arg(i)]).await.is_ok()
+            }
+        })
+    };
+    let pick = {
+        let ids = ids.clone();
+        move |i: usize| ids[(i * 7919) % ids.len()]
+    };
+    let p1 = pick.clone();
+    let s = get(Arc::new(move |i| format!("/Users/{}", p1(i)))).await;
+    let p2 = pick.clone();
+    let d = sql(
+        "SELECT doc FROM projections.users WHERE org_id = $1 AND user_id = $2::text::uuid",
+        Arc::new(move |i| p2(i).to_string()),
+    )
+    .await;
+    row("GET /Users/{id}", s, d, "baseline: SELECT by primary key");
+
+    let s = get(Arc::new(|i| {
+        format!(
+            "/Users?filter=userName%20eq%20%22USER{}@bench.example%22",
+            (i * 7919) % USERS
+        )
+    }))
+    .await;
+    let d = sql(
+        "SELECT doc FROM projections.users WHERE org_id = $1 AND lower(user_name) = lower($2)",
+        Arc::new(|i| format!("user{}@bench.example", (i * 7919) % USERS)),
+    )
+    .await;
+    row(
+        "GET /Users?filter=userName eq",
+        s,
+        d,
+        "baseline: the index lookup in SQL",
+    );
+
+    let s = get(Arc::new(|i| {
+        format!(
+            "/Users?filter=emails%20co%20%22{}@mail%22&count=10",
+            (i * 7919) % USERS
+        )
+    }))
+    .await;
+    let d = sql(
+        "SELECT u.doc FROM projections.users u WHERE u.org_id = $1 AND EXISTS (SELECT 1 FROM \
+         projections.user_emails e WHERE e.user_id = u.user_id AND lower(e.value) LIKE '%' || $2 || '%') LIMIT 10",
+        Arc::new(|i| format!("{}@mail", (i * 7919) % USERS)),
+    )
+    .await;
+    row(
+        "GET /Users?filter=emails co (count=10)",
+        s,
+        d,
+        "baseline: the trigram search in SQL",
+    );
+
+    // PATCH membership of the 1000-member group: add a user, and remove it on the next turn.
+    let gid = big.id;
+    let s = {
+        let (http, base, auth, ids) = (http.clone(), base.clone(), auth.clone(), ids.clone());
+        measure(cell, move |i| {
+            let (http, base, auth, ids) = (http.clone(), base.clone(), auth.clone(), ids.clone());
+            async move {
+                let member = ids[GROUP_MEMBERS + (i / 2) % (USERS - GROUP_MEMBERS)];
+                let op = if i % 2 == 0 {
+                    json!({"op": "add", "path": "members", "value": [{"value": member}]})
+                } else {
+                    json!({"op": "remove", "path": format!("members[value eq \"{member}\"]")})
+                };
+                http.patch(format!("{base}/Groups/{gid}"))
+                    .header("authorization", auth.as_str())
+                    .header("content-type", "application/scim+json")
+                    .body(json!({"Operations": [op]}).to_string())
+                    .query(&[("excludedAttributes", "members")])
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            }
+        })
+        .await
+    };
+    let d = {
+        let (store, ids) = (store.clone(), ids.clone());
+        measure(cell, move |i| {
+            let (store, ids) = (store.clone(), ids.clone());
+            async move {
+                let member = ids[GROUP_MEMBERS + USERS / 2 + (i / 2) % (USERS / 2 - GROUP_MEMBERS)];
+                group::update(&store, org_id, gid, None, |g| {
+                    let mut m = g.members.clone();
+                    if i % 2 == 0 {
+                        m.push(group::Member {
+                            id: member,
+                            kind: group::Kind::User,
+                        });
+                    } else {
+                        m.retain(|x| x.id != member);
+                    }
+                    Ok::<_, portcullis::domain::DomainError>((g.doc.clone(), m))
+                })
+                .await
+                .is_ok()
+            }
+        })
+        .await
+    };
+    row(
+        "PATCH /Groups/{id} members (1000-member group)",
+        s,
+        d,
+        "baseline: group::update, no HTTP, no wait",
+    );
+
+    out.section(
+        &format!("SCIM over HTTP, {CLIENTS} concurrent clients, org of {USERS} users"),
+        &[
+            "request",
+            "SCIM req/s",
+            "p50 ms",
+            "p99 ms",
+            "baseline req/s",
+            "baseline p99 ms",
+            "SCIM / baseline",
+            "errors",
+            "baseline",
+        ],
+        rows,
+        vec![format!(
+            "Setup: {USERS} users pushed 500 per transaction and projected in {:.1} s ({:.0} events/s \
+             through the users projection). The client, the service and PostgreSQL share the machine.",
+            setup.as_secs_f64(),
+            USERS as f64 / setup.as_secs_f64()
+        )],
+    );
+    let _ = stop.send(());
+    let _ = server.await;
+    drop(state);
+    crate::drop_database(server_url, &db).await;
+}
