@@ -69,18 +69,29 @@ pub fn password_in(ops: &[Value]) -> Option<String> {
         let path = get(o, "path").and_then(Value::as_str);
         let value = get(o, "value");
         match (path, value) {
-            (Some(p), Some(Value::String(s))) if p.trim().eq_ignore_ascii_case("password") => {
-                found = Some(s.clone())
-            }
+            (Some(p), Some(Value::String(s))) if is_password(p) => found = Some(s.clone()),
             (None, Some(Value::Object(m))) => {
-                if let Some(Value::String(s)) = get(m, "password") {
-                    found = Some(s.clone());
+                for (k, v) in m {
+                    if let (true, Value::String(s)) = (is_password(k), v) {
+                        found = Some(s.clone());
+                    }
                 }
             }
             _ => {}
         }
     }
     found
+}
+
+/// Whether a PATCH path names the password (`password`, any case, or URN-prefixed).
+fn is_password(path: &str) -> bool {
+    filter::parse_path(path).is_ok_and(|p| {
+        p.filter.is_none()
+            && p.attr.sub.is_none()
+            && super::schema::USER_TYPE
+                .resolve(&p.attr.full_attr())
+                .is_some_and(|r| r.extension.is_none() && r.attr.name == "password")
+    })
 }
 
 /// Applies the operations to `doc` (the resource `id`).
@@ -747,6 +758,26 @@ mod tests {
         assert_eq!(
             patch(&USER_TYPE, d.clone(), json!([{"op": "add", "path": "emails", "value": [{"value": "a@x", "primary": true}]}])).unwrap()["emails"],
             json!([{"value": "a@x", "primary": true}])
+        );
+    }
+
+    #[test]
+    fn the_password_is_found_in_every_path_form() {
+        for ops in [
+            json!([{"op": "replace", "path": "password", "value": "p1"}]),
+            json!([{"op": "Replace", "path": "PASSWORD", "value": "p1"}]),
+            json!([{"op": "replace", "path": format!("{}:password", super::super::schema::USER), "value": "p1"}]),
+            json!([{"op": "replace", "value": {"Password": "p1"}}]),
+        ] {
+            assert_eq!(
+                password_in(ops.as_array().unwrap()).as_deref(),
+                Some("p1"),
+                "{ops}"
+            );
+        }
+        assert_eq!(
+            password_in(&[json!({"op": "replace", "path": "title", "value": "p1"})]),
+            None
         );
     }
 

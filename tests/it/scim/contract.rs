@@ -542,3 +542,64 @@ async fn attributes_and_excluded_attributes_on_reads_and_writes() {
     assert!(r.header("etag").is_some() && r.header("portcullis-position").is_some());
     assert_eq!(s.get(&format!("/Users/{id}")).await.body["title"], "U");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pascal_case_bodies_and_one_primary() {
+    let db = TestDb::new().await;
+    let s = Scim::new(&db).await;
+    // The Microsoft validator sends PascalCase names; they are read case-insensitively.
+    let r = s
+        .post(
+            "/Users",
+            &json!({
+                "Schemas": [USER],
+                "UserName": "Pascal",
+                "Name": {"GivenName": "P", "FamilyName": "Case"},
+                "Emails": [{"Value": "p@work.example", "Type": "work", "Primary": "True"}],
+                "Active": "True",
+                "ExternalId": "E1"
+            }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:#}", r.body);
+    assert_eq!(r.body["userName"], "Pascal");
+    assert_eq!(
+        r.body["name"],
+        json!({"givenName": "P", "familyName": "Case"})
+    );
+    assert_eq!(
+        r.body["emails"],
+        json!([{"value": "p@work.example", "type": "work", "primary": true}])
+    );
+    assert_eq!(r.body["externalId"], "E1");
+    let id = r.id();
+    // A new primary value demotes the old one.
+    let r = s
+        .patch(
+            &format!("/Users/{id}"),
+            json!([{"op": "Add", "Path": "Emails", "Value": [{"Value": "p@home.example", "Type": "home", "Primary": true}]}]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:#}", r.body);
+    let primaries: Vec<&str> = r.body["emails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["primary"] == true)
+        .map(|e| e["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(primaries, ["p@home.example"]);
+    let l = s
+        .get("/Users?filter=emails%5Bprimary%20eq%20true%5D.value%20pr")
+        .await;
+    assert_eq!(
+        l.status, 400,
+        "a value filter is not followed by .sub in a filter"
+    );
+    let l = s
+        .get(
+            "/Users?filter=emails%5Bprimary%20eq%20true%20and%20value%20ew%20%22home.example%22%5D",
+        )
+        .await;
+    assert_eq!(ids(&l.body), vec![id]);
+}
