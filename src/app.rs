@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use crate::config::{Config, ScimOptions};
 use crate::db::{self, DbError};
 use crate::eventstore::EventStore;
+use crate::mail::{MailWorker, Mailer};
 use crate::projection::{ProgressHub, ProjectionError, Projector};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +18,8 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error("cannot start the projections: {0}")]
     Projection(#[from] ProjectionError),
+    #[error("mail: {0}")]
+    Mail(#[from] crate::mail::MailError),
 }
 
 #[derive(Clone)]
@@ -29,6 +32,19 @@ pub struct AppState {
     pub admin_token: Option<Arc<str>>,
     pub scim: Arc<ScimOptions>,
     pub tokens: Arc<crate::domain::token::TokenCache>,
+    pub clock: crate::clock::SharedClock,
+    pub verification: Arc<crate::domain::verification::Settings>,
+    /// The outbox worker (none when `Config::run_mail_worker` is off).
+    pub mail: Option<Arc<MailWorker>>,
+}
+
+impl AppState {
+    /// Tells the local mail worker there is mail (other processes hear NOTIFY mail_outbox).
+    pub fn wake_mailer(&self) {
+        if let Some(m) = &self.mail {
+            m.wake();
+        }
+    }
 }
 
 impl AppState {
@@ -42,6 +58,22 @@ impl AppState {
             cfg.thresholds.store(&client).await?;
         }
         let hub = ProgressHub::start(&cfg.database_url, pool.clone()).await?;
+        let mailer = Mailer::new(cfg.smtp_url.as_deref(), &cfg.mail_from)?;
+        if mailer.is_log() {
+            tracing::warn!(
+                "SMTP_URL is not set: mails, verification codes included, go to the log"
+            );
+        }
+        let mail = cfg.run_mail_worker.then(|| {
+            Arc::new(MailWorker::start(
+                &cfg.database_url,
+                pool.clone(),
+                store.clone(),
+                mailer,
+                cfg.clock.clone(),
+                cfg.mail.clone(),
+            ))
+        });
         let projector = if cfg.run_projections {
             Some(Arc::new(
                 Projector::start(
@@ -65,6 +97,9 @@ impl AppState {
             admin_token: cfg.admin_token.as_deref().map(Arc::from),
             scim: Arc::new(cfg.scim.clone()),
             tokens: Arc::default(),
+            clock: cfg.clock.clone(),
+            verification: Arc::new(cfg.verification.clone()),
+            mail,
         })
     }
 }

@@ -59,6 +59,17 @@ pub enum OrgsCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Show an organization's settings (JSON), changing those given first.
+    Settings {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The organization.
+        id: uuid::Uuid,
+        /// Whether a verified email address that SCIM changes gets a new verification code at
+        /// once (true) or waits until someone asks for one (false, the default).
+        #[arg(long)]
+        verify_email_on_change: Option<bool>,
+    },
     /// List organizations (from their events, so also those a service has not projected
     /// yet): one line each, `<id> <name>`, oldest first.
     List {
@@ -151,6 +162,8 @@ pub struct ServeArgs {
     pub projections: ProjectionArgs,
     #[command(flatten)]
     pub scim: ScimArgs,
+    #[command(flatten)]
+    pub mail: MailArgs,
     /// Bearer token for the admin endpoints, for first start-up and automation (compared in
     /// constant time). Unset: only admin-scope API tokens are accepted.
     #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN", hide_env_values = true)]
@@ -175,6 +188,45 @@ pub struct ProjectionArgs {
         default_value_t = 5
     )]
     pub max_attempts: i32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MailArgs {
+    /// SMTP server for outgoing mail, e.g. `smtp://user:password@mail.example:587?tls=required`
+    /// or `smtps://...`. Unset: mail goes to the log (codes included; for trying things out).
+    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// Sender of verification mails.
+    #[arg(
+        long,
+        env = "PORTCULLIS_MAIL_FROM",
+        default_value = "Portcullis <no-reply@localhost>"
+    )]
+    pub mail_from: String,
+    /// Base URL of this service as users reach it, for links in mails
+    /// (default: http://<listen address>).
+    #[arg(long, env = "PORTCULLIS_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// How long a verification code and link stay valid, in seconds.
+    #[arg(
+        long,
+        env = "PORTCULLIS_VERIFICATION_TTL_SECONDS",
+        default_value_t = 3600
+    )]
+    pub verification_ttl_seconds: i64,
+    /// How soon a user may ask for another code, in seconds.
+    #[arg(
+        long,
+        env = "PORTCULLIS_VERIFICATION_RESEND_SECONDS",
+        default_value_t = 60
+    )]
+    pub verification_resend_seconds: i64,
+    /// Sending attempts before a mail is given up (it stays in mail.outbox with the error).
+    #[arg(long, env = "PORTCULLIS_MAIL_MAX_ATTEMPTS", default_value_t = 8)]
+    pub mail_max_attempts: i32,
+    /// Delay before the first retry of a failed mail, in seconds; doubles per failure.
+    #[arg(long, env = "PORTCULLIS_MAIL_RETRY_SECONDS", default_value_t = 5)]
+    pub mail_retry_seconds: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -255,6 +307,15 @@ pub struct Config {
     pub thresholds: Thresholds,
     pub scim: ScimOptions,
     pub admin_token: Option<String>,
+    /// SMTP server; None logs mail.
+    pub smtp_url: Option<String>,
+    pub mail_from: String,
+    pub mail: crate::mail::WorkerOptions,
+    /// Run the mail worker in this process.
+    pub run_mail_worker: bool,
+    pub verification: crate::domain::verification::Settings,
+    /// Time for expiry, rate limits and backoff (tests pass a ManualClock).
+    pub clock: crate::clock::SharedClock,
 }
 
 impl std::fmt::Debug for Config {
@@ -266,6 +327,9 @@ impl std::fmt::Debug for Config {
             .field("run_projections", &self.run_projections)
             .field("thresholds", &self.thresholds)
             .field("scim", &self.scim)
+            .field("smtp_url", &self.smtp_url.as_ref().map(|_| "<set>"))
+            .field("mail", &self.mail)
+            .field("verification", &self.verification)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .finish_non_exhaustive()
     }
@@ -282,7 +346,28 @@ impl Config {
             thresholds: Thresholds::default(),
             scim: ScimOptions::default(),
             admin_token: None,
+            smtp_url: None,
+            mail_from: "Portcullis <no-reply@localhost>".into(),
+            mail: crate::mail::WorkerOptions::default(),
+            run_mail_worker: true,
+            verification: Default::default(),
+            clock: std::sync::Arc::new(crate::clock::SystemClock),
         }
+    }
+}
+
+/// `3600` -> `1 hour`, `90` -> `90 seconds`: how long a code is valid, as mails say it.
+pub fn human(seconds: i64) -> String {
+    match seconds {
+        s if s % 3600 == 0 && s >= 3600 => {
+            let h = s / 3600;
+            format!("{h} hour{}", if h == 1 { "" } else { "s" })
+        }
+        s if s % 60 == 0 && s >= 60 => {
+            let m = s / 60;
+            format!("{m} minute{}", if m == 1 { "" } else { "s" })
+        }
+        s => format!("{s} seconds"),
     }
 }
 
@@ -304,6 +389,26 @@ impl From<&ServeArgs> for Config {
                 stall_seconds: p.stall_seconds,
             },
             scim: a.scim.options(),
+            smtp_url: a.mail.smtp_url.clone().filter(|u| !u.trim().is_empty()),
+            mail_from: a.mail.mail_from.clone(),
+            mail: crate::mail::WorkerOptions {
+                public_url: a
+                    .mail
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{}", a.listen)),
+                max_attempts: a.mail.mail_max_attempts.max(1),
+                retry_base: std::time::Duration::from_secs(a.mail.mail_retry_seconds.max(1)),
+                valid_for: human(a.mail.verification_ttl_seconds),
+                ..Default::default()
+            },
+            run_mail_worker: true,
+            verification: crate::domain::verification::Settings {
+                ttl: chrono::Duration::seconds(a.mail.verification_ttl_seconds.max(60)),
+                resend_after: chrono::Duration::seconds(a.mail.verification_resend_seconds.max(0)),
+                ..Default::default()
+            },
+            clock: std::sync::Arc::new(crate::clock::SystemClock),
             admin_token: a.admin_token.clone().filter(|t| !t.is_empty()),
         }
     }

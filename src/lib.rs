@@ -9,6 +9,7 @@ pub mod db;
 pub mod domain;
 pub mod eventstore;
 pub mod listener;
+pub mod mail;
 pub mod projection;
 pub mod projections;
 pub mod scim;

@@ -80,6 +80,25 @@ async fn run(cmd: Command) -> Result<(), BoxError> {
             println!("{}", written.id);
             Ok(())
         }
+        Command::Orgs(OrgsCommand::Settings {
+            db,
+            id,
+            verify_email_on_change,
+        }) => {
+            let store = store(&db)?;
+            if !org::exists(&store, id).await? {
+                return Err(format!("no organization {id}").into());
+            }
+            if let Some(on) = verify_email_on_change {
+                let w = org::set_verify_email_on_change(&store, id, on).await?;
+                wait_applied(&db, &store, "orgs", w.position).await;
+            }
+            println!(
+                "{}",
+                serde_json::to_string(&org::settings(&store, id).await?)?
+            );
+            Ok(())
+        }
         Command::Orgs(OrgsCommand::List { db }) => {
             let store = store(&db)?;
             for (id, name) in org::list(&store).await? {

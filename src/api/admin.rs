@@ -1,7 +1,6 @@
 //! Admin endpoints: bearer-token protected.
 
 use axum::extract::{FromRequestParts, State};
-use axum::http::header;
 use axum::http::request::Parts;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -27,16 +26,7 @@ impl FromRequestParts<AppState> for Admin {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or(ApiError::Unauthorized)?;
+        let presented = super::bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         if let Some(expected) = &state.admin_token {
             if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
                 return Ok(Admin);

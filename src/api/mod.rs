@@ -2,6 +2,7 @@
 
 mod admin;
 mod error;
+mod verification;
 
 use axum::routing::get;
 use axum::Router;
@@ -14,6 +15,20 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .merge(admin::router())
+        .merge(verification::router())
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let v = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Liveness only: the process answers. Readiness (database, migrations, projections) is /readyz.

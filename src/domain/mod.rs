@@ -5,6 +5,7 @@ pub mod group;
 pub mod org;
 pub mod token;
 pub mod user;
+pub mod verification;
 
 use serde_json::{Map, Value};
 

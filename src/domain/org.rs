@@ -8,6 +8,49 @@ use crate::eventstore::{self, Aggregate, Append, EventStore, ExpectedVersion, Ne
 
 pub const AGGREGATE: &str = "org";
 pub const ADDED: &str = "org.added";
+pub const SETTINGS_CHANGED: &str = "org.settings.changed";
+
+/// An organization's settings, from its events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Settings {
+    /// A verified address that SCIM changes gets a new verification code at once.
+    pub verify_email_on_change: bool,
+}
+
+/// The organization's settings (defaults when it never changed them).
+pub async fn settings(store: &EventStore, id: Uuid) -> Result<Settings, DomainError> {
+    let client = store.pool().get().await?;
+    let mut s = Settings::default();
+    for e in eventstore::load(&client, &aggregate(id)).await? {
+        if e.event_type == SETTINGS_CHANGED {
+            if let Some(v) = e.payload["verify_email_on_change"].as_bool() {
+                s.verify_email_on_change = v;
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// Changes the organization's settings.
+pub async fn set_verify_email_on_change(
+    store: &EventStore,
+    id: Uuid,
+    on: bool,
+) -> Result<super::Written, DomainError> {
+    let agg = aggregate(id);
+    let position = super::write(store, &agg, |events| -> Result<_, DomainError> {
+        let last = events
+            .last()
+            .ok_or_else(|| DomainError::NotFound(format!("organization {id}")))?;
+        Ok(Some(
+            Append::new(id, agg.clone(), ExpectedVersion::Exact(last.version)).event(
+                NewEvent::new(SETTINGS_CHANGED, json!({ "verify_email_on_change": on })),
+            ),
+        ))
+    })
+    .await?;
+    Ok(super::Written { id, position })
+}
 
 pub fn aggregate(id: Uuid) -> Aggregate {
     Aggregate::new(AGGREGATE, id)

@@ -5,7 +5,7 @@ use argon2::password_hash::{PasswordHasher, SaltString};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{apply_change, check_version, diff, write, Doc, DomainError, Written};
+use super::{apply_change, check_version, diff, verification, write, Doc, DomainError, Written};
 use crate::eventstore::{
     Aggregate, Append, EventStore, ExpectedVersion, NewEvent, StoredEvent, UniqueValue,
 };
@@ -147,9 +147,17 @@ pub async fn load(store: &EventStore, org_id: Uuid, id: Uuid) -> Result<Option<U
     Ok(fold(&events).filter(|u| u.org_id == org_id))
 }
 
+/// What [`update`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Updated {
+    pub written: Written,
+    /// The address changed from one the user had verified to another: it may need a code.
+    pub verified_address_changed: bool,
+}
+
 /// Changes a user: `change` gets the current attributes and returns the new ones. Checks
-/// If-Match, claims a new userName and releases the old, and writes nothing when nothing
-/// changed.
+/// If-Match, claims a new userName and releases the old, records a change of address
+/// (which resets its verification), and writes nothing when nothing changed.
 pub async fn update<E: From<DomainError>>(
     store: &EventStore,
     org_id: Uuid,
@@ -157,8 +165,9 @@ pub async fn update<E: From<DomainError>>(
     if_match: Option<u64>,
     password_hash: Option<String>,
     mut change: impl FnMut(&Doc) -> Result<Doc, E>,
-) -> Result<Written, E> {
+) -> Result<Updated, E> {
     let agg = aggregate(id);
+    let mut verified_address_changed = false;
     let position = write(store, &agg, |events| -> Result<_, E> {
         let user = fold(events)
             .filter(|u| u.org_id == org_id)
@@ -173,6 +182,12 @@ pub async fn update<E: From<DomainError>>(
                 CHANGED,
                 json!({ "set": set, "unset": unset }),
             ));
+        }
+        verified_address_changed = false;
+        if let Some((address, was_verified)) = verification::address_change(events, &user.doc, &new)
+        {
+            append = append.event(verification::email_changed(address.as_deref()));
+            verified_address_changed = was_verified && address.is_some();
         }
         if let Some(h) = &password_hash {
             append = append.event(password_event(h.clone()));
@@ -191,7 +206,10 @@ pub async fn update<E: From<DomainError>>(
         Ok(Some(append))
     })
     .await?;
-    Ok(Written { id, position })
+    Ok(Updated {
+        written: Written { id, position },
+        verified_address_changed,
+    })
 }
 
 /// Deletes a user and frees its userName.

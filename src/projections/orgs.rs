@@ -15,7 +15,7 @@ impl Projection for Orgs {
     }
 
     fn event_types(&self) -> Option<Vec<String>> {
-        Some(vec![org::ADDED.into()])
+        Some(vec![org::ADDED.into(), org::SETTINGS_CHANGED.into()])
     }
 
     fn tables(&self) -> Vec<String> {
@@ -23,6 +23,17 @@ impl Projection for Orgs {
     }
 
     async fn reduce(&self, tx: &Transaction<'_>, event: &StoredEvent) -> Result<(), ReduceError> {
+        if event.event_type == org::SETTINGS_CHANGED {
+            let on = event.payload["verify_email_on_change"].as_bool();
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE projections.orgs SET verify_email_on_change = \
+                     coalesce($2, verify_email_on_change) WHERE org_id = $1",
+                )
+                .await?;
+            tx.execute(&stmt, &[&event.aggregate.id, &on]).await?;
+            return Ok(());
+        }
         let name = event.payload["name"]
             .as_str()
             .ok_or("org.added without a name")?;

@@ -2,7 +2,7 @@ use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use serde_json::{Map, Value};
 
-use crate::domain::{apply_change, user};
+use crate::domain::{apply_change, user, verification};
 use crate::eventstore::StoredEvent;
 use crate::projection::{Projection, ReduceError};
 
@@ -20,6 +20,13 @@ impl Projection for Users {
             user::ADDED.into(),
             user::CHANGED.into(),
             user::REMOVED.into(),
+            verification::VERIFIED.into(),
+            verification::EMAIL_CHANGED.into(),
+            // Not shown, but they move the aggregate version: the ETag must follow.
+            user::PASSWORD_CHANGED.into(),
+            verification::REQUESTED.into(),
+            verification::CODE_SENT.into(),
+            verification::FAILED.into(),
         ])
     }
 
@@ -100,13 +107,31 @@ impl Projection for Users {
                     write_emails(tx, event, &doc).await?;
                 }
             }
+            verification::VERIFIED | verification::EMAIL_CHANGED => {
+                let verified = (event.event_type == verification::VERIFIED)
+                    .then(|| event.payload["email"].as_str())
+                    .flatten();
+                let stmt = tx
+                    .prepare_cached(
+                        "UPDATE projections.users SET verified_email = $2, version = $3, \
+                         updated_at = $4 WHERE user_id = $1",
+                    )
+                    .await?;
+                tx.execute(&stmt, &[&id, &verified, &version, &event.created_at])
+                    .await?;
+            }
             user::REMOVED => {
                 let stmt = tx
                     .prepare_cached("DELETE FROM projections.users WHERE user_id = $1")
                     .await?;
                 tx.execute(&stmt, &[&id]).await?;
             }
-            _ => {}
+            _ => {
+                let stmt = tx
+                    .prepare_cached("UPDATE projections.users SET version = $2 WHERE user_id = $1")
+                    .await?;
+                tx.execute(&stmt, &[&id, &version]).await?;
+            }
         }
         Ok(())
     }

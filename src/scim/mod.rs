@@ -127,16 +127,7 @@ async fn caller(state: &AppState, path: &str, headers: HeaderMap) -> Result<Ctx,
         .and_then(|rest| rest.split('/').next())
         .and_then(|o| o.parse().ok())
         .ok_or(ScimError::Unauthorized)?;
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then_some(token.trim())
-        })
-        .ok_or(ScimError::Unauthorized)?;
+    let presented = crate::api::bearer(&headers).ok_or(ScimError::Unauthorized)?;
     let at = state.hub.current("api_tokens");
     match state
         .tokens

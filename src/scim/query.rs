@@ -199,6 +199,9 @@ fn element(elem: &Elem, name: &str) -> Result<Col, String> {
         (Elem::Emails, "type") => Ok(text("e.type", true)),
         (Elem::Emails, "display") => Ok(text("e.display", true)),
         (Elem::Emails, "primary") => Ok(Col::Bool("e.is_primary".into())),
+        (Elem::Emails, "verified") => Ok(Col::Bool(
+            "coalesce(lower(e.value) = lower(r.verified_email), false)".into(),
+        )),
         (Elem::Groups, "value") => Ok(text("g.group_id::text", false)),
         (Elem::Groups, "display") => Ok(text("g.display_name", true)),
         (Elem::Groups, "type") => Ok(text(

@@ -80,7 +80,7 @@ fn cols(rt: &ResourceType, sel: &Selection) -> String {
         } else {
             "NULL::jsonb"
         };
-        format!("{USER_COLS}, {groups}")
+        format!("{USER_COLS}, {groups}, r.verified_email")
     } else {
         let members = if sel.wants("members") {
             GROUP_MEMBERS
@@ -114,6 +114,16 @@ fn render(
                 out.insert("schemas".into(), json!(schemas));
                 out.insert("id".into(), json!(id));
                 out.extend(doc);
+                let verified: Option<String> = row.get(7);
+                if let Some(Value::Array(emails)) = out.get_mut("emails") {
+                    for e in emails.iter_mut().filter_map(Value::as_object_mut) {
+                        let is = match (e.get("value").and_then(Value::as_str), &verified) {
+                            (Some(v), Some(x)) => v.eq_ignore_ascii_case(x),
+                            _ => false,
+                        };
+                        e.insert("verified".into(), Value::Bool(is));
+                    }
+                }
                 out.insert("active".into(), Value::Bool(row.get(5)));
                 if let Some(Value::Array(groups)) = computed {
                     let groups = groups

@@ -222,9 +222,24 @@ pub static USER_ATTRS: &[Attr] = &[
         "Write-only; stored as an argon2 hash, never returned.",
     )
     .write_only(),
-    Attr::s("emails", "Email addresses.")
-        .multi()
-        .sub(plural!(TYPES_EMAIL)),
+    Attr::s("emails", "Email addresses.").multi().sub(&[
+        Attr::s("value", "The address."),
+        Attr::s("display", "A human-readable name."),
+        Attr::s("type", "work, home, other").canonical(TYPES_EMAIL),
+        Attr::new(
+            "primary",
+            Type::Boolean,
+            "The preferred address; at most one.",
+        ),
+        Attr::new(
+            "verified",
+            Type::Boolean,
+            "Portcullis extension: whether the user verified this address by email \
+             (POST /api/v1/orgs/{org_id}/users/{id}/email/verification). Read-only; a changed \
+             address is unverified.",
+        )
+        .read_only(),
+    ]),
     Attr::s("phoneNumbers", "Phone numbers.")
         .multi()
         .sub(plural!(&[

@@ -12,7 +12,33 @@ use super::resource;
 use super::schema::{ResourceType, USER_TYPE};
 use crate::app::AppState;
 use crate::domain::group::{self, Kind, Member};
-use crate::domain::{user, Doc, Written};
+use crate::domain::{user, verification, Doc, Written};
+
+/// A verified address that SCIM changed gets a new code when the org asks for that. The
+/// change itself is committed already; a failure here is logged, and the user can ask again.
+async fn reverify(state: &AppState, org: Uuid, updated: &user::Updated) {
+    if !updated.verified_address_changed {
+        return;
+    }
+    let on = match crate::domain::org::settings(&state.store, org).await {
+        Ok(s) => s.verify_email_on_change,
+        Err(e) => {
+            tracing::warn!(error = %e, %org, "cannot read the organization's settings");
+            return;
+        }
+    };
+    if !on {
+        return;
+    }
+    let user_id = updated.written.id;
+    let (clock, settings) = (&*state.clock, &state.verification);
+    match verification::request(&state.store, clock, settings, org, user_id).await {
+        Ok(_) => state.wake_mailer(),
+        Err(e) => {
+            tracing::warn!(error = %e, %user_id, "no verification code after the address changed")
+        }
+    }
+}
 
 fn is_user(rt: &ResourceType) -> bool {
     rt.name == USER_TYPE.name
@@ -149,10 +175,17 @@ pub async fn replace(
     if is_user(rt) {
         let hash = hash(input.password).await?;
         let doc = input.doc;
-        user::update(&state.store, org, uid, if_match, hash, |_| {
+        match user::update(&state.store, org, uid, if_match, hash, |_| {
             Ok::<_, ScimError>(doc.clone())
         })
         .await
+        {
+            Ok(updated) => {
+                reverify(state, org, &updated).await;
+                Ok(updated.written)
+            }
+            Err(e) => Err(e),
+        }
     } else {
         let mut ids = HashSet::new();
         if let Some(m) = input.doc.get("members") {
@@ -184,10 +217,17 @@ pub async fn patch(
     let ops = patch::operations(body)?;
     if is_user(rt) {
         let hash = hash(patch::password_in(&ops)).await?;
-        user::update(&state.store, org, uid, if_match, hash, |doc| {
+        match user::update(&state.store, org, uid, if_match, hash, |doc| {
             patch::apply(rt, doc, id, &ops).map(|p| p.doc)
         })
         .await
+        {
+            Ok(updated) => {
+                reverify(state, org, &updated).await;
+                Ok(updated.written)
+            }
+            Err(e) => Err(e),
+        }
     } else {
         let mut ids = HashSet::new();
         for op in &ops {

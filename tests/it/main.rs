@@ -10,3 +10,4 @@ mod http;
 mod projections;
 mod scim;
 mod tokens;
+mod verification;

@@ -86,7 +86,7 @@ async fn user_lifecycle_post_get_put_patch_delete() {
     assert!(r.body["emails"]
         .as_array()
         .unwrap()
-        .contains(&json!({"type": "home", "value": "ann@home.example"})));
+        .contains(&json!({"type": "home", "value": "ann@home.example", "verified": false})));
 
     // Okta: deactivation by PATCH without a path.
     let r = s
@@ -569,7 +569,7 @@ async fn pascal_case_bodies_and_one_primary() {
     );
     assert_eq!(
         r.body["emails"],
-        json!([{"value": "p@work.example", "type": "work", "primary": true}])
+        json!([{"value": "p@work.example", "type": "work", "primary": true, "verified": false}])
     );
     assert_eq!(r.body["externalId"], "E1");
     let id = r.id();

@@ -1,0 +1,218 @@
+//! Email verification over REST (JSON, an org's `scim` token), and the page the link in the
+//! mail opens. Answers never tell an unknown user from a wrong code where that would let a
+//! caller probe for accounts.
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::domain::token::Scope;
+use crate::domain::verification::{self, VerifyError};
+use crate::eventstore::Position;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/orgs/{org_id}/users/{user_id}/email/verification",
+            post(request),
+        )
+        .route(
+            "/api/v1/orgs/{org_id}/users/{user_id}/email/verify",
+            post(verify),
+        )
+        .route("/api/v1/orgs/{org_id}/users/{user_id}/email", get(status))
+        .route("/verify-email", get(link))
+}
+
+/// A caller with a `scim` token of the org in the path.
+pub struct OrgCaller {
+    pub org: Uuid,
+}
+
+impl FromRequestParts<AppState> for OrgCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let org: Uuid = parts
+            .uri
+            .path()
+            .strip_prefix("/api/v1/orgs/")
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|o| o.parse().ok())
+            .ok_or(ApiError::Unauthorized)?;
+        let presented = super::bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
+        let at = state.hub.current("api_tokens");
+        match state
+            .tokens
+            .authenticate(&state.pool, presented, at)
+            .await?
+        {
+            Some(c) if c.org_id == org && c.scope == Scope::Scim => Ok(OrgCaller { org }),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+fn with_position(mut res: Response, position: Position) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&position.to_string()) {
+        res.headers_mut().insert(crate::scim::POSITION_HEADER, v);
+    }
+    res
+}
+
+impl From<VerifyError> for ApiError {
+    fn from(e: VerifyError) -> ApiError {
+        match e {
+            VerifyError::NotFound => ApiError::NotFound("no such user".into()),
+            VerifyError::NoEmail => ApiError::Conflict {
+                code: "no_email",
+                detail: "the user has no email address to verify".into(),
+            },
+            VerifyError::TooSoon { retry_after } => ApiError::TooManyRequests { retry_after },
+            VerifyError::Invalid => ApiError::BadRequest {
+                code: "invalid_code",
+                detail: "the code is wrong, expired or already used".into(),
+            },
+            VerifyError::Domain(d) => ApiError::Domain(d),
+        }
+    }
+}
+
+async fn request(
+    caller: OrgCaller,
+    State(state): State<AppState>,
+    Path((_, user)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let user: Uuid = user
+        .parse()
+        .map_err(|_| ApiError::from(VerifyError::NotFound))?;
+    let r = verification::request(
+        &state.store,
+        &*state.clock,
+        &state.verification,
+        caller.org,
+        user,
+    )
+    .await?;
+    state.wake_mailer();
+    let body = json!({"status": "sent", "request_id": r.request_id});
+    Ok(with_position(
+        (StatusCode::ACCEPTED, Json(body)).into_response(),
+        r.position,
+    ))
+}
+
+async fn verify(
+    caller: OrgCaller,
+    State(state): State<AppState>,
+    Path((_, user)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let code = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("code").and_then(Value::as_str).map(str::to_string))
+        .ok_or(ApiError::BadRequest {
+            code: "invalid_request",
+            detail: "send {\"code\": \"...\"}".into(),
+        })?;
+    // An unknown user or another org's user answers like a wrong code.
+    let Ok(user) = user.parse::<Uuid>() else {
+        return Err(VerifyError::Invalid.into());
+    };
+    let position = verification::verify_code(
+        &state.store,
+        &*state.clock,
+        &state.verification,
+        caller.org,
+        user,
+        &code,
+    )
+    .await?;
+    // Read-your-writes: SCIM reads right after this show the address verified.
+    state
+        .hub
+        .wait_for_position("users", position, state.scim.wait_timeout)
+        .await?;
+    Ok(with_position(
+        Json(json!({"verified": true})).into_response(),
+        position,
+    ))
+}
+
+async fn status(
+    caller: OrgCaller,
+    State(state): State<AppState>,
+    Path((_, user)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let user: Uuid = user
+        .parse()
+        .map_err(|_| ApiError::from(VerifyError::NotFound))?;
+    let (email, verified) =
+        verification::status(&state.store, &state.verification, caller.org, user).await?;
+    Ok(Json(json!({"email": email, "verified": verified})))
+}
+
+#[derive(serde::Deserialize)]
+struct LinkQuery {
+    user: Option<String>,
+    token: Option<String>,
+}
+
+const PAGE: &str = include_str!("../../templates/verify_email_page.html");
+
+fn page(status: StatusCode, title: &str, message: &str) -> Response {
+    let html = PAGE
+        .replace("{{title}}", title)
+        .replace("{{message}}", message);
+    let mut res = (status, Html(html)).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut()
+        .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    res
+}
+
+/// The link from the mail. One page for every failure: wrong, expired, used, unknown.
+async fn link(State(state): State<AppState>, Query(q): Query<LinkQuery>) -> Response {
+    let user = q.user.as_deref().and_then(|u| u.parse::<Uuid>().ok());
+    let result = match (user, q.token.as_deref()) {
+        (Some(user), Some(token)) if !token.is_empty() && token.len() <= 100 => {
+            verification::verify_link(
+                &state.store,
+                &*state.clock,
+                &state.verification,
+                user,
+                token,
+            )
+            .await
+        }
+        _ => Err(VerifyError::Invalid),
+    };
+    match result {
+        Ok(_) => page(
+            StatusCode::OK,
+            "Email address verified",
+            "Thank you: your email address is verified. You can close this page.",
+        ),
+        Err(VerifyError::Domain(e)) => {
+            tracing::error!(error = %crate::error_chain(&e), "verification link failed");
+            page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "We could not check this link just now. Please try again in a moment.",
+            )
+        }
+        Err(_) => page(
+            StatusCode::BAD_REQUEST,
+            "This link is invalid or has expired",
+            "The link is wrong, expired or was already used. Ask for a new code and try again.",
+        ),
+    }
+}
