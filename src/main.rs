@@ -90,8 +90,8 @@ async fn run(cmd: Command) -> Result<(), BoxError> {
                 return Err(format!("no organization {id}").into());
             }
             if let Some(on) = verify_email_on_change {
-                let w = org::set_verify_email_on_change(&store, id, on).await?;
-                wait_applied(&db, &store, "orgs", w.position).await;
+                // The service reads settings from the org's events: in force at once.
+                org::set_verify_email_on_change(&store, id, on).await?;
             }
             println!(
                 "{}",

@@ -2,11 +2,12 @@
 //! machine; absolute numbers do not). Needs DATABASE_URL; `scripts/bench.sh` provides a
 //! throwaway cluster with default durability settings.
 //!
-//! usage: cargo bench --bench bench -- [--seconds N] [appends] [waits] [scim]
+//! usage: cargo bench --bench bench -- [--seconds N] [appends] [waits] [scim] [verification]
 
 mod appends;
 mod report;
 mod scim;
+mod verification;
 mod waits;
 
 use std::time::Duration;
@@ -26,7 +27,7 @@ async fn main() {
             }
             "--bench" => {}
             "-h" | "--help" => {
-                println!("usage: bench [--seconds N] [appends] [waits] [scim]");
+                println!("usage: bench [--seconds N] [appends] [waits] [scim] [verification]");
                 return;
             }
             other => which.push(other.to_string()),
@@ -45,6 +46,9 @@ async fn main() {
     }
     if all || which.iter().any(|w| w == "scim") {
         scim::run(&url, cell, &mut out).await;
+    }
+    if all || which.iter().any(|w| w == "verification") {
+        verification::run(&url, cell, &mut out).await;
     }
     out.print();
 }

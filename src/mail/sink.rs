@@ -108,6 +108,33 @@ impl SmtpSink {
         self.inbox.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// How many messages went to `address` (as in RCPT TO, without the angle brackets).
+    pub fn count_to(&self, address: &str) -> usize {
+        let want = format!("<{address}>");
+        self.inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|m| m.to.iter().any(|t| t.eq_ignore_ascii_case(&want)))
+            .count()
+    }
+
+    /// Waits until at least `n` messages went to `address`; false at the deadline.
+    pub async fn wait_for_to(&self, address: &str, n: usize, deadline: Duration) -> bool {
+        let mut rx = self.count.subscribe();
+        let check = async {
+            loop {
+                if self.count_to(address) >= n {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(deadline, check).await.is_ok() && self.count_to(address) >= n
+    }
+
     /// Waits until at least `n` messages have arrived; None at the deadline.
     pub async fn wait_for(&self, n: usize, deadline: Duration) -> Option<Vec<Received>> {
         let mut rx = self.count.subscribe();

@@ -74,6 +74,13 @@ fn help_documents_every_setting() {
         "PORTCULLIS_WAIT_TIMEOUT_MS",
         "PORTCULLIS_SCIM_MAX_BODY_BYTES",
         "PORTCULLIS_SCIM_MAX_BULK_OPERATIONS",
+        "SMTP_URL",
+        "PORTCULLIS_MAIL_FROM",
+        "PORTCULLIS_PUBLIC_URL",
+        "PORTCULLIS_VERIFICATION_TTL_SECONDS",
+        "PORTCULLIS_VERIFICATION_RESEND_SECONDS",
+        "PORTCULLIS_MAIL_MAX_ATTEMPTS",
+        "PORTCULLIS_MAIL_RETRY_SECONDS",
     ] {
         assert!(
             help.contains(var),

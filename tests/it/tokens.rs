@@ -200,3 +200,27 @@ async fn cli_org_and_scim_token_work_on_the_scim_api() {
     assert_eq!(res.status(), 200);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn org_settings_from_the_command_line() {
+    let db = TestDb::new().await;
+    let (ok, org, err) = cli(&db, &["orgs", "create", "--no-wait", "Settings Inc"]).await;
+    assert!(ok, "{err}");
+    let (ok, out, _) = cli(&db, &["orgs", "settings", &org]).await;
+    assert!(ok);
+    assert_eq!(out, r#"{"verify_email_on_change":false}"#);
+    let (ok, out, _) = cli(
+        &db,
+        &["orgs", "settings", &org, "--verify-email-on-change", "true"],
+    )
+    .await;
+    assert!(ok);
+    assert_eq!(out, r#"{"verify_email_on_change":true}"#);
+    let (ok, _, err) = cli(
+        &db,
+        &["orgs", "settings", &uuid::Uuid::new_v4().to_string()],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("no organization"), "{err}");
+}
