@@ -36,6 +36,18 @@ pub struct AppState {
     pub verification: Arc<crate::domain::verification::Settings>,
     /// The outbox worker (none when `Config::run_mail_worker` is off).
     pub mail: Option<Arc<MailWorker>>,
+    /// Lag samples for the dashboard's chart.
+    pub lag_history: crate::api::dashboard::LagHistory,
+    _sampler: Arc<Sampler>,
+}
+
+/// Stops the lag sampler with the last clone of the state.
+struct Sampler(tokio::task::JoinHandle<()>);
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl AppState {
@@ -58,6 +70,8 @@ impl AppState {
             cfg.thresholds.store(&client).await?;
         }
         let hub = ProgressHub::start(&cfg.database_url, pool.clone()).await?;
+        let lag_history = crate::api::dashboard::LagHistory::default();
+        let sampler = Sampler(lag_history.start_sampling(pool.clone()));
         let mailer = Mailer::new(cfg.smtp_url.as_deref(), &cfg.mail_from)?;
         if mailer.is_log() {
             tracing::warn!(
@@ -100,6 +114,8 @@ impl AppState {
             clock: cfg.clock.clone(),
             verification: Arc::new(cfg.verification.clone()),
             mail,
+            _sampler: Arc::new(sampler),
+            lag_history,
         })
     }
 }
@@ -107,7 +123,44 @@ impl AppState {
 pub fn router(state: AppState) -> axum::Router {
     crate::api::router()
         .merge(crate::scim::router(&state))
+        .layer(axum::middleware::from_fn(track))
         .with_state(state)
+}
+
+/// Every request: a span (method, route, status, duration) and the HTTP metrics, labelled
+/// by the route pattern (never the raw path, which would hold ids).
+async fn track(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        // `/scim/v2/:org/Users`: braces inside label values trip up some Prometheus parsers.
+        .map(|p| p.as_str().replace('{', ":").replace('}', ""))
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        %method,
+        route = %route,
+        status = tracing::field::Empty,
+        ms = tracing::field::Empty
+    );
+    let started = std::time::Instant::now();
+    let res = next.run(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = res.status().as_u16().to_string();
+    span.record("status", status.as_str());
+    span.record("ms", elapsed.as_secs_f64() * 1000.0);
+    span.in_scope(|| tracing::debug!("request served"));
+    let m = crate::metrics::metrics();
+    m.http_requests.with_label_values(&[&route, &status]).inc();
+    m.http_seconds
+        .with_label_values(&[&route, &status])
+        .observe(elapsed.as_secs_f64());
+    res
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then finishes in-flight requests.

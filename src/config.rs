@@ -28,6 +28,16 @@ pub struct Cli {
         global = true
     )]
     pub log: String,
+    /// Log format: `text` for people, `json` (one object per line, with span fields) for
+    /// log pipelines.
+    #[arg(long, env = "PORTCULLIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

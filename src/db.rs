@@ -134,6 +134,16 @@ pub fn embedded_migrations() -> Vec<String> {
         .collect()
 }
 
+/// The highest migration version built into this binary.
+pub fn latest_migration() -> i32 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| m.version() as i32)
+        .max()
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::url_with_database;

@@ -10,6 +10,7 @@ pub mod domain;
 pub mod eventstore;
 pub mod listener;
 pub mod mail;
+pub mod metrics;
 pub mod projection;
 pub mod projections;
 pub mod scim;

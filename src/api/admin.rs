@@ -26,18 +26,31 @@ impl FromRequestParts<AppState> for Admin {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let presented = super::bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
-        if let Some(expected) = &state.admin_token {
-            if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
-                return Ok(Admin);
-            }
-        }
-        let client = state.pool.get().await?;
-        match token::authenticate(&client, presented).await? {
-            Some(caller) if caller.scope == Scope::Admin => Ok(Admin),
-            _ => Err(ApiError::Unauthorized),
+        let presented = super::dashboard::presented_admin_token(&parts.headers);
+        if is_admin(state, presented.as_deref()).await? {
+            Ok(Admin)
+        } else {
+            Err(ApiError::Unauthorized)
         }
     }
+}
+
+/// Whether `presented` is the bootstrap token (compared in constant time) or an API token
+/// with the admin scope.
+pub async fn is_admin(state: &AppState, presented: Option<&str>) -> Result<bool, ApiError> {
+    let Some(presented) = presented.filter(|p| !p.is_empty()) else {
+        return Ok(false);
+    };
+    if let Some(expected) = &state.admin_token {
+        if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+            return Ok(true);
+        }
+    }
+    let client = state.pool.get().await?;
+    Ok(matches!(
+        token::authenticate(&client, presented).await?,
+        Some(caller) if caller.scope == Scope::Admin
+    ))
 }
 
 async fn projections_health(

@@ -1,7 +1,9 @@
 //! HTTP surfaces other than SCIM: liveness, admin; email verification later.
 
 mod admin;
+pub mod dashboard;
 mod error;
+mod ops;
 mod verification;
 
 use axum::routing::get;
@@ -16,6 +18,8 @@ pub fn router() -> Router<AppState> {
         .route("/healthz", get(healthz))
         .merge(admin::router())
         .merge(verification::router())
+        .merge(ops::router())
+        .merge(dashboard::router())
 }
 
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).

@@ -403,6 +403,9 @@ impl EventStore {
 
     /// Wakes this process's readers at once and, in coalesced mode, other processes soon after.
     pub fn committed(&self, pushed: &Pushed) {
+        crate::metrics::metrics()
+            .events_appended
+            .inc_by(pushed.positions.len() as u64);
         self.waker.wake(pushed.last());
     }
 

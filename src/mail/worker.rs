@@ -61,17 +61,8 @@ impl WorkerOptions {
     }
 }
 
-/// Counters for metrics and tests.
-#[derive(Debug, Default)]
-pub struct MailCounters {
-    pub sent: std::sync::atomic::AtomicU64,
-    pub failed: std::sync::atomic::AtomicU64,
-    pub given_up: std::sync::atomic::AtomicU64,
-}
-
 pub struct MailWorker {
     wake: Arc<Notify>,
-    pub counters: Arc<MailCounters>,
     task: JoinHandle<()>,
     listener: JoinHandle<()>,
 }
@@ -89,7 +80,6 @@ struct Ctx {
     mailer: Mailer,
     clock: SharedClock,
     opts: WorkerOptions,
-    counters: Arc<MailCounters>,
 }
 
 impl MailWorker {
@@ -102,7 +92,6 @@ impl MailWorker {
         opts: WorkerOptions,
     ) -> MailWorker {
         let wake = Arc::new(Notify::new());
-        let counters = Arc::new(MailCounters::default());
         let (mut events, listener) =
             crate::listener::spawn(url.to_string(), vec![CHANNEL.to_string()], "mail");
         let ctx = Ctx {
@@ -111,7 +100,6 @@ impl MailWorker {
             mailer,
             clock,
             opts,
-            counters: counters.clone(),
         };
         let w = wake.clone();
         let task = tokio::spawn(async move {
@@ -139,7 +127,6 @@ impl MailWorker {
         });
         MailWorker {
             wake,
-            counters,
             task,
             listener,
         }
@@ -217,7 +204,7 @@ async fn drain(ctx: &Ctx) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error
 }
 
 async fn send_one(ctx: &Ctx, c: &Claimed) -> Result<(), tokio_postgres::Error> {
-    use std::sync::atomic::Ordering::Relaxed;
+    let m = crate::metrics::metrics();
     let s = |k: &str| c.secret[k].as_str().unwrap_or_default().to_string();
     let link = format!(
         "{}/verify-email?user={}&token={}",
@@ -240,7 +227,7 @@ async fn send_one(ctx: &Ctx, c: &Claimed) -> Result<(), tokio_postgres::Error> {
     };
     match sent {
         Ok(()) => {
-            ctx.counters.sent.fetch_add(1, Relaxed);
+            m.mail_sent.inc();
             let tx = client.transaction().await?;
             let deleted = tx
                 .execute("DELETE FROM mail.outbox WHERE id = $1", &[&c.id])
@@ -264,9 +251,9 @@ async fn send_one(ctx: &Ctx, c: &Claimed) -> Result<(), tokio_postgres::Error> {
             let retry_at =
                 now + chrono::Duration::from_std(ctx.opts.backoff(failures)).unwrap_or_default();
             let give_up = failures >= ctx.opts.max_attempts;
-            ctx.counters.failed.fetch_add(1, Relaxed);
+            m.mail_failed.inc();
             if give_up {
-                ctx.counters.given_up.fetch_add(1, Relaxed);
+                m.mail_given_up.inc();
                 tracing::error!(error = %e, outbox_id = %c.id, failures, "mail worker: giving up on a mail");
             } else {
                 tracing::warn!(error = %e, outbox_id = %c.id, failures, %retry_at, "mail worker: sending failed; will retry");

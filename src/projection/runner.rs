@@ -300,9 +300,37 @@ struct Failure {
     dead: bool,
 }
 
+/// One batch, in a span that says what it did.
+async fn batch(
+    inner: &Inner,
+    p: &dyn Projection,
+    catch_up: bool,
+    careful: bool,
+) -> Result<Outcome, ProjectionError> {
+    use tracing::Instrument;
+    let span = tracing::debug_span!(
+        "projection_batch",
+        projection = p.name(),
+        careful,
+        from = tracing::field::Empty,
+        to = tracing::field::Empty,
+        events = tracing::field::Empty,
+        ms = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let out = batch_in(inner, p, catch_up, careful)
+        .instrument(span.clone())
+        .await;
+    span.record("ms", started.elapsed().as_secs_f64() * 1000.0);
+    if let Ok(Outcome::Done { .. }) = &out {
+        span.in_scope(|| tracing::debug!("batch committed"));
+    }
+    out
+}
+
 /// One batch in one transaction. Events are read before the transaction takes an xid (the
 /// lock takes none), so the runner never holds back its own horizon while reading.
-async fn batch(
+async fn batch_in(
     inner: &Inner,
     p: &dyn Projection,
     catch_up: bool,
@@ -476,6 +504,10 @@ async fn batch(
         .await?;
     }
     tx.commit().await?;
+    let span = tracing::Span::current();
+    span.record("from", tracing::field::display(from));
+    span.record("to", tracing::field::display(position));
+    span.record("events", applied);
     inner.hub.publish_since(name, position, resets);
     if position != from {
         inner.commits.send_modify(|n| *n += 1);

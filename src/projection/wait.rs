@@ -232,6 +232,15 @@ impl ProgressHub {
         let reached = tokio::time::timeout_at(deadline, rx.wait_for(|p| *p >= target))
             .await
             .map(|r| r.map(|p| *p));
+        let outcome = if matches!(reached, Ok(Ok(_))) {
+            "reached"
+        } else {
+            "timeout"
+        };
+        crate::metrics::metrics()
+            .wait_seconds
+            .with_label_values(&[projection, outcome])
+            .observe(start.elapsed().as_secs_f64());
         match reached {
             Ok(Ok(p)) => Ok(p),
             _ => Err(WaitError::Timeout {

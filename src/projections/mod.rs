@@ -16,6 +16,11 @@ pub use groups::Groups;
 pub use orgs::Orgs;
 pub use users::Users;
 
+/// A projection by name.
+pub fn by_name(name: &str) -> Option<Arc<dyn Projection>> {
+    all().into_iter().find(|p| p.name() == name)
+}
+
 /// Every projection the service runs.
 pub fn all() -> Vec<Arc<dyn Projection>> {
     vec![

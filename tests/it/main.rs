@@ -7,6 +7,7 @@ mod admin;
 mod cli;
 mod eventstore;
 mod http;
+mod ops;
 mod projections;
 mod scim;
 mod tokens;

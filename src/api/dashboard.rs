@@ -1,0 +1,396 @@
+//! The projection dashboard at `/admin/projections`: a server-rendered table (works with
+//! JavaScript off), refreshed in place by a small script, with a lag chart and reset /
+//! retry-failed behind a confirmation. The admin token is kept in an HTTP-only, same-site
+//! cookie after a login form; it never appears in a URL.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::projection::{self, HealthReport};
+
+pub const COOKIE: &str = "portcullis_admin";
+const PAGE: &str = include_str!("../../templates/dashboard.html");
+const FORM: &str = include_str!("../../templates/admin_form.html");
+/// Samples kept for the chart: ten minutes at one per five seconds.
+const HISTORY: usize = 120;
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/admin",
+            get(|| async { Redirect::to("/admin/projections") }),
+        )
+        .route("/admin/login", get(login_form).post(login))
+        .route("/admin/logout", post(logout))
+        .route("/admin/projections", get(dashboard))
+        .route("/admin/projections/data", get(data))
+        .route("/admin/projections/{name}/{action}", get(confirm).post(act))
+}
+
+/// Lag over the last minutes, sampled from projections.health.
+#[derive(Debug, Clone, Default)]
+pub struct LagHistory(Arc<Mutex<VecDeque<Sample>>>);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Unix time, seconds.
+    at: f64,
+    projections: Vec<SampleRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct SampleRow {
+    name: String,
+    events_behind: i64,
+    seconds_behind: f64,
+}
+
+impl LagHistory {
+    pub fn record(&self, h: &HealthReport) {
+        let sample = Sample {
+            at: chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
+            projections: h
+                .projections
+                .iter()
+                .map(|p| SampleRow {
+                    name: p.name.clone(),
+                    events_behind: p.events_behind,
+                    seconds_behind: p.seconds_behind,
+                })
+                .collect(),
+        };
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        q.push_back(sample);
+        while q.len() > HISTORY {
+            q.pop_front();
+        }
+    }
+
+    pub fn samples(&self) -> Vec<Sample> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Samples every few seconds for as long as the app lives (a metrics sampler: nothing
+    /// waits on it).
+    pub fn start_sampling(&self, pool: deadpool_postgres::Pool) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SAMPLE_EVERY);
+            loop {
+                tick.tick().await;
+                if let Ok(client) = pool.get().await {
+                    if let Ok(h) = projection::health(&client).await {
+                        me.record(&h);
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    let raw = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            c.trim()
+                .strip_prefix(&format!("{COOKIE}="))
+                .map(str::to_string)
+        })?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// The admin token of a request: `Authorization: Bearer`, else the dashboard's cookie.
+pub fn presented_admin_token(headers: &HeaderMap) -> Option<String> {
+    super::bearer(headers)
+        .map(str::to_string)
+        .or_else(|| cookie_token(headers))
+}
+
+/// A dashboard visitor with a valid admin token; others are sent to the login form.
+pub struct AdminPage;
+
+impl FromRequestParts<AppState> for AdminPage {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        match super::admin::is_admin(state, cookie_token(&parts.headers).as_deref()).await {
+            Ok(true) => Ok(AdminPage),
+            Ok(false) => Err(Redirect::to("/admin/login").into_response()),
+            Err(e) => Err(e.into_response()),
+        }
+    }
+}
+
+/// Refuses cross-site form posts even from browsers that ignore SameSite.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    origin
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.trim_end_matches('/') == host)
+}
+
+fn form_page(
+    status: StatusCode,
+    title: &str,
+    message: &str,
+    action: &str,
+    fields: &str,
+    button: &str,
+    back: bool,
+) -> Response {
+    let html = FORM
+        .replace("{{title}}", &html_escape(title))
+        .replace("{{message}}", message)
+        .replace("{{action}}", &html_escape(action))
+        .replace("{{fields}}", fields)
+        .replace("{{button}}", &html_escape(button))
+        .replace(
+            "{{back}}",
+            if back {
+                "<p><a href=\"/admin/projections\">Back</a></p>"
+            } else {
+                ""
+            },
+        );
+    (status, no_store(Html(html).into_response())).into_response()
+}
+
+fn no_store(mut res: Response) -> Response {
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+const TOKEN_FIELD: &str = "<label for=\"token\">Admin token</label>\
+    <input type=\"password\" id=\"token\" name=\"token\" autocomplete=\"current-password\" required autofocus>";
+
+async fn login_form() -> Response {
+    form_page(
+        StatusCode::OK,
+        "Portcullis admin",
+        "",
+        "/admin/login",
+        TOKEN_FIELD,
+        "Log in",
+        false,
+    )
+}
+
+#[derive(Deserialize)]
+struct Login {
+    token: String,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<Login>,
+) -> Response {
+    if !same_origin(&headers) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let token = f.token.trim();
+    match super::admin::is_admin(&state, Some(token)).await {
+        Ok(true) => {
+            let secure = headers
+                .get("x-forwarded-proto")
+                .is_some_and(|v| v.as_bytes() == b"https");
+            let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
+            let cookie = format!(
+                "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200{}",
+                if secure { "; Secure" } else { "" }
+            );
+            let mut res = Redirect::to("/admin/projections").into_response();
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                res.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            res
+        }
+        Ok(false) => form_page(
+            StatusCode::UNAUTHORIZED,
+            "Portcullis admin",
+            "<p class=\"error\">That token is not an admin token.</p>",
+            "/admin/login",
+            TOKEN_FIELD,
+            "Log in",
+            false,
+        ),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn logout(headers: HeaderMap) -> Response {
+    if !same_origin(&headers) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let mut res = Redirect::to("/admin/login").into_response();
+    res.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("portcullis_admin=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    res
+}
+
+fn rows(h: &HealthReport) -> String {
+    h.projections
+        .iter()
+        .map(|p| {
+            let n = html_escape(&p.name);
+            format!(
+                "<tr class=\"{status}\" data-name=\"{n}\"><td>{n}</td><td class=\"status\">{status}</td>\
+                 <td>{pos}</td><td>{eb}</td><td>{sb:.1}</td><td>{f}</td><td>{d}</td><td>{u}</td>\
+                 <td class=\"actions\"><a href=\"/admin/projections/{n}/retry-failed\">retry failed</a>\
+                 <a href=\"/admin/projections/{n}/reset\">reset</a></td></tr>",
+                status = html_escape(&p.status),
+                pos = html_escape(&p.position),
+                eb = p.events_behind,
+                sb = p.seconds_behind,
+                f = p.failed,
+                d = p.dead_lettered,
+                u = p.updated_at.to_rfc3339(),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[derive(Deserialize)]
+struct Notice {
+    notice: Option<String>,
+}
+
+async fn dashboard(
+    _: AdminPage,
+    State(state): State<AppState>,
+    Query(n): Query<Notice>,
+) -> Result<Response, ApiError> {
+    let client = state.pool.get().await?;
+    let h = projection::health(&client).await?;
+    let notice = n
+        .notice
+        .map(|m| format!("<p class=\"notice\">{}</p>", html_escape(&m)))
+        .unwrap_or_default();
+    let html = PAGE
+        .replace("{{rows}}", &rows(&h))
+        .replace("{{notice}}", &notice)
+        .replace("{{horizon}}", &format!("{:.1}", h.horizon_age_seconds))
+        .replace("{{updated}}", &chrono::Utc::now().to_rfc3339());
+    Ok(no_store(Html(html).into_response()))
+}
+
+async fn data(_: super::admin::Admin, State(state): State<AppState>) -> Result<Response, ApiError> {
+    let client = state.pool.get().await?;
+    let h = projection::health(&client).await?;
+    let body = json!({"health": h, "history": state.lag_history.samples()});
+    Ok(no_store(Json(body).into_response()))
+}
+
+fn action_name(action: &str) -> Option<&'static str> {
+    match action {
+        "reset" => Some("Reset"),
+        "retry-failed" => Some("Retry failed events of"),
+        _ => None,
+    }
+}
+
+async fn confirm(_: AdminPage, Path((name, action)): Path<(String, String)>) -> Response {
+    let (Some(verb), true) = (
+        action_name(&action),
+        crate::projections::by_name(&name).is_some(),
+    ) else {
+        return (StatusCode::NOT_FOUND, "no such projection or action").into_response();
+    };
+    let warning = if action == "reset" {
+        "<p>Its read model is emptied and rebuilt from the first event. Reads wait (or answer 503) until it has caught up.</p>"
+    } else {
+        "<p>Its dead-lettered events are applied again; those that still fail stay dead-lettered.</p>"
+    };
+    form_page(
+        StatusCode::OK,
+        &format!("{verb} {name}?"),
+        warning,
+        &format!("/admin/projections/{name}/{action}"),
+        "",
+        &format!("{verb} {name}"),
+        true,
+    )
+}
+
+async fn act(
+    _: AdminPage,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    if !same_origin(&headers) {
+        return Ok(StatusCode::FORBIDDEN.into_response());
+    }
+    let p = crate::projections::by_name(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("no projection {name:?}")))?;
+    let notice = match action.as_str() {
+        "reset" => {
+            projection::reset(&state.pool, &*p).await?;
+            format!("{name} was reset and is being rebuilt")
+        }
+        "retry-failed" => {
+            let r = projection::retry_failed(&state.pool, &*p, &*state.clock).await?;
+            format!(
+                "{name}: {} event(s) applied, {} still failing",
+                r.applied, r.still_failing
+            )
+        }
+        _ => return Err(ApiError::NotFound(format!("no action {action:?}"))),
+    };
+    let url = format!("/admin/projections?notice={}", form_urlencoded(&notice));
+    Ok(Redirect::to(&url).into_response())
+}
+
+fn form_urlencoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

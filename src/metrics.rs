@@ -1,0 +1,168 @@
+//! Prometheus metrics (`GET /metrics`, text format 0.0.4). Counters and histograms live in one
+//! process-wide registry, fed where things happen; the per-projection gauges are read from
+//! `projections.health` at scrape time, so they agree with the view, the dashboard and
+//! `/readyz`.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::projection::HealthReport;
+
+pub struct Metrics {
+    registry: Registry,
+    pub events_appended: IntCounter,
+    pub wait_seconds: HistogramVec,
+    pub http_requests: IntCounterVec,
+    pub http_seconds: HistogramVec,
+    pub mail_sent: IntCounter,
+    pub mail_failed: IntCounter,
+    pub mail_given_up: IntCounter,
+    events_behind: GaugeVec,
+    seconds_behind: GaugeVec,
+    failed: GaugeVec,
+    dead_lettered: GaugeVec,
+    horizon_age: prometheus::Gauge,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let r = Registry::new();
+    let gauge = |name: &str, help: &str| {
+        register(
+            &r,
+            GaugeVec::new(Opts::new(name, help), &["projection"]).unwrap(),
+        )
+    };
+    // Waits end in microseconds when the hub is warm and in seconds when a projection lags.
+    let wait_buckets = vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    Metrics {
+        events_appended: register(
+            &r,
+            IntCounter::new(
+                "portcullis_events_appended_total",
+                "Events this process appended to eventstore.events.",
+            )
+            .unwrap(),
+        ),
+        wait_seconds: register(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "portcullis_wait_for_position_seconds",
+                    "How long waits for a projection to reach a position took (outcome: reached or timeout).",
+                )
+                .buckets(wait_buckets),
+                &["projection", "outcome"],
+            )
+            .unwrap(),
+        ),
+        http_requests: register(
+            &r,
+            IntCounterVec::new(
+                Opts::new("portcullis_http_requests_total", "HTTP requests by route and status."),
+                &["route", "status"],
+            )
+            .unwrap(),
+        ),
+        http_seconds: register(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "portcullis_http_request_duration_seconds",
+                    "HTTP request durations by route and status.",
+                ),
+                &["route", "status"],
+            )
+            .unwrap(),
+        ),
+        mail_sent: register(
+            &r,
+            IntCounter::new("portcullis_mail_sent_total", "Mails handed to the SMTP server (or the log).").unwrap(),
+        ),
+        mail_failed: register(
+            &r,
+            IntCounter::new("portcullis_mail_failed_total", "Failed attempts to send a mail.").unwrap(),
+        ),
+        mail_given_up: register(
+            &r,
+            IntCounter::new(
+                "portcullis_mail_given_up_total",
+                "Mails given up after the configured attempts (left in mail.outbox).",
+            )
+            .unwrap(),
+        ),
+        events_behind: gauge(
+            "portcullis_projection_events_behind",
+            "Events the projection has not read yet.",
+        ),
+        seconds_behind: gauge(
+            "portcullis_projection_seconds_behind",
+            "Age of the oldest event the projection has not read (0 when caught up).",
+        ),
+        failed: gauge(
+            "portcullis_projection_failed_events",
+            "Events that failed and are being retried.",
+        ),
+        dead_lettered: gauge(
+            "portcullis_projection_dead_lettered_events",
+            "Events given up on and skipped, not yet acknowledged.",
+        ),
+        horizon_age: register(
+            &r,
+            prometheus::Gauge::new(
+                "portcullis_horizon_age_seconds",
+                "Age of the oldest open transaction holding an xid (it holds every reader back).",
+            )
+            .unwrap(),
+        ),
+        registry: r,
+    }
+});
+
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    /// The text exposition, with the projection gauges set from `health`.
+    pub fn render(&self, health: &HealthReport) -> String {
+        for g in [
+            &self.events_behind,
+            &self.seconds_behind,
+            &self.failed,
+            &self.dead_lettered,
+        ] {
+            g.reset();
+        }
+        for p in &health.projections {
+            let l = [p.name.as_str()];
+            self.events_behind
+                .with_label_values(&l)
+                .set(p.events_behind as f64);
+            self.seconds_behind
+                .with_label_values(&l)
+                .set(p.seconds_behind);
+            self.failed.with_label_values(&l).set(p.failed as f64);
+            self.dead_lettered
+                .with_label_values(&l)
+                .set(p.dead_lettered as f64);
+        }
+        self.horizon_age.set(health.horizon_age_seconds);
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding");
+        String::from_utf8(out).expect("utf-8")
+    }
+}
