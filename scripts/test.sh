@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 run_id="$$-$(date +%s)"
 export PORTCULLIS_TEST_RUN=$run_id
 
+scripts/browser.sh
+
 if [ -n "${DATABASE_URL:-}" ]; then
   echo "make test: using the server in DATABASE_URL" >&2
   exec cargo test "$@"

@@ -58,6 +58,14 @@ enum Strategy {
 }
 
 impl Strategy {
+    fn short(self) -> &'static str {
+        match self {
+            Strategy::Hub => "ProgressHub",
+            Strategy::Poll50 => "poll every 50 ms",
+            Strategy::Sleep100 => "sleep 100 ms",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Strategy::Hub => "ProgressHub (LISTEN/NOTIFY + watch)",
@@ -106,6 +114,14 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
         for strategy in [Strategy::Hub, Strategy::Poll50, Strategy::Sleep100] {
             let r = measure(strategy, writers, cell, &store, &hub, &pool).await;
             p50s.insert((writers, strategy as u8), r.p50);
+            out.latency(
+                format!(
+                    "{}, {writers} writer{}",
+                    strategy.short(),
+                    if writers == 1 { "" } else { "s" }
+                ),
+                r.samples.clone(),
+            );
             rows.push(vec![
                 writers.to_string(),
                 strategy.name().to_string(),
@@ -166,6 +182,8 @@ struct Cell {
     total_p99: f64,
     queries: u64,
     stale: u64,
+    /// Wait latencies, ms, sorted.
+    samples: Vec<f64>,
 }
 
 async fn measure(
@@ -264,6 +282,7 @@ async fn measure(
         total_p99: pct(&t, 0.99),
         queries: queries.load(Ordering::Relaxed),
         stale: stale.load(Ordering::Relaxed),
+        samples: l,
     }
 }
 

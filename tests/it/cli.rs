@@ -81,6 +81,7 @@ fn help_documents_every_setting() {
         "PORTCULLIS_VERIFICATION_RESEND_SECONDS",
         "PORTCULLIS_MAIL_MAX_ATTEMPTS",
         "PORTCULLIS_MAIL_RETRY_SECONDS",
+        "PORTCULLIS_LOG_FORMAT",
     ] {
         assert!(
             help.contains(var),
@@ -138,4 +139,52 @@ async fn projections_status_reset_retry_and_acknowledge() {
         err.contains("no projection named") && err.contains("event_counts"),
         "{err}"
     );
+}
+
+/// `PORTCULLIS_LOG_FORMAT=json`: one JSON object per line, with the span fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    use std::io::BufRead;
+    let db = TestDb::new().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("DATABASE_URL", &db.url)
+        .env("PORTCULLIS_LOG_FORMAT", "json")
+        .env("PORTCULLIS_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start serve");
+    let stderr = child.stderr.take().unwrap();
+    // Reads until the service says it serves (a line per event; the process ends the stream).
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let done = line.contains("portcullis is serving");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+    let lines = tokio::time::timeout(std::time::Duration::from_secs(30), lines)
+        .await
+        .expect("the service logs that it serves")
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string(), "{l}");
+    }
+    assert!(lines
+        .last()
+        .unwrap()
+        .contains("\"message\":\"portcullis is serving\""));
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod cli;
+mod dashboard;
 mod eventstore;
 mod http;
 mod ops;
