@@ -53,6 +53,50 @@ async fn main() {
     out.print();
 }
 
+/// The app served in-process on 127.0.0.1, with an org and a SCIM token for it.
+pub struct Served {
+    pub state: portcullis::app::AppState,
+    pub addr: std::net::SocketAddr,
+    pub org: uuid::Uuid,
+    pub token: portcullis::domain::token::Issued,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    pub async fn start(cfg: &portcullis::config::Config) -> Served {
+        use portcullis::domain::{org, token};
+        let state = portcullis::app::AppState::start(cfg).await.expect("start");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(portcullis::app::serve(
+            listener,
+            state.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let org = org::create(&state.store, "bench").await.unwrap().id;
+        let token = token::issue(&state.store, org, token::Scope::Scim, None)
+            .await
+            .unwrap();
+        Served {
+            state,
+            addr,
+            org,
+            token,
+            stop,
+            server,
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+    }
+}
+
 /// A database of the benchmark's own on the server, migrated; returns its name and URL.
 pub async fn scratch_database(server_url: &str, what: &str) -> (String, String) {
     let db = format!("portcullis_bench_{what}_{}", std::process::id());

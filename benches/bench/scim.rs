@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis::app::{self, AppState};
 use portcullis::config::Config;
-use portcullis::domain::{group, org, token, user};
+use portcullis::domain::{group, user};
 use portcullis::eventstore::{Append, ExpectedVersion, NewEvent, UniqueValue};
 use serde_json::json;
 use uuid::Uuid;
@@ -79,19 +78,10 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
     let mut cfg = Config::new(url.clone());
     cfg.pool_size = 32;
     cfg.scim.wait_timeout = Duration::from_secs(30);
-    let state = AppState::start(&cfg).await.expect("start");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app::serve(listener, state.clone(), async move {
-        let _ = stopped.await;
-    }));
-
+    let served = crate::Served::start(&cfg).await;
+    let (state, addr, org_id) = (served.state.clone(), served.addr, served.org);
+    let issued = &served.token;
     let store = state.store.clone();
-    let org_id = org::create(&store, "bench").await.unwrap().id;
-    let issued = token::issue(&store, org_id, token::Scope::Scim, None)
-        .await
-        .unwrap();
     let tok = issued.token.clone();
 
     // 100k users, written as the domain writes them but 500 to a push, then projected.
@@ -359,8 +349,7 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
             USERS as f64 / setup.as_secs_f64()
         )],
     );
-    let _ = stop.send(());
-    let _ = server.await;
     drop(state);
+    served.stop().await;
     crate::drop_database(server_url, &db).await;
 }

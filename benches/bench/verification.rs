@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis::app::{self, AppState};
 use portcullis::config::Config;
-use portcullis::domain::{org, token, user};
+use portcullis::domain::user;
 use portcullis::mail::sink::SmtpSink;
 use portcullis::mail::Mailer;
 use serde_json::json;
@@ -47,18 +46,10 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
     cfg.pool_size = 32;
     cfg.smtp_url = Some(sink.url());
     cfg.verification.resend_after = chrono::Duration::zero();
-    let state = AppState::start(&cfg).await.expect("start");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app::serve(listener, state.clone(), async move {
-        let _ = stopped.await;
-    }));
+    let served = crate::Served::start(&cfg).await;
+    let (state, addr, org_id) = (served.state.clone(), served.addr, served.org);
+    let issued = &served.token;
     let store = state.store.clone();
-    let org_id = org::create(&store, "bench").await.unwrap().id;
-    let issued = token::issue(&store, org_id, token::Scope::Scim, None)
-        .await
-        .unwrap();
     let mut users = Vec::new();
     let mut last = issued.written.position;
     for i in 0..USERS {
@@ -189,8 +180,7 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
             100.0 * e2e.per_sec / direct.per_sec
         )],
     );
-    let _ = stop.send(());
-    let _ = server.await;
     drop(state);
+    served.stop().await;
     crate::drop_database(server_url, &db).await;
 }

@@ -134,24 +134,7 @@ pub fn fold(events: &[StoredEvent]) -> Option<Group> {
 }
 
 fn validate(group_id: Uuid, doc: &Doc, members: &[Member]) -> Result<String, DomainError> {
-    let name = doc
-        .get("displayName")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    if name.trim().is_empty() {
-        return Err(DomainError::Invalid {
-            field: "displayName",
-            reason: "a group needs a displayName".into(),
-        });
-    }
-    if name.chars().count() > MAX_DISPLAY_NAME || name.chars().any(char::is_control) {
-        return Err(DomainError::Invalid {
-            field: "displayName",
-            reason: format!(
-                "displayName has at most {MAX_DISPLAY_NAME} characters and no control characters"
-            ),
-        });
-    }
+    let name = super::required_name(doc, "displayName", MAX_DISPLAY_NAME)?;
     if members.iter().any(|m| m.id == group_id) {
         return Err(DomainError::Invalid {
             field: "members",
@@ -164,7 +147,7 @@ fn validate(group_id: Uuid, doc: &Doc, members: &[Member]) -> Result<String, Dom
             reason: format!("a group has at most {MAX_MEMBERS} members"),
         });
     }
-    Ok(name.to_string())
+    Ok(name)
 }
 
 /// Which of `ids` are users or groups of `org_id` (that exist now); the rest are absent.

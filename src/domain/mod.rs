@@ -109,6 +109,29 @@ where
     }
 }
 
+/// A required name (userName, a group's displayName): present, at most `max` characters,
+/// no control characters.
+pub(crate) fn required_name(
+    doc: &Doc,
+    field: &'static str,
+    max: usize,
+) -> Result<String, DomainError> {
+    let name = doc.get(field).and_then(Value::as_str).unwrap_or_default();
+    if name.trim().is_empty() {
+        return Err(DomainError::Invalid {
+            field,
+            reason: format!("{field} is required"),
+        });
+    }
+    if name.chars().count() > max || name.chars().any(char::is_control) {
+        return Err(DomainError::Invalid {
+            field,
+            reason: format!("{field} has at most {max} characters and no control characters"),
+        });
+    }
+    Ok(name.to_string())
+}
+
 /// Checks an If-Match version against the aggregate's current one.
 pub(crate) fn check_version(
     aggregate: &Aggregate,

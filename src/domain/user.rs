@@ -72,25 +72,7 @@ pub fn fold(events: &[StoredEvent]) -> Option<User> {
 }
 
 fn validate(doc: &Doc) -> Result<String, DomainError> {
-    let name = doc
-        .get("userName")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    if name.trim().is_empty() {
-        return Err(DomainError::Invalid {
-            field: "userName",
-            reason: "userName is required".into(),
-        });
-    }
-    if name.chars().count() > MAX_USER_NAME || name.chars().any(char::is_control) {
-        return Err(DomainError::Invalid {
-            field: "userName",
-            reason: format!(
-                "userName has at most {MAX_USER_NAME} characters and no control characters"
-            ),
-        });
-    }
-    Ok(name.to_string())
+    super::required_name(doc, "userName", MAX_USER_NAME)
 }
 
 /// Hashes a password with argon2id (the crate's defaults), off the async threads.

@@ -172,20 +172,20 @@ pub async fn replace(
             "id in the body differs from the id in the URL",
         ));
     }
+    let missing = |e| match e {
+        ScimError::NotFound(_) => not_found(),
+        e => e,
+    };
     if is_user(rt) {
         let hash = hash(input.password).await?;
         let doc = input.doc;
-        match user::update(&state.store, org, uid, if_match, hash, |_| {
+        let updated = user::update(&state.store, org, uid, if_match, hash, |_| {
             Ok::<_, ScimError>(doc.clone())
         })
         .await
-        {
-            Ok(updated) => {
-                reverify(state, org, &updated).await;
-                Ok(updated.written)
-            }
-            Err(e) => Err(e),
-        }
+        .map_err(missing)?;
+        reverify(state, org, &updated).await;
+        Ok(updated.written)
     } else {
         let mut ids = HashSet::new();
         if let Some(m) = input.doc.get("members") {
@@ -197,11 +197,8 @@ pub async fn replace(
             split_members(doc.clone(), &g.members, &known)
         })
         .await
+        .map_err(missing)
     }
-    .map_err(|e| match e {
-        ScimError::NotFound(_) => not_found(),
-        e => e,
-    })
 }
 
 pub async fn patch(
@@ -215,19 +212,19 @@ pub async fn patch(
     let not_found = || ScimError::NotFound(format!("{} {id} not found", rt.name));
     let uid = parse_id(id).ok_or_else(not_found)?;
     let ops = patch::operations(body)?;
+    let missing = |e| match e {
+        ScimError::NotFound(_) => not_found(),
+        e => e,
+    };
     if is_user(rt) {
         let hash = hash(patch::password_in(&ops)).await?;
-        match user::update(&state.store, org, uid, if_match, hash, |doc| {
+        let updated = user::update(&state.store, org, uid, if_match, hash, |doc| {
             patch::apply(rt, doc, id, &ops).map(|p| p.doc)
         })
         .await
-        {
-            Ok(updated) => {
-                reverify(state, org, &updated).await;
-                Ok(updated.written)
-            }
-            Err(e) => Err(e),
-        }
+        .map_err(missing)?;
+        reverify(state, org, &updated).await;
+        Ok(updated.written)
     } else {
         let mut ids = HashSet::new();
         for op in &ops {
@@ -240,11 +237,8 @@ pub async fn patch(
             split_members(patched.doc, &g.members, &known)
         })
         .await
+        .map_err(missing)
     }
-    .map_err(|e| match e {
-        ScimError::NotFound(_) => not_found(),
-        e => e,
-    })
 }
 
 pub async fn delete(
