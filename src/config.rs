@@ -43,7 +43,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply pending database migrations, then serve HTTP until Ctrl-C or SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending database migrations and say which ones were applied (idempotent).
     Migrate(DbArgs),
     /// Inspect and repair projections (the read models).
@@ -191,6 +191,10 @@ pub struct ProjectionArgs {
     /// A projection with events waiting and no progress for this long (seconds) is stalled.
     #[arg(long, env = "PORTCULLIS_STALL_SECONDS", default_value_t = 60.0)]
     pub stall_seconds: f64,
+    /// Lag thresholds for single projections, overriding the two above for them:
+    /// `name=events:seconds,...`, e.g. `users=500:10,event_counts=100000:600`.
+    #[arg(long, env = "PORTCULLIS_PROJECTION_LAG", value_parser = crate::projection::parse_lag_overrides)]
+    pub projection_lag: Option<std::vec::Vec<(String, i64, f64)>>,
     /// Failures after which an event is dead-lettered (skipped; the projection is degraded).
     #[arg(
         long = "projection-max-attempts",
@@ -397,6 +401,7 @@ impl From<&ServeArgs> for Config {
                 lag_events: p.lag_events,
                 lag_seconds: p.lag_seconds,
                 stall_seconds: p.stall_seconds,
+                per_projection: p.projection_lag.clone().unwrap_or_default(),
             },
             scim: a.scim.options(),
             smtp_url: a.mail.smtp_url.clone().filter(|u| !u.trim().is_empty()),
@@ -421,5 +426,43 @@ impl From<&ServeArgs> for Config {
             clock: std::sync::Arc::new(crate::clock::SystemClock),
             admin_token: a.admin_token.clone().filter(|t| !t.is_empty()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_projection_lag_parses_into_thresholds() {
+        let cli = Cli::try_parse_from([
+            "portcullis",
+            "serve",
+            "--database-url",
+            "postgres://x",
+            "--projection-lag",
+            "users=500:10, groups=20:2.5",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let cfg = Config::from(&*args);
+        assert_eq!(
+            cfg.thresholds.per_projection,
+            vec![
+                ("users".to_string(), 500, 10.0),
+                ("groups".to_string(), 20, 2.5)
+            ]
+        );
+        assert!(Cli::try_parse_from([
+            "portcullis",
+            "serve",
+            "--database-url",
+            "postgres://x",
+            "--projection-lag",
+            "users=lots"
+        ])
+        .is_err());
     }
 }

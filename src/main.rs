@@ -59,7 +59,7 @@ async fn run(cmd: Command) -> Result<(), BoxError> {
             for m in &applied {
                 tracing::info!(migration = %m, "applied migration");
             }
-            let cfg = Config::from(&a);
+            let cfg = Config::from(&*a);
             if cfg.admin_token.is_none() {
                 tracing::warn!(
                     "PORTCULLIS_ADMIN_TOKEN is not set: the admin endpoints answer 401 to everyone"

@@ -12,9 +12,9 @@ use crate::eventstore::{StoreError, StoredEvent};
 
 pub use runner::{Projector, RunnerOptions};
 pub use state::{
-    acknowledge_failed, failed_events, health, lag, last_event_timestamp, reset, retry_failed,
-    state, states, FailedEvent, HealthReport, Lag, ProjectionHealth, ProjectionState, RetryReport,
-    Thresholds,
+    acknowledge_failed, failed_events, health, lag, last_event_timestamp, parse_lag_overrides,
+    reset, retry_failed, state, states, FailedEvent, HealthReport, Lag, ProjectionHealth,
+    ProjectionState, RetryReport, Thresholds,
 };
 pub use wait::{ProgressHub, WaitError, PROGRESS_CHANNEL};
 

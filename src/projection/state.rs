@@ -80,11 +80,13 @@ pub async fn last_event_timestamp<C: GenericClient>(
 }
 
 /// The alert thresholds behind the status column (projections.settings).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Thresholds {
     pub lag_events: i64,
     pub lag_seconds: f64,
     pub stall_seconds: f64,
+    /// Per projection: (name, lag_events, lag_seconds), overriding the two above.
+    pub per_projection: Vec<(String, i64, f64)>,
 }
 
 impl Default for Thresholds {
@@ -93,8 +95,28 @@ impl Default for Thresholds {
             lag_events: 1000,
             lag_seconds: 30.0,
             stall_seconds: 60.0,
+            per_projection: Vec::new(),
         }
     }
+}
+
+/// Parses `users=500:10,groups=200:5` (name=events:seconds).
+pub fn parse_lag_overrides(s: &str) -> Result<Vec<(String, i64, f64)>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let bad = || format!("{p:?}: expected name=events:seconds, e.g. users=500:10");
+            let (name, limits) = p.split_once('=').ok_or_else(bad)?;
+            let (events, seconds) = limits.split_once(':').ok_or_else(bad)?;
+            let events: i64 = events.trim().parse().map_err(|_| bad())?;
+            let seconds: f64 = seconds.trim().parse().map_err(|_| bad())?;
+            if name.trim().is_empty() || events < 0 || seconds.is_nan() || seconds < 0.0 {
+                return Err(bad());
+            }
+            Ok((name.trim().to_string(), events, seconds))
+        })
+        .collect()
 }
 
 impl Thresholds {
@@ -103,6 +125,24 @@ impl Thresholds {
             .execute(
                 "UPDATE projections.settings SET lag_events = $1, lag_seconds = $2, stall_seconds = $3",
                 &[&self.lag_events, &self.lag_seconds, &self.stall_seconds],
+            )
+            .await?;
+        let names: Vec<&str> = self.per_projection.iter().map(|p| p.0.as_str()).collect();
+        let events: Vec<i64> = self.per_projection.iter().map(|p| p.1).collect();
+        let seconds: Vec<f64> = self.per_projection.iter().map(|p| p.2).collect();
+        client
+            .execute(
+                "DELETE FROM projections.thresholds WHERE projection <> ALL($1)",
+                &[&names],
+            )
+            .await?;
+        client
+            .execute(
+                "INSERT INTO projections.thresholds (projection, lag_events, lag_seconds) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[]) \
+                 ON CONFLICT (projection) DO UPDATE \
+                 SET lag_events = excluded.lag_events, lag_seconds = excluded.lag_seconds",
+                &[&names, &events, &seconds],
             )
             .await?;
         Ok(())

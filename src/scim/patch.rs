@@ -17,10 +17,18 @@ enum Kind {
 }
 
 /// The outcome of a PATCH: the new document and a new password, if one was set.
-#[derive(Debug)]
 pub struct Patched {
     pub doc: Doc,
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Patched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Patched")
+            .field("doc", &self.doc)
+            .field("password", &self.password.as_ref().map(|_| "<secret>"))
+            .finish()
+    }
 }
 
 /// Checks the PatchOp body and returns its operations (before any state is loaded, so a

@@ -9,13 +9,23 @@ use super::schema::{self, Attr, Mutability, ResourceType, Type};
 use crate::domain::Doc;
 
 /// A request body read against a resource type.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Input {
     pub doc: Doc,
     /// The write-only password, if the body set one.
     pub password: Option<String>,
     /// The `id` the body carried (ignored, except that PATCH checks it names the resource).
     pub id: Option<String>,
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Input")
+            .field("doc", &self.doc)
+            .field("password", &self.password.as_ref().map(|_| "<secret>"))
+            .field("id", &self.id)
+            .finish()
+    }
 }
 
 /// Reads a whole resource (POST, PUT, a no-path PATCH value).

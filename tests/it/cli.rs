@@ -82,6 +82,7 @@ fn help_documents_every_setting() {
         "PORTCULLIS_MAIL_MAX_ATTEMPTS",
         "PORTCULLIS_MAIL_RETRY_SECONDS",
         "PORTCULLIS_LOG_FORMAT",
+        "PORTCULLIS_PROJECTION_LAG",
     ] {
         assert!(
             help.contains(var),

@@ -222,3 +222,62 @@ async fn readyz_follows_the_projections() {
     runner.stop().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thresholds_per_projection_override_the_global_ones() {
+    let db = TestDb::new().await;
+    let mut cfg = db.config();
+    cfg.thresholds.per_projection = vec![("users".into(), 0, 3600.0)];
+    let setup = TestApp::spawn_with(cfg.clone()).await;
+    let head = portcullis::eventstore::head(&setup.state.pool.get().await.unwrap())
+        .await
+        .unwrap();
+    setup
+        .state
+        .hub
+        .wait_for_all(&["users", "event_counts"], head, Duration::from_secs(10))
+        .await
+        .unwrap();
+    setup.stop().await;
+    cfg.run_projections = false;
+    let app = TestApp::spawn_with(cfg).await;
+    let id = uuid::Uuid::new_v4();
+    app.state
+        .store
+        .push(&[Append::new(
+            uuid::Uuid::new_v4(),
+            Aggregate::new("user", id),
+            ExpectedVersion::NEW,
+        )
+        .event(NewEvent::new(
+            "user.added",
+            json!({"attributes": {"userName": "one"}}),
+        ))])
+        .await
+        .unwrap();
+    let c = db.client().await;
+    let status = |name: &'static str| {
+        let c = &c;
+        async move {
+            let r = c
+                .query_one(
+                    "SELECT status, lag_events FROM projections.health WHERE name = $1",
+                    &[&name],
+                )
+                .await
+                .unwrap();
+            (r.get::<_, String>(0), r.get::<_, i64>(1))
+        }
+    };
+    assert_eq!(
+        status("users").await,
+        ("lagging".to_string(), 0),
+        "one event is over its own limit"
+    );
+    assert_eq!(
+        status("event_counts").await,
+        ("ok".to_string(), 1000),
+        "the global limit"
+    );
+    app.stop().await;
+}

@@ -724,6 +724,7 @@ async fn lag_and_state_follow_the_log() {
         lag_events,
         lag_seconds: 1000.0,
         stall_seconds,
+        per_projection: Vec::new(),
     };
     thresholds(100, 1000.0).store(&c).await.unwrap();
     assert_eq!(health_status(&c, "lagging").await, "ok");
