@@ -491,11 +491,28 @@ struct Creations<'a> {
     versions: Vec<i64>,
 }
 
+impl Creations<'_> {
+    /// One aggregate created: its columns go as scalars (fewer arrays to decode).
+    fn single(&self) -> bool {
+        self.aids
+            .first()
+            .is_some_and(|first| self.aids.iter().all(|a| a == first))
+    }
+}
+
 /// Creations skip the plpgsql call (its cost is most of an append's CPU): one plain INSERT
 /// of versions 1..n, the (type, id, version) key refusing a second creator (23505, mapped to
 /// Conflict), `tx` and the NOTIFY opt-out each computed once (init plans) before any row is
 /// produced, so before the statement's trigger looks at the setting. No CTE: measured with
 /// pgbench at 16 clients, this form runs at ~90% of a bare INSERT, the CTE form at ~80%.
+/// CREATE_SQL for the most common push: one aggregate created, versions 1..n by ordinality.
+const CREATE_ONE_SQL: &str = "INSERT INTO eventstore.events \
+       (tx, org_id, aggregate_type, aggregate_id, version, event_type, payload, metadata) \
+     SELECT (SELECT eventstore.current_tx()), $1, $2, $3, e.v, e.t, e.p, e.m \
+       FROM unnest($4::text[], $5::jsonb[], $6::jsonb[]) WITH ORDINALITY AS e(t, p, m, v) \
+      WHERE (SELECT set_config('portcullis.notify', CASE WHEN $7 THEN 'on' ELSE 'off' END, true)) IS NOT NULL \
+     RETURNING tx, seq";
+
 const CREATE_SQL: &str = "INSERT INTO eventstore.events \
        (tx, org_id, aggregate_type, aggregate_id, version, event_type, payload, metadata) \
      SELECT (SELECT eventstore.current_tx()), e.o, e.a, e.i, e.v, e.t, e.p, e.m \
@@ -534,15 +551,24 @@ impl ToSql for RawJsonb {
 
 impl Encoded<'_> {
     fn sql(&self) -> &'static str {
-        if self.creations.is_some() {
-            CREATE_SQL
-        } else {
-            APPEND_SQL
+        match &self.creations {
+            Some(c) if c.single() => CREATE_ONE_SQL,
+            Some(_) => CREATE_SQL,
+            None => APPEND_SQL,
         }
     }
 
     fn params(&self) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
         match &self.creations {
+            Some(c) if c.single() => vec![
+                &c.orgs[0],
+                &c.atypes[0],
+                &c.aids[0],
+                &self.types,
+                &self.payloads,
+                &self.metadata,
+                &self.notify,
+            ],
             Some(c) => vec![
                 &c.orgs,
                 &c.atypes,
