@@ -81,13 +81,23 @@ async fn browser(driver: &Driver) -> fantoccini::Client {
         .expect("a browser session")
 }
 
-/// The class of a projection's row, as the page shows it now.
+/// The class of a projection's row, as the page shows it now. The script replaces the rows
+/// every 2 s, so a row found just before a refresh can go stale: look again until the
+/// deadline.
 async fn row_class(c: &fantoccini::Client, name: &str) -> Option<String> {
-    let row = c
-        .find(Locator::Css(&format!("tr[data-name=\"{name}\"]")))
-        .await
-        .ok()?;
-    row.attr("class").await.ok().flatten()
+    let css = format!("tr[data-name=\"{name}\"]");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(row) = c.find(Locator::Css(&css)).await {
+            if let Ok(class) = row.attr("class").await {
+                return class;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::task::yield_now().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
