@@ -19,6 +19,8 @@ pub const CHANGED: &str = "group.changed";
 pub const MEMBER_ADDED: &str = "group.member.added";
 pub const MEMBER_REMOVED: &str = "group.member.removed";
 pub const REMOVED: &str = "group.removed";
+/// The pseudo-event a snapshot is loaded as (never stored in eventstore.events).
+pub const SNAPSHOT: &str = "group.snapshot";
 /// The unique constraint on displayName (per org, case-insensitive).
 pub const DISPLAY_NAME: &str = "group.display_name";
 
@@ -30,7 +32,7 @@ pub fn aggregate(id: Uuid) -> Aggregate {
     Aggregate::new(AGGREGATE, id)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     User,
     Group,
@@ -54,13 +56,13 @@ impl Kind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     pub id: Uuid,
     pub kind: Kind,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Group {
     pub org_id: Uuid,
     pub version: u64,
@@ -124,6 +126,7 @@ pub fn fold(events: &[StoredEvent]) -> Option<Group> {
                 }
             }
             REMOVED => group = None,
+            SNAPSHOT => group = serde_json::from_value(e.payload.clone()).ok(),
             _ => {}
         }
         if let Some(g) = &mut group {
@@ -131,6 +134,11 @@ pub fn fold(events: &[StoredEvent]) -> Option<Group> {
         }
     }
     group
+}
+
+/// The state to snapshot (None for a removed group: nothing to keep).
+pub fn snapshot_state(events: &[StoredEvent]) -> Option<Value> {
+    fold(events).and_then(|g| serde_json::to_value(g).ok())
 }
 
 fn validate(group_id: Uuid, doc: &Doc, members: &[Member]) -> Result<String, DomainError> {
@@ -225,7 +233,7 @@ pub async fn load(
     id: Uuid,
 ) -> Result<Option<Group>, DomainError> {
     let client = store.pool().get().await?;
-    let events = crate::eventstore::load(&client, &aggregate(id)).await?;
+    let events = super::load_events(&client, &aggregate(id)).await?;
     Ok(fold(&events).filter(|g| g.org_id == org_id))
 }
 

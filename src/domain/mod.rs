@@ -67,9 +67,7 @@ where
     // Optimistic: most commands meet no competition.
     let events = {
         let client = store.pool().get().await.map_err(DomainError::from)?;
-        eventstore::load(&client, aggregate)
-            .await
-            .map_err(DomainError::from)?
+        load_events(&client, aggregate).await?
     };
     let Some(append) = decide(&events)? else {
         return Ok(last(&events));
@@ -91,9 +89,7 @@ where
         )
         .await
         .map_err(DomainError::from)?;
-        let events = eventstore::load(&tx, aggregate)
-            .await
-            .map_err(DomainError::from)?;
+        let events = load_events(&tx, aggregate).await?;
         let Some(append) = decide(&events)? else {
             return Ok(last(&events));
         };
@@ -130,6 +126,45 @@ pub(crate) fn required_name(
         });
     }
     Ok(name.to_string())
+}
+
+/// Events after a snapshot at which a command writes a new one.
+const SNAPSHOT_AFTER: usize = 200;
+
+/// How to snapshot an aggregate type whose histories grow long (its fold, as JSON), if at all.
+/// Folds an aggregate's events into the JSON state a snapshot keeps.
+type Snapshotter = fn(&[StoredEvent]) -> Option<Value>;
+
+fn snapshotter(aggregate_type: &str) -> Option<Snapshotter> {
+    match aggregate_type {
+        group::AGGREGATE => Some(group::snapshot_state),
+        _ => None,
+    }
+}
+
+/// An aggregate's history as its fold needs it: every event, or for snapshotted types the
+/// snapshot (a `<type>.snapshot` pseudo-event) and the events after it. Writes a fresh
+/// snapshot when the tail has grown long.
+pub(crate) async fn load_events<C: deadpool_postgres::GenericClient>(
+    client: &C,
+    aggregate: &Aggregate,
+) -> Result<Vec<StoredEvent>, DomainError> {
+    let Some(snap) = snapshotter(&aggregate.aggregate_type) else {
+        return Ok(eventstore::load(client, aggregate).await?);
+    };
+    let base = eventstore::snapshot(client, aggregate).await?;
+    let after = base.as_ref().map(|b| b.version).unwrap_or(0);
+    let mut events: Vec<StoredEvent> = base.into_iter().collect();
+    events.extend(eventstore::load_after(client, aggregate, after).await?);
+    if events.len() > SNAPSHOT_AFTER {
+        if let (Some(state), Some(last)) = (snap(&events), events.last()) {
+            // Only a cache: a failure here costs the next command some reading, nothing more.
+            if let Err(e) = eventstore::save_snapshot(client, last, &state).await {
+                tracing::warn!(aggregate = %aggregate, error = %e, "could not save a snapshot");
+            }
+        }
+    }
+    Ok(events)
 }
 
 /// Checks an If-Match version against the aggregate's current one.

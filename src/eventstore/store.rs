@@ -742,6 +742,90 @@ pub async fn event_at<C: GenericClient>(
         .map(|r| StoredEvent::from_row(&r, 0)))
 }
 
+/// The committed events of one aggregate after `version`, by version.
+pub async fn load_after<C: GenericClient>(
+    client: &C,
+    aggregate: &Aggregate,
+    version: u64,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "{SELECT_EVENTS} WHERE aggregate_type = $1 AND aggregate_id = $2 AND version > $3 \
+             ORDER BY version"
+        ))
+        .await?;
+    let rows = client
+        .query(
+            &stmt,
+            &[&aggregate.aggregate_type, &aggregate.id, &(version as i64)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| StoredEvent::from_row(r, 0)).collect())
+}
+
+/// An aggregate's snapshot (eventstore.snapshots), as a pseudo-event of type
+/// `<aggregate_type>.snapshot` at the version and position it covers.
+pub async fn snapshot<C: GenericClient>(
+    client: &C,
+    aggregate: &Aggregate,
+) -> Result<Option<StoredEvent>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT position_tx, position_seq, org_id, version, state, taken_at \
+               FROM eventstore.snapshots WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&aggregate.aggregate_type, &aggregate.id])
+        .await?
+        .map(|r| StoredEvent {
+            position: Position::from_sql(r.get(0), r.get(1)),
+            org_id: r.get(2),
+            aggregate: aggregate.clone(),
+            version: r.get::<_, i64>(3).max(0) as u64,
+            event_type: format!("{}.snapshot", aggregate.aggregate_type),
+            payload: r.get(4),
+            metadata: json!({}),
+            created_at: r.get(5),
+        }))
+}
+
+/// Stores a snapshot of `aggregate` as of `last` (the last event folded into `state`),
+/// unless a newer one is there.
+pub async fn save_snapshot<C: GenericClient>(
+    client: &C,
+    last: &StoredEvent,
+    state: &Value,
+) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO eventstore.snapshots AS s \
+               (aggregate_type, aggregate_id, org_id, version, position_tx, position_seq, state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
+               SET org_id = excluded.org_id, version = excluded.version, \
+                   position_tx = excluded.position_tx, position_seq = excluded.position_seq, \
+                   state = excluded.state, taken_at = now() \
+             WHERE s.version < excluded.version",
+        )
+        .await?;
+    client
+        .execute(
+            &stmt,
+            &[
+                &last.aggregate.aggregate_type,
+                &last.aggregate.id,
+                &last.org_id,
+                &(last.version as i64),
+                &last.position.tx_sql(),
+                &last.position.seq,
+                state,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Every committed event of one aggregate, by version.
 pub async fn load<C: GenericClient>(
     client: &C,

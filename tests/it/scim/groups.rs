@@ -276,3 +276,95 @@ async fn concurrent_membership_patches_and_creates() {
     statuses.sort();
     assert_eq!(statuses, [201, 409], "{:#} {:#}", a.body, b.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_groups_are_snapshotted_and_the_snapshot_is_only_a_cache() {
+    use portcullis::domain::{group, user, Doc};
+    let db = TestDb::new().await;
+    let s = Scim::new(&db).await;
+    let store = &s.app.state.store;
+    let mut members = Vec::new();
+    for i in 0..260 {
+        let mut doc = Doc::new();
+        doc.insert("userName".into(), json!(format!("big{i}")));
+        let w = user::create(store, s.org, doc, None).await.unwrap();
+        members.push(group::Member {
+            id: w.id,
+            kind: group::Kind::User,
+        });
+    }
+    let mut doc = Doc::new();
+    doc.insert("displayName".into(), json!("big"));
+    let g = group::create(store, s.org, doc, members[..250].to_vec())
+        .await
+        .unwrap();
+    let gid = g.id.to_string();
+    let c = db.client().await;
+    let snapshot_version = || {
+        let c = &c;
+        let gid = gid.clone();
+        async move {
+            c.query_opt(
+                "SELECT version FROM eventstore.snapshots WHERE aggregate_id = $1::text::uuid",
+                &[&gid],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get::<_, i64>(0))
+        }
+    };
+    assert_eq!(snapshot_version().await, None);
+
+    // The first command on the long history writes a snapshot of it.
+    let add = |id: uuid::Uuid| json!([{"op": "add", "path": "members", "value": [{"value": id}]}]);
+    let r = s
+        .patch(&format!("/Groups/{gid}"), add(members[250].id))
+        .await;
+    assert_eq!(r.status, 200, "{:#}", r.body);
+    assert_eq!(r.body["members"].as_array().unwrap().len(), 251);
+    assert_eq!(
+        snapshot_version().await,
+        Some(251),
+        "1 added + 250 member events"
+    );
+
+    // Later commands read the snapshot and the events after it, and decide the same.
+    for m in &members[251..255] {
+        assert_eq!(
+            s.patch(&format!("/Groups/{gid}"), add(m.id)).await.status,
+            200
+        );
+    }
+    let r = s
+        .patch(
+            &format!("/Groups/{gid}"),
+            json!([{"op": "remove", "path": format!("members[value eq \"{}\"]", members[0].id)}]),
+        )
+        .await;
+    assert_eq!(r.body["members"].as_array().unwrap().len(), 254);
+    let from_snapshot = group::load(store, s.org, g.id).await.unwrap().unwrap();
+    let all = portcullis::eventstore::load(
+        &s.app.state.pool.get().await.unwrap(),
+        &group::aggregate(g.id),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        Some(from_snapshot),
+        group::fold(&all),
+        "snapshot + tail == the whole history"
+    );
+
+    // Only a cache: without it everything works the same.
+    c.execute("TRUNCATE eventstore.snapshots", &[])
+        .await
+        .unwrap();
+    let r = s.patch(&format!("/Groups/{gid}"), add(members[0].id)).await;
+    assert_eq!(r.body["members"].as_array().unwrap().len(), 255);
+    let r = s.patch(&format!("/Groups/{gid}"), add(members[0].id)).await;
+    assert_eq!(
+        r.body["members"].as_array().unwrap().len(),
+        255,
+        "re-adding is a no-op"
+    );
+}
