@@ -84,7 +84,7 @@ pub enum Mailer {
 
 impl Mailer {
     /// `smtp_url` like `smtp://user:pass@host:587?tls=required` (lettre's URL format);
-    /// None logs the mail instead.
+    /// None logs the mail instead. Connections are pooled and reused between mails.
     pub fn new(smtp_url: Option<&str>, from: &str) -> Result<Mailer, MailError> {
         let from: Mailbox = from.parse().map_err(|e: lettre::address::AddressError| {
             MailError::Address(from.into(), e.to_string())

@@ -47,6 +47,8 @@ pub struct SmtpSink {
     inbox: Arc<Mutex<Vec<Received>>>,
     count: watch::Sender<usize>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// Open client connections, so that stopping also cuts the ones a client pools.
+    sessions: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl SmtpSink {
@@ -62,6 +64,7 @@ impl SmtpSink {
             inbox: Arc::default(),
             count: watch::channel(0).0,
             task: Mutex::new(None),
+            sessions: Arc::default(),
         };
         sink.serve(listener);
         Ok(sink)
@@ -69,12 +72,16 @@ impl SmtpSink {
 
     fn serve(&self, listener: TcpListener) {
         let (inbox, count) = (self.inbox.clone(), self.count.clone());
+        let sessions = self.sessions.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (inbox, count) = (inbox.clone(), count.clone());
-                tokio::spawn(async move {
+                let s = tokio::spawn(async move {
                     let _ = session(stream, inbox, count).await;
                 });
+                let mut all = sessions.lock().unwrap_or_else(|e| e.into_inner());
+                all.retain(|h| !h.is_finished());
+                all.push(s);
             }
         });
         *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
@@ -89,10 +96,19 @@ impl SmtpSink {
         self.addr
     }
 
-    /// Stops listening: connections are refused until [`SmtpSink::resume`].
+    /// Stops listening and cuts open connections: the server is down until
+    /// [`SmtpSink::resume`].
     pub fn stop(&self) {
         if let Some(t) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
             t.abort();
+        }
+        for s in self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            s.abort();
         }
     }
 
