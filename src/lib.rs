@@ -16,6 +16,15 @@ pub mod projections;
 pub mod scim;
 
 /// An error and its causes, `: `-separated, for logs and the command line.
+/// Escapes text for HTML bodies and attribute values (mail templates, admin pages).
+pub fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut src = e.source();

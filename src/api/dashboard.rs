@@ -107,14 +107,6 @@ impl LagHistory {
     }
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
-
 fn cookie_token(headers: &HeaderMap) -> Option<String> {
     let raw = headers
         .get_all(header::COOKIE)
@@ -178,11 +170,11 @@ fn form_page(
     back: bool,
 ) -> Response {
     let html = FORM
-        .replace("{{title}}", &html_escape(title))
+        .replace("{{title}}", &crate::html_escape(title))
         .replace("{{message}}", message)
-        .replace("{{action}}", &html_escape(action))
+        .replace("{{action}}", &crate::html_escape(action))
         .replace("{{fields}}", fields)
-        .replace("{{button}}", &html_escape(button))
+        .replace("{{button}}", &crate::html_escape(button))
         .replace(
             "{{back}}",
             if back {
@@ -274,14 +266,14 @@ fn rows(h: &HealthReport) -> String {
     h.projections
         .iter()
         .map(|p| {
-            let n = html_escape(&p.name);
+            let n = crate::html_escape(&p.name);
             format!(
                 "<tr class=\"{status}\" data-name=\"{n}\"><td>{n}</td><td class=\"status\">{status}</td>\
                  <td>{pos}</td><td>{eb}</td><td>{sb:.1}</td><td>{f}</td><td>{d}</td><td>{u}</td>\
                  <td class=\"actions\"><a href=\"/admin/projections/{n}/retry-failed\">retry failed</a>\
                  <a href=\"/admin/projections/{n}/reset\">reset</a></td></tr>",
-                status = html_escape(&p.status),
-                pos = html_escape(&p.position),
+                status = crate::html_escape(&p.status),
+                pos = crate::html_escape(&p.position),
                 eb = p.events_behind,
                 sb = p.seconds_behind,
                 f = p.failed,
@@ -307,7 +299,7 @@ async fn dashboard(
     let h = projection::health(&client).await?;
     let notice = n
         .notice
-        .map(|m| format!("<p class=\"notice\">{}</p>", html_escape(&m)))
+        .map(|m| format!("<p class=\"notice\">{}</p>", crate::html_escape(&m)))
         .unwrap_or_default();
     let html = PAGE
         .replace("{{rows}}", &rows(&h))

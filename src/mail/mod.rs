@@ -32,19 +32,11 @@ pub struct Rendered {
 const VERIFICATION_TXT: &str = include_str!("../../templates/email_verification.txt");
 const VERIFICATION_HTML: &str = include_str!("../../templates/email_verification.html");
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
-
 fn fill(template: &str, values: &[(&str, &str)], escape: bool) -> String {
     let mut out = template.to_string();
     for (k, v) in values {
         let v = if escape {
-            html_escape(v)
+            crate::html_escape(v)
         } else {
             v.to_string()
         };

@@ -1,8 +1,9 @@
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
-use serde_json::{Map, Value};
+use serde_json::Map;
 use uuid::Uuid;
 
+use super::text;
 use crate::domain::{apply_change, group, user};
 use crate::eventstore::StoredEvent;
 use crate::projection::{Projection, ReduceError};
@@ -160,8 +161,4 @@ impl Projection for Groups {
         }
         Ok(())
     }
-}
-
-fn text<'a>(doc: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    doc.get(key).and_then(Value::as_str)
 }

@@ -16,6 +16,11 @@ pub use groups::Groups;
 pub use orgs::Orgs;
 pub use users::Users;
 
+/// A string member of a document.
+fn text<'a>(doc: &'a serde_json::Map<String, serde_json::Value>, key: &str) -> Option<&'a str> {
+    doc.get(key).and_then(serde_json::Value::as_str)
+}
+
 /// A projection by name.
 pub fn by_name(name: &str) -> Option<Arc<dyn Projection>> {
     all().into_iter().find(|p| p.name() == name)

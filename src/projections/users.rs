@@ -2,6 +2,7 @@ use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use serde_json::{Map, Value};
 
+use super::text;
 use crate::domain::{apply_change, user, verification};
 use crate::eventstore::StoredEvent;
 use crate::projection::{Projection, ReduceError};
@@ -135,10 +136,6 @@ impl Projection for Users {
         }
         Ok(())
     }
-}
-
-fn text<'a>(doc: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    doc.get(key).and_then(Value::as_str)
 }
 
 fn active(doc: &Map<String, Value>) -> bool {

@@ -14,11 +14,7 @@ use super::{wait, write, Body, Ctx, ScimJson, POSITION_HEADER};
 use crate::app::AppState;
 use crate::eventstore::Position;
 
-fn get<'a>(o: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    o.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(key))
-        .map(|(_, v)| v)
-}
+use super::member as get;
 
 /// Replaces `bulkId:x` strings with the ids they stand for.
 fn substitute(v: &Value, ids: &HashMap<String, String>) -> Result<Value, ScimError> {

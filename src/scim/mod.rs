@@ -45,6 +45,13 @@ pub const READ_MODELS: [&str; 2] = ["users", "groups"];
 /// The most resources one list response holds (advertised as filter.maxResults).
 pub const MAX_RESULTS: i64 = 1000;
 
+/// A member of a JSON object by name, case-insensitively (SCIM names are).
+pub(crate) fn member<'a>(o: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
+    o.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+}
+
 /// A JSON body served as `application/scim+json`.
 pub struct ScimJson(pub Value);
 
@@ -426,11 +433,7 @@ fn search_request(body: &Value) -> Result<(ListQuery, Option<String>, Option<Str
     let obj = body
         .as_object()
         .ok_or_else(|| ScimError::syntax("a SearchRequest must be an object"))?;
-    let get = |k: &str| {
-        obj.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.clone())
-    };
+    let get = |k: &str| member(obj, k).cloned();
     let q = list_query(get)?;
     Ok((
         q,

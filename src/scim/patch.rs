@@ -37,10 +37,7 @@ pub fn operations(body: &Value) -> Result<Vec<Value>, ScimError> {
     let obj = body
         .as_object()
         .ok_or_else(|| ScimError::syntax("the body must be a PatchOp object"))?;
-    let ops = obj
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("Operations"))
-        .map(|(_, v)| v)
+    let ops = get(obj, "Operations")
         .and_then(Value::as_array)
         .ok_or_else(|| ScimError::syntax("a PatchOp needs an Operations array"))?;
     if ops.is_empty() {
@@ -63,11 +60,7 @@ pub fn operations(body: &Value) -> Result<Vec<Value>, ScimError> {
     Ok(ops.clone())
 }
 
-fn get<'a>(o: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    o.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(key))
-        .map(|(_, v)| v)
-}
+use super::member as get;
 
 /// The password a PATCH sets, found before applying it (hashing is slow; do it once).
 pub fn password_in(ops: &[Value]) -> Option<String> {

@@ -40,6 +40,30 @@ async fn reverify(state: &AppState, org: Uuid, updated: &user::Updated) {
     }
 }
 
+/// The resource `id` of `rt`: a 404 naming it for a malformed id, and for a domain
+/// "not found" (another org's resource included) on the way out.
+struct Target<'a> {
+    rt: &'static ResourceType,
+    id: &'a str,
+}
+
+impl Target<'_> {
+    fn not_found(&self) -> ScimError {
+        ScimError::NotFound(format!("{} {} not found", self.rt.name, self.id))
+    }
+
+    fn uuid(&self) -> Result<Uuid, ScimError> {
+        parse_id(self.id).ok_or_else(|| self.not_found())
+    }
+
+    fn missing(&self, e: ScimError) -> ScimError {
+        match e {
+            ScimError::NotFound(_) => self.not_found(),
+            e => e,
+        }
+    }
+}
+
 fn is_user(rt: &ResourceType) -> bool {
     rt.name == USER_TYPE.name
 }
@@ -55,12 +79,19 @@ async fn hash(password: Option<String>) -> Result<Option<String>, ScimError> {
     }
 }
 
-/// Every member id a body mentions that is a uuid, looked up at once.
-async fn resolve(
+/// Every uuid the values mention (except `except`), looked up at once as a user or group
+/// of the org.
+async fn resolve<'a>(
     state: &AppState,
     org: Uuid,
-    ids: HashSet<Uuid>,
+    values: impl IntoIterator<Item = &'a Value>,
+    except: Option<Uuid>,
 ) -> Result<HashMap<Uuid, Kind>, ScimError> {
+    let mut ids = HashSet::new();
+    values.into_iter().for_each(|v| mentioned(v, &mut ids));
+    if let Some(x) = except {
+        ids.remove(&x);
+    }
     let ids: Vec<Uuid> = ids.into_iter().collect();
     let client = state.pool.get().await?;
     Ok(group::resolve_members(&client, org, &ids).await?)
@@ -146,11 +177,7 @@ pub async fn create(
         let hash = hash(input.password).await?;
         Ok(user::create(&state.store, org, input.doc, hash).await?)
     } else {
-        let mut ids = HashSet::new();
-        if let Some(m) = input.doc.get("members") {
-            mentioned(m, &mut ids);
-        }
-        let known = resolve(state, org, ids).await?;
+        let known = resolve(state, org, input.doc.get("members"), None).await?;
         let (doc, members) = split_members(input.doc, &[], &known)?;
         Ok(group::create(&state.store, org, doc, members).await?)
     }
@@ -164,18 +191,15 @@ pub async fn replace(
     if_match: Option<u64>,
     body: &Value,
 ) -> Result<Written, ScimError> {
-    let not_found = || ScimError::NotFound(format!("{} {id} not found", rt.name));
-    let uid = parse_id(id).ok_or_else(not_found)?;
+    let target = Target { rt, id };
+    let uid = target.uuid()?;
     let input = resource::read(rt, body)?;
     if input.id.as_deref().is_some_and(|given| given != id) {
         return Err(ScimError::mutability(
             "id in the body differs from the id in the URL",
         ));
     }
-    let missing = |e| match e {
-        ScimError::NotFound(_) => not_found(),
-        e => e,
-    };
+    let missing = |e| target.missing(e);
     if is_user(rt) {
         let hash = hash(input.password).await?;
         let doc = input.doc;
@@ -187,11 +211,7 @@ pub async fn replace(
         reverify(state, org, &updated).await;
         Ok(updated.written)
     } else {
-        let mut ids = HashSet::new();
-        if let Some(m) = input.doc.get("members") {
-            mentioned(m, &mut ids);
-        }
-        let known = resolve(state, org, ids).await?;
+        let known = resolve(state, org, input.doc.get("members"), None).await?;
         let doc = input.doc;
         group::update(&state.store, org, uid, if_match, |g| {
             split_members(doc.clone(), &g.members, &known)
@@ -209,13 +229,10 @@ pub async fn patch(
     if_match: Option<u64>,
     body: &Value,
 ) -> Result<Written, ScimError> {
-    let not_found = || ScimError::NotFound(format!("{} {id} not found", rt.name));
-    let uid = parse_id(id).ok_or_else(not_found)?;
+    let target = Target { rt, id };
+    let uid = target.uuid()?;
     let ops = patch::operations(body)?;
-    let missing = |e| match e {
-        ScimError::NotFound(_) => not_found(),
-        e => e,
-    };
+    let missing = |e| target.missing(e);
     if is_user(rt) {
         let hash = hash(patch::password_in(&ops)).await?;
         let updated = user::update(&state.store, org, uid, if_match, hash, |doc| {
@@ -226,12 +243,7 @@ pub async fn patch(
         reverify(state, org, &updated).await;
         Ok(updated.written)
     } else {
-        let mut ids = HashSet::new();
-        for op in &ops {
-            mentioned(op, &mut ids);
-        }
-        ids.remove(&uid);
-        let known = resolve(state, org, ids).await?;
+        let known = resolve(state, org, &ops, Some(uid)).await?;
         group::update(&state.store, org, uid, if_match, |g| {
             let patched = patch::apply(rt, &group_doc(g), id, &ops)?;
             split_members(patched.doc, &g.members, &known)
@@ -248,15 +260,12 @@ pub async fn delete(
     id: &str,
     if_match: Option<u64>,
 ) -> Result<Written, ScimError> {
-    let not_found = || ScimError::NotFound(format!("{} {id} not found", rt.name));
-    let uid = parse_id(id).ok_or_else(not_found)?;
+    let target = Target { rt, id };
+    let uid = target.uuid()?;
     let r = if is_user(rt) {
         user::remove(&state.store, org, uid, if_match).await
     } else {
         group::remove(&state.store, org, uid, if_match).await
     };
-    r.map_err(|e| match ScimError::from(e) {
-        ScimError::NotFound(_) => not_found(),
-        e => e,
-    })
+    r.map_err(|e| target.missing(e.into()))
 }
