@@ -32,15 +32,20 @@ impl Projection for Counter {
     fn tables(&self) -> Vec<String> {
         vec![format!("bench.{}", self.0)]
     }
-    async fn reduce(&self, tx: &Transaction<'_>, e: &StoredEvent) -> Result<(), ReduceError> {
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        events: &[&StoredEvent],
+    ) -> Result<(), ReduceError> {
         let stmt = tx
             .prepare_cached(&format!(
-                "INSERT INTO bench.{} AS t (org_id, n) VALUES ($1, 1) \
-                 ON CONFLICT (org_id) DO UPDATE SET n = t.n + 1",
+                "INSERT INTO bench.{} AS t (org_id, n) SELECT o, count(*) FROM unnest($1::uuid[]) o GROUP BY o \
+                 ON CONFLICT (org_id) DO UPDATE SET n = t.n + EXCLUDED.n",
                 self.0
             ))
             .await?;
-        tx.execute(&stmt, &[&e.org_id]).await?;
+        let orgs: Vec<uuid::Uuid> = events.iter().map(|e| e.org_id).collect();
+        tx.execute(&stmt, &[&orgs]).await?;
         Ok(())
     }
 }

@@ -1,5 +1,5 @@
-//! The projection runtime (DESIGN.md §4-5): runners that apply events to read models exactly
-//! once, their state in SQL, and waiting for a position without polling.
+//! The projection runtime (docs/ARCHITECTURE.md): runners that apply events to read models
+//! exactly once, their state in SQL, and waiting for a position without polling.
 
 mod runner;
 mod state;
@@ -18,9 +18,75 @@ pub use state::{
 };
 pub use wait::{ProgressHub, WaitError, PROGRESS_CHANNEL};
 
-/// What a reducer may fail with. A database error that is not the connection's fault counts
-/// against the event (retried, then dead-lettered); a lost connection fails the batch.
-pub type ReduceError = Box<dyn std::error::Error + Send + Sync>;
+/// What applying events may fail with. The runner decides from its [`FailureClass`] whether
+/// to retry the batch, to retry the event with backoff, or to dead-letter it at once.
+#[derive(Debug, thiserror::Error)]
+pub enum ReduceError {
+    /// The reducer's own verdict: this event does not fit the model (a malformed payload, a
+    /// change to a row that does not exist). Applying it again cannot succeed.
+    #[error("{0}")]
+    Rejected(String),
+    #[error("database error")]
+    Db(#[from] tokio_postgres::Error),
+    /// Anything else: retried with backoff, dead-lettered after the configured attempts.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<&str> for ReduceError {
+    fn from(s: &str) -> Self {
+        ReduceError::Rejected(s.to_string())
+    }
+}
+
+impl From<String> for ReduceError {
+    fn from(s: String) -> Self {
+        ReduceError::Rejected(s)
+    }
+}
+
+/// How a failure is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The connection went away: the batch is retried on a new one.
+    Connection,
+    /// The moment, not the event (deadlock, cancel, lock or resource limits): the batch is
+    /// retried with backoff and the event is never dead-lettered.
+    Transient,
+    /// The event can never be applied (data, constraint and program-limit SQLSTATE classes,
+    /// a reducer's rejection): dead-lettered at once, so it delays nobody beyond one batch.
+    Permanent,
+    /// Not known to be either: retried with backoff, dead-lettered after N attempts.
+    Unknown,
+}
+
+impl ReduceError {
+    pub fn class(&self) -> FailureClass {
+        match self {
+            ReduceError::Rejected(_) => FailureClass::Permanent,
+            ReduceError::Other(_) => FailureClass::Unknown,
+            ReduceError::Db(e) => match e.as_db_error() {
+                None => FailureClass::Connection,
+                Some(db) => sqlstate_class(db.code().code()),
+            },
+        }
+    }
+}
+
+/// Classes of SQLSTATE (PostgreSQL manual, appendix A) by what retrying can change.
+fn sqlstate_class(code: &str) -> FailureClass {
+    match &code[..2.min(code.len())] {
+        "08" => FailureClass::Connection,
+        // transaction rollback (serialization, deadlock), insufficient resources, operator
+        // intervention (cancel, shutdown), object not in prerequisite state (lock timeout),
+        // system errors (I/O)
+        "40" | "53" | "57" | "55" | "58" => FailureClass::Transient,
+        // data exception, integrity constraint violation, program limit exceeded (an index
+        // row too large)
+        "22" | "23" | "54" => FailureClass::Permanent,
+        _ => FailureClass::Unknown,
+    }
+}
 
 /// A read model kept from events.
 #[async_trait]
@@ -34,9 +100,20 @@ pub trait Projection: Send + Sync + 'static {
     /// The tables it owns (schema-qualified); reset empties them.
     fn tables(&self) -> Vec<String>;
 
-    /// Applies one event, inside the batch's transaction. Must be deterministic: after a
-    /// failure the batch is rolled back and applied again.
-    async fn reduce(&self, tx: &Transaction<'_>, event: &StoredEvent) -> Result<(), ReduceError>;
+    /// Applies events in log order inside the batch's transaction, with a few set-based
+    /// statements. Must leave the same model as applying them one call per event (a test
+    /// holds every read model to that), and be deterministic: after a failure the runner
+    /// applies parts of the batch again to find the event at fault.
+    async fn apply(&self, tx: &Transaction<'_>, events: &[&StoredEvent])
+        -> Result<(), ReduceError>;
+
+    /// Whether applying an aggregate's events again, in order, from any one of them on,
+    /// leaves the model as it was (a fold keyed by aggregate). retry-failed then re-applies
+    /// a dead letter together with the aggregate's later events, so a later removal stays
+    /// removed. A counter is not: it re-applies the dead letter alone.
+    fn replays_aggregates(&self) -> bool {
+        false
+    }
 
     /// Clears the read model and rewinds the projection (projections.reset in SQL).
     async fn reset(&self, tx: &Transaction<'_>) -> Result<(), ReduceError> {
@@ -50,7 +127,7 @@ pub trait Projection: Send + Sync + 'static {
 pub enum ProjectionError {
     #[error("no projection named {0:?}")]
     Unknown(String),
-    #[error("projection {projection}: {source}")]
+    #[error("projection {projection}")]
     Reduce {
         projection: String,
         #[source]
@@ -58,14 +135,30 @@ pub enum ProjectionError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("database pool: {0}")]
+    #[error("database pool")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database: {0}")]
+    #[error("database error")]
     Db(#[from] tokio_postgres::Error),
 }
 
-/// A reducer error caused by the connection rather than by the event.
-pub(crate) fn is_connection_error(e: &ReduceError) -> bool {
-    e.downcast_ref::<tokio_postgres::Error>()
-        .is_some_and(|pg| pg.as_db_error().is_none())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_classed_by_what_a_retry_can_change() {
+        assert_eq!(sqlstate_class("54000"), FailureClass::Permanent);
+        assert_eq!(sqlstate_class("23505"), FailureClass::Permanent);
+        assert_eq!(sqlstate_class("22P02"), FailureClass::Permanent);
+        assert_eq!(sqlstate_class("40P01"), FailureClass::Transient);
+        assert_eq!(sqlstate_class("57014"), FailureClass::Transient);
+        assert_eq!(sqlstate_class("55P03"), FailureClass::Transient);
+        assert_eq!(sqlstate_class("53200"), FailureClass::Transient);
+        assert_eq!(sqlstate_class("08006"), FailureClass::Connection);
+        assert_eq!(sqlstate_class("42P01"), FailureClass::Unknown);
+        assert_eq!(
+            ReduceError::from("user.changed for unknown user").class(),
+            FailureClass::Permanent
+        );
+    }
 }

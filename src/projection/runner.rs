@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::state::{self, register, RetryReport};
 use super::wait::ProgressHub;
-use super::{is_connection_error, Projection, ProjectionError};
+use super::{FailureClass, Projection, ProjectionError};
 use crate::clock::{SharedClock, SystemClock};
 use crate::eventstore::{self, EventFilter, EventStore, Position, StoredEvent, EVENTS_CHANNEL};
 use crate::listener::{self, Backoff, ListenEvent};
@@ -32,9 +32,6 @@ pub struct RunnerOptions {
     pub live_batch: i64,
     /// Events per batch while catching up.
     pub catchup_batch: i64,
-    /// Time budget of one live batch; it commits what it applied and goes on.
-    pub live_batch_time: Duration,
-    pub catchup_batch_time: Duration,
     /// The slow tick that only covers lost wake-ups.
     pub fallback_tick: Duration,
     /// Failures after which an event is dead-lettered and skipped.
@@ -50,8 +47,6 @@ impl Default for RunnerOptions {
         RunnerOptions {
             live_batch: 100,
             catchup_batch: 2000,
-            live_batch_time: Duration::from_millis(100),
-            catchup_batch_time: Duration::from_secs(2),
             fallback_tick: Duration::from_secs(5),
             max_attempts: 5,
             retry_base: Duration::from_secs(1),
@@ -328,19 +323,105 @@ async fn batch(
     out
 }
 
+/// What a batch did: how far it got, the last event it applied, and why it stopped early.
+struct Progress<'a> {
+    position: Position,
+    applied: i64,
+    last: Option<&'a StoredEvent>,
+    /// Stopped before the end of what was read: at a failing event's backoff (`Some`).
+    stopped: Option<Duration>,
+}
+
 /// One batch in one transaction. Events are read before the transaction takes an xid (the
-/// lock takes none), so the runner never holds back its own horizon while reading.
+/// lock takes none), so the runner never holds back its own horizon while reading. The fast
+/// path applies the whole batch at once; after a failure the careful pass isolates the bad
+/// events in savepoints and applies the rest.
 async fn batch_in(
     inner: &Inner,
     p: &dyn Projection,
     catch_up: bool,
     careful: bool,
 ) -> Result<Outcome, ProjectionError> {
-    let opts = &inner.opts;
     let name = p.name();
     let resets = inner.hub.resets(name);
     let mut client = inner.pool.get().await?;
     let mut tx = client.transaction().await?;
+    let Some((from, failures)) = lock_and_load(&tx, name).await? else {
+        return Ok(Outcome::Busy);
+    };
+    let limit = if catch_up {
+        inner.opts.catchup_batch
+    } else {
+        inner.opts.live_batch
+    };
+    let filter = EventFilter {
+        event_types: p.event_types(),
+        ..Default::default()
+    };
+    let read = eventstore::read_batch(&tx, from, &filter, limit).await?;
+    let (todo, mut progress) = runnable(&inner.opts, &read.events, &failures, from);
+    if careful {
+        isolate(&mut tx, inner, p, &todo, &failures, &mut progress).await?;
+    } else if !todo.is_empty() {
+        match p.apply(&tx, &todo).await {
+            Ok(()) => progress.applied_all(&todo),
+            Err(e) => match e.class() {
+                FailureClass::Connection | FailureClass::Transient => {
+                    return Err(ProjectionError::Reduce {
+                        projection: name.into(),
+                        source: e,
+                    })
+                }
+                // The transaction is aborted: drop it (rollback) and find the bad event.
+                FailureClass::Permanent | FailureClass::Unknown => return Ok(Outcome::Careful),
+            },
+        }
+        forget_failures(&tx, name, &todo, &failures).await?;
+    }
+    let more = match progress.stopped {
+        Some(_) => false,
+        None => {
+            // Read to the end: everything below the horizon of our types is done.
+            progress.position = progress.position.max(read.read_up_to(from, limit));
+            read.events.len() as i64 >= limit
+        }
+    };
+    let position = progress.position;
+    if position != from {
+        save_position(&tx, name, &progress).await?;
+    }
+    tx.commit().await?;
+    let span = tracing::Span::current();
+    span.record("from", tracing::field::display(from));
+    span.record("to", tracing::field::display(position));
+    span.record("events", progress.applied);
+    inner.hub.publish_since(name, position, resets);
+    if position != from {
+        inner.commits.send_modify(|n| *n += 1);
+    }
+    Ok(Outcome::Done {
+        position,
+        more,
+        retry_in: progress.stopped,
+    })
+}
+
+impl<'a> Progress<'a> {
+    fn applied_all(&mut self, events: &[&'a StoredEvent]) {
+        if let Some(last) = events.last() {
+            self.applied += events.len() as i64;
+            self.position = self.position.max(last.position);
+            self.last = Some(last);
+        }
+    }
+}
+
+/// Takes the projection's lock (without waiting) and reads its position and failing events.
+/// `None` when another runner holds it.
+async fn lock_and_load(
+    tx: &Transaction<'_>,
+    name: &str,
+) -> Result<Option<(Position, HashMap<Position, Failure>)>, ProjectionError> {
     // A read model is derived data: a batch lost in a crash is applied again from the older
     // position (state and model move together), so its commit need not wait for the flush.
     // Prepared once per connection, and pipelined: a live batch is a handful of round trips.
@@ -363,9 +444,8 @@ async fn batch_in(
         tx.query_one(&try_lock, &params)
     );
     async_commit?;
-    let locked: bool = locked?.get(0);
-    if !locked {
-        return Ok(Outcome::Busy);
+    if !locked?.get::<_, bool>(0) {
+        return Ok(None);
     }
     // After the lock: these read the state its last holder committed.
     let (state, failures) = futures::join!(
@@ -375,171 +455,180 @@ async fn batch_in(
     let from = state?
         .map(|r| Position::from_sql(r.get(0), r.get(1)))
         .unwrap_or_default();
-    let failures: HashMap<Position, Failure> = failures?
+    let failures = failures?
         .iter()
         .map(|r| {
-            (
-                Position::from_sql(r.get(0), r.get(1)),
-                Failure {
-                    next_attempt_at: r.get(2),
-                    dead: r.get(3),
-                },
-            )
+            let failure = Failure {
+                next_attempt_at: r.get(2),
+                dead: r.get(3),
+            };
+            (Position::from_sql(r.get(0), r.get(1)), failure)
         })
         .collect();
-    let limit = if catch_up {
-        opts.catchup_batch
-    } else {
-        opts.live_batch
+    Ok(Some((from, failures)))
+}
+
+/// The events of the batch to apply now: dead letters are passed over, and the batch ends
+/// before a failing event whose backoff has not run out.
+fn runnable<'a>(
+    opts: &RunnerOptions,
+    events: &'a [StoredEvent],
+    failures: &HashMap<Position, Failure>,
+    from: Position,
+) -> (Vec<&'a StoredEvent>, Progress<'a>) {
+    let mut progress = Progress {
+        position: from,
+        applied: 0,
+        last: None,
+        stopped: None,
     };
-    let budget = if catch_up {
-        opts.catchup_batch_time
-    } else {
-        opts.live_batch_time
-    };
-    let filter = EventFilter {
-        event_types: p.event_types(),
-        ..Default::default()
-    };
-    let read = eventstore::read_batch(&tx, from, &filter, limit).await?;
-    let started = Instant::now();
-    let mut position = from;
-    let mut applied: i64 = 0;
-    let mut last: Option<&StoredEvent> = None;
-    let mut stopped: Option<Option<Duration>> = None;
-    for ev in &read.events {
+    let mut todo = Vec::with_capacity(events.len());
+    for ev in events {
         if let Some(f) = failures.get(&ev.position) {
             if f.dead {
-                position = ev.position;
+                if todo.is_empty() {
+                    progress.position = ev.position;
+                }
                 continue;
             }
-            if let Some(at) = f.next_attempt_at {
-                let now = opts.clock.now();
-                if at > now {
-                    stopped = Some(Some((at - now).to_std().unwrap_or_default()));
-                    break;
-                }
-            }
-        }
-        let result = if careful {
-            let sp = tx.savepoint("reduce").await?;
-            match p.reduce(&sp, ev).await {
-                Ok(()) => sp.commit().await.map_err(Into::into),
-                Err(e) => {
-                    sp.rollback().await?;
-                    Err(e)
-                }
-            }
-        } else {
-            p.reduce(&tx, ev).await
-        };
-        match result {
-            Ok(()) => {
-                applied += 1;
-                position = ev.position;
-                last = Some(ev);
-                if failures.contains_key(&ev.position) {
-                    forget_failure(&tx, name, ev.position).await?;
-                }
-            }
-            Err(e) if is_connection_error(&e) => {
-                return Err(ProjectionError::Reduce {
-                    projection: name.into(),
-                    source: e,
-                })
-            }
-            // The transaction may be aborted: drop it (rollback) and go event by event.
-            Err(_) if !careful => return Ok(Outcome::Careful),
-            Err(e) => {
-                tracing::warn!(projection = name, position = %ev.position, event_type = %ev.event_type, error = %e, "reducer failed");
-                let (dead, retry_in) = record_failure(&tx, opts, name, ev, &e.to_string()).await?;
-                if dead {
-                    tracing::error!(projection = name, position = %ev.position, "event dead-lettered; the projection is degraded");
-                    position = ev.position;
-                    continue;
-                }
-                stopped = Some(Some(retry_in));
+            let now = opts.clock.now();
+            if let Some(at) = f.next_attempt_at.filter(|at| *at > now) {
+                progress.stopped = Some((at - now).to_std().unwrap_or_default());
                 break;
             }
         }
-        if started.elapsed() > budget {
-            stopped = Some(None);
-            break;
-        }
+        todo.push(ev);
     }
-    let more = match stopped {
-        Some(retry) => retry.is_none(),
-        None => {
-            // Read to the end: everything below the horizon of our types is done.
-            position = position.max(read.read_up_to(from, limit));
-            read.events.len() as i64 >= limit
-        }
-    };
-    if position != from {
-        let update = tx
-            .prepare_cached(
-                "UPDATE projections.projection_states \
-                SET position_tx = $2, position_seq = $3, updated_at = now(), \
-                    events_applied = events_applied + $4, \
-                    event_timestamp = coalesce($5, event_timestamp), \
-                    last_aggregate_type = coalesce($6, last_aggregate_type), \
-                    last_aggregate_id = coalesce($7, last_aggregate_id), \
-                    last_version = coalesce($8, last_version) \
-              WHERE name = $1",
-            )
-            .await?;
-        tx.execute(
-            &update,
-            &[
-                &name,
-                &position.tx_sql(),
-                &position.seq,
-                &applied,
-                &last.map(|e| e.created_at),
-                &last.map(|e| e.aggregate.aggregate_type.clone()),
-                &last.map(|e| e.aggregate.id),
-                &last.map(|e| e.version as i64),
-            ],
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    let span = tracing::Span::current();
-    span.record("from", tracing::field::display(from));
-    span.record("to", tracing::field::display(position));
-    span.record("events", applied);
-    inner.hub.publish_since(name, position, resets);
-    if position != from {
-        inner.commits.send_modify(|n| *n += 1);
-    }
-    Ok(Outcome::Done {
-        position,
-        more,
-        retry_in: stopped.flatten(),
-    })
+    (todo, progress)
 }
 
-async fn forget_failure(
+/// The careful pass: applies the events in order, in savepoints, halving a part that fails
+/// until the failing event stands alone. A permanent failure is dead-lettered and passed
+/// over; another is recorded and ends the batch until its backoff has run out.
+async fn isolate<'a>(
+    tx: &mut Transaction<'_>,
+    inner: &Inner,
+    p: &dyn Projection,
+    todo: &[&'a StoredEvent],
+    failures: &HashMap<Position, Failure>,
+    progress: &mut Progress<'a>,
+) -> Result<(), ProjectionError> {
+    let name = p.name();
+    let mut parts = std::collections::VecDeque::from([todo]);
+    while let Some(part) = parts.pop_front() {
+        let sp = tx.savepoint("apply").await?;
+        let result = p.apply(&sp, part).await;
+        let e = match result {
+            Ok(()) => {
+                sp.commit().await?;
+                forget_failures(tx, name, part, failures).await?;
+                progress.applied_all(part);
+                continue;
+            }
+            Err(e) => {
+                sp.rollback().await?;
+                e
+            }
+        };
+        let class = e.class();
+        if matches!(class, FailureClass::Connection | FailureClass::Transient) {
+            return Err(ProjectionError::Reduce {
+                projection: name.into(),
+                source: e,
+            });
+        }
+        if part.len() > 1 {
+            let (left, right) = part.split_at(part.len() / 2);
+            parts.push_front(right);
+            parts.push_front(left);
+            continue;
+        }
+        let ev = part[0];
+        let error = crate::error_chain(&e);
+        tracing::warn!(projection = name, position = %ev.position, event_type = %ev.event_type, error = %error, "reducer failed");
+        let permanent = class == FailureClass::Permanent;
+        let (dead, retry_in) = record_failure(tx, &inner.opts, name, ev, &error, permanent).await?;
+        if !dead {
+            progress.stopped = Some(retry_in);
+            return Ok(());
+        }
+        tracing::error!(projection = name, position = %ev.position, "event dead-lettered; the projection is degraded");
+        progress.position = progress.position.max(ev.position);
+    }
+    Ok(())
+}
+
+async fn save_position(
     tx: &Transaction<'_>,
     name: &str,
-    at: Position,
+    progress: &Progress<'_>,
 ) -> Result<(), ProjectionError> {
+    let update = tx
+        .prepare_cached(
+            "UPDATE projections.projection_states \
+            SET position_tx = $2, position_seq = $3, updated_at = now(), \
+                events_applied = events_applied + $4, \
+                event_timestamp = coalesce($5, event_timestamp), \
+                last_aggregate_type = coalesce($6, last_aggregate_type), \
+                last_aggregate_id = coalesce($7, last_aggregate_id), \
+                last_version = coalesce($8, last_version) \
+          WHERE name = $1",
+        )
+        .await?;
+    let last = progress.last;
     tx.execute(
-        "DELETE FROM projections.failed_events WHERE projection = $1 AND event_tx = $2 AND event_seq = $3",
-        &[&name, &at.tx_sql(), &at.seq],
+        &update,
+        &[
+            &name,
+            &progress.position.tx_sql(),
+            &progress.position.seq,
+            &progress.applied,
+            &last.map(|e| e.created_at),
+            &last.map(|e| e.aggregate.aggregate_type.clone()),
+            &last.map(|e| e.aggregate.id),
+            &last.map(|e| e.version as i64),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Forgets the recorded failures of events that have now applied.
+async fn forget_failures(
+    tx: &Transaction<'_>,
+    name: &str,
+    applied: &[&StoredEvent],
+    failures: &HashMap<Position, Failure>,
+) -> Result<(), ProjectionError> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let (txs, seqs): (Vec<i64>, Vec<i64>) = applied
+        .iter()
+        .filter(|e| failures.contains_key(&e.position))
+        .map(|e| (e.position.tx_sql(), e.position.seq))
+        .unzip();
+    if txs.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "DELETE FROM projections.failed_events f USING unnest($2::bigint[], $3::bigint[]) AS a(tx, seq) \
+          WHERE f.projection = $1 AND f.event_tx = a.tx AND f.event_seq = a.seq",
+        &[&name, &txs, &seqs],
     )
     .await?;
     Ok(())
 }
 
 /// Records (or bumps) a failure in the batch's transaction; returns whether the event is now
-/// dead-lettered, and otherwise how long until the next attempt.
+/// dead-lettered (at once when `permanent`), and otherwise how long until the next attempt.
 async fn record_failure(
     tx: &Transaction<'_>,
     opts: &RunnerOptions,
     name: &str,
     ev: &StoredEvent,
     error: &str,
+    permanent: bool,
 ) -> Result<(bool, Duration), ProjectionError> {
     let now = opts.clock.now();
     let before: i32 = tx
@@ -552,7 +641,7 @@ async fn record_failure(
         .map(|r| r.get(0))
         .unwrap_or(0);
     let failures = before + 1;
-    let dead = failures >= opts.max_attempts;
+    let dead = permanent || failures >= opts.max_attempts;
     let delay = opts.retry_delay(failures);
     let next = (!dead).then(|| now + chrono::Duration::from_std(delay).unwrap_or_default());
     tx.execute(

@@ -301,41 +301,56 @@ pub struct RetryReport {
     pub still_failing: usize,
 }
 
-/// Re-applies the projection's dead-lettered events, oldest first, each in a savepoint:
+/// Re-applies the projection's dead-lettered events in log order, each in a savepoint:
 /// those that now apply are forgotten; the others stay dead-lettered with the new error.
+/// For a projection that [replays aggregates](Projection::replays_aggregates) a dead letter
+/// goes again with its aggregate's later events, so a row removed later stays removed.
 /// Holds the projection's lock, so it never runs beside a batch.
 pub async fn retry_failed(
     pool: &Pool,
     projection: &dyn Projection,
     clock: &dyn Clock,
 ) -> Result<RetryReport, ProjectionError> {
+    let name = projection.name();
     let mut client = pool.get().await?;
     let mut tx = client.transaction().await?;
-    tx.execute(super::runner::LOCK_SQL, &[&projection.name()])
-        .await?;
-    let dead = tx
+    tx.execute(super::runner::LOCK_SQL, &[&name]).await?;
+    let upto = state(&tx, name)
+        .await?
+        .ok_or_else(|| ProjectionError::Unknown(name.into()))?
+        .position;
+    let dead: Vec<Position> = tx
         .query(
             "SELECT event_tx, event_seq FROM projections.failed_events \
               WHERE projection = $1 AND dead_lettered_at IS NOT NULL ORDER BY event_tx, event_seq",
-            &[&projection.name()],
+            &[&name],
         )
-        .await?;
+        .await?
+        .iter()
+        .map(|r| Position::from_sql(r.get(0), r.get(1)))
+        .collect();
     let mut report = RetryReport {
         applied: 0,
         still_failing: 0,
     };
-    for r in dead {
-        let (etx, eseq): (i64, i64) = (r.get(0), r.get(1));
-        let Some(event) = eventstore::event_at(&tx, Position::from_sql(etx, eseq)).await? else {
+    for at in &dead {
+        let Some(event) = eventstore::event_at(&tx, *at).await? else {
             continue;
         };
+        let mut events = vec![event];
+        if projection.replays_aggregates() {
+            events.extend(aggregate_tail(&tx, projection, &events[0], upto, &dead).await?);
+        }
+        let refs: Vec<&eventstore::StoredEvent> = events.iter().collect();
         let sp = tx.savepoint("retry").await?;
-        match projection.reduce(&sp, &event).await {
+        let result = projection.apply(&sp, &refs).await;
+        let (etx, eseq) = (at.tx_sql(), at.seq);
+        match result {
             Ok(()) => {
                 sp.commit().await?;
                 tx.execute(
                     "DELETE FROM projections.failed_events WHERE projection = $1 AND event_tx = $2 AND event_seq = $3",
-                    &[&projection.name(), &etx, &eseq],
+                    &[&name, &etx, &eseq],
                 )
                 .await?;
                 report.applied += 1;
@@ -346,7 +361,7 @@ pub async fn retry_failed(
                     "UPDATE projections.failed_events \
                         SET failure_count = failure_count + 1, error = $4, last_failed_at = $5, acknowledged_at = NULL \
                       WHERE projection = $1 AND event_tx = $2 AND event_seq = $3",
-                    &[&projection.name(), &etx, &eseq, &e.to_string(), &clock.now()],
+                    &[&name, &etx, &eseq, &crate::error_chain(&e), &clock.now()],
                 )
                 .await?;
                 report.still_failing += 1;
@@ -355,6 +370,28 @@ pub async fn retry_failed(
     }
     tx.commit().await?;
     Ok(report)
+}
+
+/// The aggregate's later events of the projection's types that the projection has already
+/// passed (up to `upto`), leaving out other dead letters (they get their own turn).
+async fn aggregate_tail<C: GenericClient>(
+    client: &C,
+    projection: &dyn Projection,
+    first: &eventstore::StoredEvent,
+    upto: Position,
+    dead: &[Position],
+) -> Result<Vec<eventstore::StoredEvent>, ProjectionError> {
+    let filter = eventstore::EventFilter {
+        event_types: projection.event_types(),
+        aggregate: Some(first.aggregate.clone()),
+        org_id: None,
+    };
+    let read = eventstore::read_batch(client, first.position, &filter, 100_000).await?;
+    Ok(read
+        .events
+        .into_iter()
+        .filter(|e| e.position <= upto && !dead.contains(&e.position))
+        .collect())
 }
 
 /// Marks the projection's dead letters as seen: they no longer make it degraded.

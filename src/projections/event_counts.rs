@@ -1,5 +1,8 @@
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
+use uuid::Uuid;
 
 use crate::eventstore::StoredEvent;
 use crate::projection::{Projection, ReduceError};
@@ -21,24 +24,35 @@ impl Projection for EventCounts {
         vec!["projections.event_counts".into()]
     }
 
-    async fn reduce(&self, tx: &Transaction<'_>, event: &StoredEvent) -> Result<(), ReduceError> {
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        events: &[&StoredEvent],
+    ) -> Result<(), ReduceError> {
+        // Counted in memory, then one upsert: events come in log order, so the last one of
+        // each key holds its last position.
+        let mut counts: HashMap<(Uuid, &str), (i64, String)> = HashMap::new();
+        for e in events {
+            let c = counts.entry((e.org_id, e.event_type.as_str())).or_default();
+            c.0 += 1;
+            c.1 = e.position.to_string();
+        }
+        let (mut orgs, mut types, mut n, mut last) = (vec![], vec![], vec![], vec![]);
+        for ((org, ty), (count, pos)) in counts {
+            orgs.push(org);
+            types.push(ty);
+            n.push(count);
+            last.push(pos);
+        }
         let stmt = tx
             .prepare_cached(
                 "INSERT INTO projections.event_counts AS c (org_id, event_type, events, last_position) \
-                 VALUES ($1, $2, 1, $3) \
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[]) \
                  ON CONFLICT (org_id, event_type) DO UPDATE \
-                    SET events = c.events + 1, last_position = EXCLUDED.last_position",
+                    SET events = c.events + EXCLUDED.events, last_position = EXCLUDED.last_position",
             )
             .await?;
-        tx.execute(
-            &stmt,
-            &[
-                &event.org_id,
-                &event.event_type,
-                &event.position.to_string(),
-            ],
-        )
-        .await?;
+        tx.execute(&stmt, &[&orgs, &types, &n, &last]).await?;
         Ok(())
     }
 }

@@ -4,6 +4,7 @@ mod api_tokens;
 mod event_counts;
 mod groups;
 mod orgs;
+mod rows;
 mod users;
 
 use std::sync::Arc;

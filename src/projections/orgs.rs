@@ -1,12 +1,21 @@
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
+use uuid::Uuid;
 
+use super::rows::{to_load, Rows};
 use crate::domain::org;
 use crate::eventstore::StoredEvent;
 use crate::projection::{Projection, ReduceError};
 
 /// The organizations (projections.orgs).
 pub struct Orgs;
+
+struct OrgRow {
+    name: String,
+    created_at: DateTime<Utc>,
+    verify_email_on_change: bool,
+}
 
 #[async_trait]
 impl Projection for Orgs {
@@ -22,28 +31,81 @@ impl Projection for Orgs {
         vec!["projections.orgs".into()]
     }
 
-    async fn reduce(&self, tx: &Transaction<'_>, event: &StoredEvent) -> Result<(), ReduceError> {
-        if event.event_type == org::SETTINGS_CHANGED {
-            let on = event.payload["verify_email_on_change"].as_bool();
+    fn replays_aggregates(&self) -> bool {
+        true
+    }
+
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        events: &[&StoredEvent],
+    ) -> Result<(), ReduceError> {
+        let ids = to_load(events, &[org::ADDED]);
+        let mut rows = Rows::loaded([]);
+        if !ids.is_empty() {
             let stmt = tx
                 .prepare_cached(
-                    "UPDATE projections.orgs SET verify_email_on_change = \
-                     coalesce($2, verify_email_on_change) WHERE org_id = $1",
+                    "SELECT org_id, name, created_at, verify_email_on_change \
+                       FROM projections.orgs WHERE org_id = ANY($1)",
                 )
                 .await?;
-            tx.execute(&stmt, &[&event.aggregate.id, &on]).await?;
-            return Ok(());
+            rows = Rows::loaded(tx.query(&stmt, &[&ids]).await?.iter().map(|r| {
+                let row = OrgRow {
+                    name: r.get(1),
+                    created_at: r.get(2),
+                    verify_email_on_change: r.get(3),
+                };
+                (r.get::<_, Uuid>(0), row)
+            }));
         }
-        let name = event.payload["name"]
-            .as_str()
-            .ok_or("org.added without a name")?;
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO projections.orgs (org_id, name, created_at) VALUES ($1, $2, $3)",
-            )
-            .await?;
-        tx.execute(&stmt, &[&event.aggregate.id, &name, &event.created_at])
-            .await?;
+        for event in events {
+            let id = event.aggregate.id;
+            if event.event_type == org::SETTINGS_CHANGED {
+                let on = event.payload["verify_email_on_change"].as_bool();
+                if let (Some(row), Some(on)) = (rows.get_mut(&id), on) {
+                    row.verify_email_on_change = on;
+                }
+                continue;
+            }
+            let name = event.payload["name"]
+                .as_str()
+                .ok_or("org.added without a name")?;
+            let row = OrgRow {
+                name: name.into(),
+                created_at: event.created_at,
+                verify_email_on_change: false,
+            };
+            if !rows.create(id, row) {
+                return Err(format!("org.added for existing org {id}").into());
+            }
+        }
+        let changes = rows.into_changes();
+        let statements = [
+            (
+                &changes.inserted,
+                "INSERT INTO projections.orgs (org_id, name, created_at, verify_email_on_change) \
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::bool[])",
+            ),
+            (
+                &changes.updated,
+                "UPDATE projections.orgs o SET verify_email_on_change = v.verify \
+                   FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::bool[]) \
+                        AS v(id, name, created_at, verify) \
+                  WHERE o.org_id = v.id",
+            ),
+        ];
+        for (rows, sql) in statements {
+            if rows.is_empty() {
+                continue;
+            }
+            let ids: Vec<Uuid> = rows.iter().map(|(k, _)| *k).collect();
+            let names: Vec<&str> = rows.iter().map(|(_, r)| r.name.as_str()).collect();
+            let created: Vec<DateTime<Utc>> = rows.iter().map(|(_, r)| r.created_at).collect();
+            let verify: Vec<bool> = rows.iter().map(|(_, r)| r.verify_email_on_change).collect();
+            let stmt = tx.prepare_cached(sql).await?;
+            tx.execute(&stmt, &[&ids, &names, &created, &verify])
+                .await?;
+        }
         Ok(())
     }
 }

@@ -1,7 +1,10 @@
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use serde_json::{Map, Value};
+use uuid::Uuid;
 
+use super::rows::{to_load, Changes, Rows};
 use super::text;
 use crate::domain::{apply_change, user, verification};
 use crate::eventstore::StoredEvent;
@@ -9,6 +12,18 @@ use crate::projection::{Projection, ReduceError};
 
 /// Users and their email addresses (projections.users, projections.user_emails).
 pub struct Users;
+
+/// A users row as the batch changes it.
+struct UserRow {
+    org_id: Uuid,
+    doc: Map<String, Value>,
+    verified_email: Option<String>,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    /// Its user_emails rows must be written again.
+    emails: bool,
+}
 
 #[async_trait]
 impl Projection for Users {
@@ -35,157 +50,274 @@ impl Projection for Users {
         vec!["projections.user_emails".into(), "projections.users".into()]
     }
 
-    async fn reduce(&self, tx: &Transaction<'_>, event: &StoredEvent) -> Result<(), ReduceError> {
-        let id = event.aggregate.id;
-        let version = event.version as i64;
-        match event.event_type.as_str() {
-            user::ADDED => {
-                let doc = event.payload["attributes"]
-                    .as_object()
-                    .ok_or("user.added without attributes")?;
-                let stmt = tx
-                    .prepare_cached(
-                        "INSERT INTO projections.users (user_id, org_id, user_name, external_id, \
-                         display_name, active, doc, version, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
-                    )
-                    .await?;
-                tx.execute(
-                    &stmt,
-                    &[
-                        &id,
-                        &event.org_id,
-                        &text(doc, "userName").unwrap_or_default(),
-                        &text(doc, "externalId"),
-                        &text(doc, "displayName"),
-                        &active(doc),
-                        &Value::Object(doc.clone()),
-                        &version,
-                        &event.created_at,
-                    ],
-                )
-                .await?;
-                write_emails(tx, event, doc).await?;
-            }
-            user::CHANGED => {
-                let stmt = tx
-                    .prepare_cached("SELECT doc FROM projections.users WHERE user_id = $1")
-                    .await?;
-                let Some(row) = tx.query_opt(&stmt, &[&id]).await? else {
-                    return Err(format!("user.changed for unknown user {id}").into());
-                };
-                let Value::Object(mut doc) = row.get::<_, Value>(0) else {
-                    return Err("users.doc is not an object".into());
-                };
-                apply_change(&mut doc, &event.payload);
-                let stmt = tx
-                    .prepare_cached(
-                        "UPDATE projections.users SET user_name = $2, external_id = $3, \
-                         display_name = $4, active = $5, doc = $6, version = $7, updated_at = $8 \
-                         WHERE user_id = $1",
-                    )
-                    .await?;
-                tx.execute(
-                    &stmt,
-                    &[
-                        &id,
-                        &text(&doc, "userName").unwrap_or_default(),
-                        &text(&doc, "externalId"),
-                        &text(&doc, "displayName"),
-                        &active(&doc),
-                        &Value::Object(doc.clone()),
-                        &version,
-                        &event.created_at,
-                    ],
-                )
-                .await?;
-                let emails_changed = ["set", "unset"].iter().any(|k| match &event.payload[*k] {
-                    Value::Object(m) => m.contains_key("emails"),
-                    Value::Array(a) => a.iter().any(|v| v == "emails"),
-                    _ => false,
-                });
-                if emails_changed {
-                    write_emails(tx, event, &doc).await?;
-                }
-            }
-            verification::VERIFIED | verification::EMAIL_CHANGED => {
-                let verified = (event.event_type == verification::VERIFIED)
-                    .then(|| event.payload["email"].as_str())
-                    .flatten();
-                let stmt = tx
-                    .prepare_cached(
-                        "UPDATE projections.users SET verified_email = $2, version = $3, \
-                         updated_at = $4 WHERE user_id = $1",
-                    )
-                    .await?;
-                tx.execute(&stmt, &[&id, &verified, &version, &event.created_at])
-                    .await?;
-            }
-            user::REMOVED => {
-                let stmt = tx
-                    .prepare_cached("DELETE FROM projections.users WHERE user_id = $1")
-                    .await?;
-                tx.execute(&stmt, &[&id]).await?;
-            }
-            _ => {
-                let stmt = tx
-                    .prepare_cached("UPDATE projections.users SET version = $2 WHERE user_id = $1")
-                    .await?;
-                tx.execute(&stmt, &[&id, &version]).await?;
-            }
+    fn replays_aggregates(&self) -> bool {
+        true
+    }
+
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        events: &[&StoredEvent],
+    ) -> Result<(), ReduceError> {
+        let mut rows = load(tx, &to_load(events, &[user::ADDED])).await?;
+        for event in events {
+            fold(&mut rows, event)?;
         }
-        Ok(())
+        write(tx, rows.into_changes()).await
     }
 }
 
-fn active(doc: &Map<String, Value>) -> bool {
-    doc.get("active").and_then(Value::as_bool).unwrap_or(true)
+async fn load(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<Rows<Uuid, UserRow>, ReduceError> {
+    if ids.is_empty() {
+        return Ok(Rows::loaded([]));
+    }
+    let stmt = tx
+        .prepare_cached(
+            "SELECT user_id, org_id, doc, verified_email, version, created_at, updated_at \
+               FROM projections.users WHERE user_id = ANY($1)",
+        )
+        .await?;
+    let mut loaded = Vec::with_capacity(ids.len());
+    for r in tx.query(&stmt, &[&ids]).await? {
+        let Value::Object(doc) = r.get::<_, Value>(2) else {
+            return Err("users.doc is not an object".into());
+        };
+        let row = UserRow {
+            org_id: r.get(1),
+            doc,
+            verified_email: r.get(3),
+            version: r.get(4),
+            created_at: r.get(5),
+            updated_at: r.get(6),
+            emails: false,
+        };
+        loaded.push((r.get(0), row));
+    }
+    Ok(Rows::loaded(loaded))
+}
+
+fn fold(rows: &mut Rows<Uuid, UserRow>, event: &StoredEvent) -> Result<(), ReduceError> {
+    let id = event.aggregate.id;
+    let version = event.version as i64;
+    match event.event_type.as_str() {
+        user::ADDED => {
+            let doc = event.payload["attributes"]
+                .as_object()
+                .ok_or("user.added without attributes")?;
+            let row = UserRow {
+                org_id: event.org_id,
+                doc: doc.clone(),
+                verified_email: None,
+                version,
+                created_at: event.created_at,
+                updated_at: event.created_at,
+                emails: true,
+            };
+            if !rows.create(id, row) {
+                return Err(format!("user.added for existing user {id}").into());
+            }
+        }
+        user::CHANGED => {
+            let row = rows
+                .get_mut(&id)
+                .ok_or_else(|| format!("user.changed for unknown user {id}"))?;
+            apply_change(&mut row.doc, &event.payload);
+            row.emails |= ["set", "unset"].iter().any(|k| match &event.payload[*k] {
+                Value::Object(m) => m.contains_key("emails"),
+                Value::Array(a) => a.iter().any(|v| v == "emails"),
+                _ => false,
+            });
+            row.version = version;
+            row.updated_at = event.created_at;
+        }
+        verification::VERIFIED | verification::EMAIL_CHANGED => {
+            if let Some(row) = rows.get_mut(&id) {
+                row.verified_email = (event.event_type == verification::VERIFIED)
+                    .then(|| event.payload["email"].as_str().map(String::from))
+                    .flatten();
+                row.version = version;
+                row.updated_at = event.created_at;
+            }
+        }
+        user::REMOVED => rows.remove(&id),
+        _ => {
+            if let Some(row) = rows.get_mut(&id) {
+                row.version = version;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The users columns of a batch's rows, as arrays for unnest.
+#[derive(Default)]
+struct UserColumns<'a> {
+    ids: Vec<Uuid>,
+    orgs: Vec<Uuid>,
+    user_names: Vec<&'a str>,
+    external_ids: Vec<Option<&'a str>>,
+    display_names: Vec<Option<&'a str>>,
+    active: Vec<bool>,
+    docs: Vec<Value>,
+    versions: Vec<i64>,
+    created: Vec<DateTime<Utc>>,
+    updated: Vec<DateTime<Utc>>,
+    verified: Vec<Option<&'a str>>,
+}
+
+impl<'a> UserColumns<'a> {
+    fn of(rows: &'a [(Uuid, UserRow)]) -> Self {
+        let mut c = UserColumns::default();
+        for (id, r) in rows {
+            c.ids.push(*id);
+            c.orgs.push(r.org_id);
+            c.user_names
+                .push(text(&r.doc, "userName").unwrap_or_default());
+            c.external_ids.push(text(&r.doc, "externalId"));
+            c.display_names.push(text(&r.doc, "displayName"));
+            c.active
+                .push(r.doc.get("active").and_then(Value::as_bool).unwrap_or(true));
+            c.docs.push(Value::Object(r.doc.clone()));
+            c.versions.push(r.version);
+            c.created.push(r.created_at);
+            c.updated.push(r.updated_at);
+            c.verified.push(r.verified_email.as_deref());
+        }
+        c
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 11] {
+        [
+            &self.ids,
+            &self.orgs,
+            &self.user_names,
+            &self.external_ids,
+            &self.display_names,
+            &self.active,
+            &self.docs,
+            &self.versions,
+            &self.created,
+            &self.updated,
+            &self.verified,
+        ]
+    }
+}
+
+const UNNEST_USERS: &str = "unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
+     $6::bool[], $7::jsonb[], $8::bigint[], $9::timestamptz[], $10::timestamptz[], $11::text[]) \
+     AS v(user_id, org_id, user_name, external_id, display_name, active, doc, version, \
+          created_at, updated_at, verified_email)";
+
+/// The email rows of users whose addresses the batch wrote.
+#[derive(Default)]
+struct EmailColumns<'a> {
+    users: Vec<Uuid>,
+    orgs: Vec<Uuid>,
+    ords: Vec<i32>,
+    values: Vec<&'a str>,
+    types: Vec<Option<&'a str>>,
+    primary: Vec<bool>,
+    display: Vec<Option<&'a str>>,
+}
+
+impl<'a> EmailColumns<'a> {
+    fn add(&mut self, id: Uuid, row: &'a UserRow) {
+        let emails = row.doc.get("emails").and_then(Value::as_array);
+        let emails = emails.into_iter().flatten().filter_map(Value::as_object);
+        let mut ord = 0;
+        for e in emails {
+            let Some(value) = text(e, "value") else {
+                continue;
+            };
+            self.users.push(id);
+            self.orgs.push(row.org_id);
+            self.ords.push(ord);
+            self.values.push(value);
+            self.types.push(text(e, "type"));
+            self.primary
+                .push(e.get("primary").and_then(Value::as_bool).unwrap_or(false));
+            self.display.push(text(e, "display"));
+            ord += 1;
+        }
+    }
+}
+
+async fn write(tx: &Transaction<'_>, changes: Changes<Uuid, UserRow>) -> Result<(), ReduceError> {
+    if !changes.deleted.is_empty() {
+        // user_emails rows go with them (ON DELETE CASCADE).
+        let stmt = tx
+            .prepare_cached("DELETE FROM projections.users WHERE user_id = ANY($1)")
+            .await?;
+        tx.execute(&stmt, &[&changes.deleted]).await?;
+    }
+    if !changes.inserted.is_empty() {
+        let stmt = tx
+            .prepare_cached(&format!(
+                "INSERT INTO projections.users (user_id, org_id, user_name, external_id, \
+                 display_name, active, doc, version, created_at, updated_at, verified_email) \
+                 SELECT * FROM {UNNEST_USERS}"
+            ))
+            .await?;
+        let cols = UserColumns::of(&changes.inserted);
+        tx.execute(&stmt, &cols.params()).await?;
+    }
+    if !changes.updated.is_empty() {
+        let stmt = tx
+            .prepare_cached(&format!(
+                "UPDATE projections.users u SET user_name = v.user_name, \
+                 external_id = v.external_id, display_name = v.display_name, active = v.active, \
+                 doc = v.doc, version = v.version, updated_at = v.updated_at, \
+                 verified_email = v.verified_email \
+                 FROM {UNNEST_USERS} WHERE u.user_id = v.user_id"
+            ))
+            .await?;
+        let cols = UserColumns::of(&changes.updated);
+        tx.execute(&stmt, &cols.params()).await?;
+    }
+    write_emails(tx, &changes).await
 }
 
 async fn write_emails(
     tx: &Transaction<'_>,
-    event: &StoredEvent,
-    doc: &Map<String, Value>,
+    changes: &Changes<Uuid, UserRow>,
 ) -> Result<(), ReduceError> {
-    let id = event.aggregate.id;
-    let del = tx
-        .prepare_cached("DELETE FROM projections.user_emails WHERE user_id = $1")
-        .await?;
-    tx.execute(&del, &[&id]).await?;
-    let emails = doc.get("emails").and_then(Value::as_array);
-    let emails: Vec<&Map<String, Value>> = emails
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_object)
-        .filter(|e| e.get("value").and_then(Value::as_str).is_some())
+    let rewritten: Vec<Uuid> = changes
+        .updated
+        .iter()
+        .filter(|(_, r)| r.emails)
+        .map(|(id, _)| *id)
         .collect();
-    if emails.is_empty() {
+    if !rewritten.is_empty() {
+        let stmt = tx
+            .prepare_cached("DELETE FROM projections.user_emails WHERE user_id = ANY($1)")
+            .await?;
+        tx.execute(&stmt, &[&rewritten]).await?;
+    }
+    let mut cols = EmailColumns::default();
+    for (id, row) in changes.inserted.iter().chain(&changes.updated) {
+        if row.emails {
+            cols.add(*id, row);
+        }
+    }
+    if cols.users.is_empty() {
         return Ok(());
     }
-    let ords: Vec<i32> = (0..emails.len() as i32).collect();
-    let values: Vec<&str> = emails.iter().filter_map(|e| text(e, "value")).collect();
-    let types: Vec<Option<&str>> = emails.iter().map(|e| text(e, "type")).collect();
-    let primary: Vec<bool> = emails
-        .iter()
-        .map(|e| e.get("primary").and_then(Value::as_bool).unwrap_or(false))
-        .collect();
-    let display: Vec<Option<&str>> = emails.iter().map(|e| text(e, "display")).collect();
-    let ins = tx
+    let stmt = tx
         .prepare_cached(
             "INSERT INTO projections.user_emails (user_id, org_id, ord, value, type, is_primary, display) \
-             SELECT $1, $2, * FROM unnest($3::int[], $4::text[], $5::text[], $6::bool[], $7::text[])",
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::bool[], $7::text[])",
         )
         .await?;
     tx.execute(
-        &ins,
+        &stmt,
         &[
-            &id,
-            &event.org_id,
-            &ords,
-            &values,
-            &types,
-            &primary,
-            &display,
+            &cols.users,
+            &cols.orgs,
+            &cols.ords,
+            &cols.values,
+            &cols.types,
+            &cols.primary,
+            &cols.display,
         ],
     )
     .await?;

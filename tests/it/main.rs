@@ -10,6 +10,7 @@ mod eventstore;
 mod http;
 mod ops;
 mod projections;
+mod read_models;
 mod scim;
 mod tokens;
 mod verification;

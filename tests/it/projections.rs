@@ -69,6 +69,19 @@ impl Projection for Ledger {
         vec![Ledger::table(self.name)]
     }
 
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        events: &[&StoredEvent],
+    ) -> Result<(), ReduceError> {
+        for event in events {
+            self.reduce(tx, event).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Ledger {
     async fn reduce(&self, tx: &Transaction<'_>, event: &StoredEvent) -> Result<(), ReduceError> {
         tx.execute(
             &format!(
@@ -85,11 +98,11 @@ impl Projection for Ledger {
         if event.payload["poison"] == json!(true)
             && !self.faults.poison_fixed.load(Ordering::SeqCst)
         {
-            return Err("poisoned event".into());
+            return Err(ReduceError::Other("poisoned event".into()));
         }
         let pct = self.faults.random_fail_pct.load(Ordering::SeqCst);
         if pct > 0 && rand::random_range(0..100) < pct {
-            return Err("random failure after writing".into());
+            return Err(ReduceError::Other("random failure after writing".into()));
         }
         if event.payload["block"] == json!(true) && self.faults.block.load(Ordering::SeqCst) {
             self.faults.entered.notify_one();
