@@ -2,9 +2,10 @@
 //! machine; absolute numbers do not). Needs DATABASE_URL; `scripts/bench.sh` provides a
 //! throwaway cluster with default durability settings.
 //!
-//! usage: cargo bench --bench bench -- [--seconds N] [appends] [waits] [scim] [verification]
+//! usage: cargo bench --bench bench -- [--seconds N] [appends] [waits] [catchup] [scim] [verification]
 
 mod appends;
+mod catchup;
 mod report;
 mod scim;
 mod verification;
@@ -27,7 +28,9 @@ async fn main() {
             }
             "--bench" => {}
             "-h" | "--help" => {
-                println!("usage: bench [--seconds N] [appends] [waits] [scim] [verification]");
+                println!(
+                    "usage: bench [--seconds N] [appends] [waits] [catchup] [scim] [verification]"
+                );
                 return;
             }
             other => which.push(other.to_string()),
@@ -43,6 +46,9 @@ async fn main() {
     }
     if all || which.iter().any(|w| w == "waits") {
         waits::run(&url, cell, &mut out).await;
+    }
+    if all || which.iter().any(|w| w == "catchup") {
+        catchup::run(&url, &mut out).await;
     }
     if all || which.iter().any(|w| w == "scim") {
         scim::run(&url, cell, &mut out).await;

@@ -142,6 +142,7 @@ pub fn snapshot_state(events: &[StoredEvent]) -> Option<Value> {
 }
 
 fn validate(group_id: Uuid, doc: &Doc, members: &[Member]) -> Result<String, DomainError> {
+    super::check_storable(doc, &["externalId"])?;
     let name = super::required_name(doc, "displayName", MAX_DISPLAY_NAME)?;
     if members.iter().any(|m| m.id == group_id) {
         return Err(DomainError::Invalid {

@@ -128,6 +128,49 @@ pub(crate) fn required_name(
     Ok(name.to_string())
 }
 
+/// The most bytes of a value the read models index (a B-tree entry holds about 2.7 kB; a
+/// value past it would be stored in the log and then fail in every projection).
+pub const MAX_INDEXED_BYTES: usize = 1024;
+
+/// Refuses a document the read models could not hold, before anything is appended: a NUL
+/// character anywhere (PostgreSQL text cannot carry it), and indexed values over
+/// [`MAX_INDEXED_BYTES`] (`indexed` names the top-level string attributes; `emails[].value`
+/// always counts).
+pub(crate) fn check_storable(doc: &Doc, indexed: &[&'static str]) -> Result<(), DomainError> {
+    fn has_nul(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(a) => a.iter().any(has_nul),
+            Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    if doc.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+        return Err(DomainError::Invalid {
+            field: "attributes",
+            reason: "text may not contain the NUL character (U+0000)".into(),
+        });
+    }
+    let too_long = |field: &'static str| DomainError::Invalid {
+        field,
+        reason: format!("{field} has at most {MAX_INDEXED_BYTES} bytes"),
+    };
+    for field in indexed {
+        if doc.get(*field).and_then(Value::as_str).map(str::len) > Some(MAX_INDEXED_BYTES) {
+            return Err(too_long(field));
+        }
+    }
+    let emails = doc.get("emails").and_then(Value::as_array);
+    let values = emails.into_iter().flatten().filter_map(|e| e.get("value"));
+    if values
+        .filter_map(Value::as_str)
+        .any(|v| v.len() > MAX_INDEXED_BYTES)
+    {
+        return Err(too_long("emails.value"));
+    }
+    Ok(())
+}
+
 /// Events after a snapshot at which a command writes a new one.
 const SNAPSHOT_AFTER: usize = 200;
 

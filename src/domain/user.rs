@@ -72,6 +72,7 @@ pub fn fold(events: &[StoredEvent]) -> Option<User> {
 }
 
 fn validate(doc: &Doc) -> Result<String, DomainError> {
+    super::check_storable(doc, &["externalId", "displayName"])?;
     super::required_name(doc, "userName", MAX_USER_NAME)
 }
 

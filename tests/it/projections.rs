@@ -29,6 +29,9 @@ struct Faults {
     /// Events with `"block": true` signal `entered` and never finish.
     entered: Notify,
     block: AtomicBool,
+    /// Events with `"lock": true` take advisory lock 4242 with a short lock_timeout; the
+    /// attempts are counted.
+    lock_attempts: AtomicU32,
 }
 
 /// A test read model that logs every application, with no key: an event applied twice shows
@@ -95,6 +98,11 @@ impl Ledger {
             ],
         )
         .await?;
+        if event.payload["lock"] == json!(true) {
+            self.faults.lock_attempts.fetch_add(1, Ordering::SeqCst);
+            tx.batch_execute("SET LOCAL lock_timeout = '20ms'; SELECT pg_advisory_xact_lock(4242)")
+                .await?;
+        }
         if event.payload["poison"] == json!(true)
             && !self.faults.poison_fixed.load(Ordering::SeqCst)
         {
@@ -644,6 +652,50 @@ async fn a_poison_event_is_dead_lettered_and_retry_failed_reapplies_it() {
         "ok"
     );
     assert_exactly_once(&db, "poison").await;
+}
+
+#[tokio::test]
+async fn a_transient_error_is_retried_and_never_dead_lettered() {
+    let db = TestDb::new().await;
+    ledger_tables(&db, &["transient"]).await;
+    let node = Node::new(&db).await;
+    let (ledger, faults) = Ledger::build("transient");
+    // Two attempts would dead-letter any other failure.
+    let opts = RunnerOptions {
+        max_attempts: 2,
+        ..fast_retries()
+    };
+    let _projector = node.projector(&db, vec![ledger], opts).await;
+    let holder = crate::support::pg::connect(&db.url).await;
+    holder
+        .execute("SELECT pg_advisory_lock(4242)", &[])
+        .await
+        .unwrap();
+    let org = Uuid::new_v4();
+    let locked = push_entry(&node.store, org, 1, json!({"lock": true})).await;
+    let after = push_entry(&node.store, org, 2, json!({})).await;
+    eventually("several attempts at the locked event", WAIT, || async {
+        (faults.lock_attempts.load(Ordering::SeqCst) >= 5).then_some(())
+    })
+    .await;
+    let c = c_pool(&node).await;
+    assert!(projection::failed_events(&c, "transient")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(
+        node.hub.current("transient") < locked,
+        "it waits, it does not skip"
+    );
+    holder
+        .execute("SELECT pg_advisory_unlock(4242)", &[])
+        .await
+        .unwrap();
+    node.hub
+        .wait_for_position("transient", after, WAIT)
+        .await
+        .unwrap();
+    assert_exactly_once(&db, "transient").await;
 }
 
 #[tokio::test]

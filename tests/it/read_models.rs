@@ -223,6 +223,11 @@ async fn models(db: &TestDb) -> Vec<String> {
 /// Pushes the events, then lets the real projections catch up in batches of `batch`.
 async fn project(events: &[Ev], batch: i64) -> (TestDb, Vec<String>) {
     let db = TestDb::new().await;
+    let m = project_into(&db, events, batch).await;
+    (db, m)
+}
+
+async fn project_into(db: &TestDb, events: &[Ev], batch: i64) -> Vec<String> {
     let pool = portcullis::db::pool(&db.url, 8).unwrap();
     let opts = StoreOptions {
         notify: NotifyMode::Coalesced,
@@ -242,9 +247,9 @@ async fn project(events: &[Ev], batch: i64) -> (TestDb, Vec<String>) {
         .await
         .unwrap();
     hub.wait_for_all(&names, last, WAIT).await.unwrap();
-    let m = models(&db).await;
+    let m = models(db).await;
     projector.stop();
-    (db, m)
+    m
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -281,4 +286,85 @@ async fn batches_and_single_events_leave_identical_read_models() {
             "seed {seed}: the sequence made users"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_event_inside_a_large_batch_is_isolated_and_the_rest_applies() {
+    let org = Uuid::new_v4();
+    let random: String = (0..3500)
+        .map(|_| rand::random_range(b'a'..=b'z') as char)
+        .collect();
+    let mut events: Vec<Ev> = (0..1000)
+        .map(|i| {
+            let attrs = json!({"userName": format!("u{i}"), "emails": [{"value": format!("u{i}@x.example")}]});
+            (org, "user", Uuid::new_v4(), "user.added", json!({ "attributes": attrs }))
+        })
+        .collect();
+    let bad = json!({"attributes": {"userName": "bad", "externalId": random}});
+    events[617] = (org, "user", Uuid::new_v4(), "user.added", bad);
+    // Pushed before the projector starts: it catches up in one batch of all 1000.
+    let (_db, m) = project(&events, 2000).await;
+    let users: Value = serde_json::from_str(&m[0]).unwrap();
+    assert_eq!(users.as_array().unwrap().len(), 999);
+    let emails: Value = serde_json::from_str(&m[1]).unwrap();
+    assert_eq!(emails.as_array().unwrap().len(), 999);
+    let dead: Value = serde_json::from_str(&m[7]).unwrap();
+    assert_eq!(dead.as_array().unwrap().len(), 1, "{dead}");
+    assert_eq!(dead[0]["aggregate_id"], json!(events[617].2));
+    assert_eq!(dead[0]["dead"], json!(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retry_failed_reapplies_in_log_order_and_never_resurrects_a_removed_user() {
+    let org = Uuid::new_v4();
+    let (kept, removed) = (Uuid::new_v4(), Uuid::new_v4());
+    let added = |id: Uuid, name: &str| {
+        let attrs = json!({"userName": name, "displayName": "first"});
+        (
+            org,
+            "user",
+            id,
+            "user.added",
+            json!({ "attributes": attrs }),
+        )
+    };
+    let renamed = json!({"set": {"displayName": "second"}});
+    let events: Vec<Ev> = vec![
+        added(kept, "blocked-kept"),
+        (org, "user", kept, "user.changed", renamed),
+        added(removed, "blocked-removed"),
+        (org, "user", removed, "user.removed", json!({})),
+    ];
+    // A DBA's constraint makes both creations fail (and so the rename of the first).
+    let db = TestDb::new().await;
+    db.client()
+        .await
+        .batch_execute(
+            "ALTER TABLE projections.users ADD CONSTRAINT no_blocked CHECK (user_name NOT LIKE 'blocked%')",
+        )
+        .await
+        .unwrap();
+    // One event a batch: a creation and a removal in one batch would write nothing at all.
+    let m = project_into(&db, &events, 1).await;
+    let dead: Value = serde_json::from_str(&m[7]).unwrap();
+    assert_eq!(dead.as_array().unwrap().len(), 3, "{dead}");
+    db.client()
+        .await
+        .batch_execute("ALTER TABLE projections.users DROP CONSTRAINT no_blocked")
+        .await
+        .unwrap();
+    let pool = portcullis::db::pool(&db.url, 2).unwrap();
+    let clock = portcullis::clock::SystemClock;
+    let users = portcullis::projections::Users;
+    let r = portcullis::projection::retry_failed(&pool, &users, &clock)
+        .await
+        .unwrap();
+    assert_eq!((r.applied, r.still_failing), (3, 0));
+    let m = models(&db).await;
+    let users: Value = serde_json::from_str(&m[0]).unwrap();
+    let users = users.as_array().unwrap();
+    assert_eq!(users.len(), 1, "the removed user stays removed: {users:?}");
+    assert_eq!(users[0]["user_id"], json!(kept));
+    assert_eq!(users[0]["display_name"], "second", "applied in log order");
+    assert_eq!(users[0]["version"], 2);
 }

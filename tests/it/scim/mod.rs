@@ -7,6 +7,7 @@ mod contract;
 mod discovery;
 mod filters;
 mod groups;
+mod isolation;
 
 use std::time::Duration;
 
