@@ -20,6 +20,14 @@ pub enum StartError {
     Projection(#[from] ProjectionError),
     #[error("mail: {0}")]
     Mail(#[from] crate::mail::MailError),
+    #[error(
+        "the event log is {ahead} transaction ids ahead of this PostgreSQL cluster (restored \
+         from a dump?): new events would sort before stored positions and never be projected. \
+         Run `SELECT eventstore.rebase_after_restore();` in psql once, then start again"
+    )]
+    NotRebased { ahead: u64 },
+    #[error("cannot read the event store")]
+    Store(#[from] crate::eventstore::StoreError),
 }
 
 #[derive(Clone)]
@@ -67,6 +75,10 @@ impl AppState {
         let store = EventStore::new(pool.clone(), cfg.store.clone());
         {
             let client = pool.get().await.map_err(ProjectionError::from)?;
+            let ahead = crate::eventstore::positions_ahead(&client).await?;
+            if ahead > 0 {
+                return Err(StartError::NotRebased { ahead });
+            }
             cfg.thresholds.store(&client).await?;
         }
         let hub = ProgressHub::start(&cfg.database_url, pool.clone()).await?;

@@ -10,7 +10,7 @@ pub use error::StoreError;
 pub use notify::{NotifyMode, EVENTS_CHANNEL};
 pub use position::{ParsePositionError, Position};
 pub use store::{
-    event_at, head, load, load_after, load_version, read_after, read_batch, save_snapshot,
-    snapshot, Aggregate, Append, Batch, EventFilter, EventStore, ExpectedVersion, NewEvent, Pushed,
-    StoreOptions, StoredEvent, UniqueValue,
+    event_at, head, load, load_after, load_version, positions_ahead, read_after, read_batch,
+    save_snapshot, snapshot, Aggregate, Append, Batch, EventFilter, EventStore, ExpectedVersion,
+    NewEvent, Pushed, StoreOptions, StoredEvent, UniqueValue,
 };

@@ -695,6 +695,16 @@ pub async fn read_batch<C: GenericClient>(
     Ok(Batch { events, horizon })
 }
 
+/// By how many transaction ids stored positions (events, and the positions of readers that
+/// registered in eventstore.position_holders) are ahead of the next one this cluster assigns:
+/// above 0 only after a restore into a new cluster that was not rebased yet.
+pub async fn positions_ahead<C: GenericClient>(client: &C) -> Result<u64, StoreError> {
+    let row = client
+        .query_one("SELECT eventstore.positions_ahead()", &[])
+        .await?;
+    Ok(row.get::<_, i64>(0).max(0) as u64)
+}
+
 /// The last position readers can see now (below the horizon), or zero for an empty store.
 pub async fn head<C: GenericClient>(client: &C) -> Result<Position, StoreError> {
     let stmt = client
