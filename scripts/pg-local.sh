@@ -90,6 +90,8 @@ create() {
     echo "listen_addresses = '127.0.0.1'"
     echo "unix_socket_directories = '$dir'"
     echo "idle_in_transaction_session_timeout = '60s'"
+    # Statement counts for `make bench` (loaded, not created: a database opts in).
+    [ -f "$(dirname "$bin")/lib/pg_stat_statements.so" ] && echo "shared_preload_libraries = 'pg_stat_statements'"
     if [ "${PORTCULLIS_PG_FAST:-0}" = 1 ]; then
       echo "fsync = off"
       echo "synchronous_commit = off"

@@ -2,12 +2,13 @@
 //! machine; absolute numbers do not). Needs DATABASE_URL; `scripts/bench.sh` provides a
 //! throwaway cluster with default durability settings.
 //!
-//! usage: cargo bench --bench bench -- [--seconds N] [appends] [waits] [catchup] [scim] [verification]
+//! usage: cargo bench --bench bench -- [--seconds N] [appends] [waits] [catchup] [statements] [scim] [verification]
 
 mod appends;
 mod catchup;
 mod report;
 mod scim;
+mod statements;
 mod verification;
 mod waits;
 
@@ -29,7 +30,7 @@ async fn main() {
             "--bench" => {}
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--seconds N] [appends] [waits] [catchup] [scim] [verification]"
+                    "usage: bench [--seconds N] [appends] [waits] [catchup] [statements] [scim] [verification]"
                 );
                 return;
             }
@@ -49,6 +50,9 @@ async fn main() {
     }
     if all || which.iter().any(|w| w == "catchup") {
         catchup::run(&url, &mut out).await;
+    }
+    if all || which.iter().any(|w| w == "statements") {
+        statements::run(&url, &mut out).await;
     }
     if all || which.iter().any(|w| w == "scim") {
         scim::run(&url, cell, &mut out).await;

@@ -48,7 +48,7 @@ impl FromRequestParts<AppState> for OrgCaller {
             .and_then(|o| o.parse().ok())
             .ok_or(ApiError::Unauthorized)?;
         let presented = super::bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
-        let at = state.hub.current("api_tokens");
+        let at = state.hub.generation("api_tokens");
         match state
             .tokens
             .authenticate(&state.pool, presented, at)

@@ -165,22 +165,20 @@ pub async fn revoke(store: &EventStore, token_id: Uuid) -> Result<Written, Domai
 /// cache; steady read traffic skips a query per request.
 #[derive(Default)]
 pub struct TokenCache {
-    inner: std::sync::Mutex<(
-        crate::eventstore::Position,
-        std::collections::HashMap<String, Caller>,
-    )>,
+    inner: std::sync::Mutex<(u64, std::collections::HashMap<String, Caller>)>,
 }
 
 /// Entries kept at most (the cache empties when full: it only saves a query).
 const CACHE_MAX: usize = 10_000;
 
 impl TokenCache {
-    /// Authenticates through the cache; `at` is the api_tokens position now.
+    /// Authenticates through the cache; `at` is the api_tokens read model's generation now
+    /// (`ProgressHub::generation`): entries live until the model changes.
     pub async fn authenticate(
         &self,
         pool: &deadpool_postgres::Pool,
         presented: &str,
-        at: crate::eventstore::Position,
+        at: u64,
     ) -> Result<Option<Caller>, DomainError> {
         let key = hash(presented);
         {

@@ -267,26 +267,18 @@ impl EventStore {
         self.waker.subscribe()
     }
 
-    /// Appends in a transaction of its own, commits, then wakes readers. BEGIN, the append and
-    /// COMMIT go out pipelined: one round trip (after a failed append, PostgreSQL answers the
-    /// COMMIT with a rollback).
+    /// Appends in a transaction of its own, commits, then wakes readers. The append is one
+    /// statement, so it runs as its own transaction: one round trip, one statement.
     pub async fn push(&self, appends: &[Append]) -> Result<Pushed, StoreError> {
         let encoded = self.encode(appends)?;
-        let (begin, rows, commit) = {
+        let rows = {
             let client = self.pool.get().await?;
             let append = client.prepare_cached(encoded.sql()).await?;
-            let params = encoded.params();
-            futures::join!(
-                client.batch_execute("BEGIN"),
-                client.query(&append, &params),
-                client.batch_execute("COMMIT")
-            )
+            client.query(&append, &encoded.params()).await
         };
         // The connection is back in the pool before decode, which may take one to read the
         // version after a conflict (holding two at once starves the pool under contention).
-        begin?;
         let pushed = self.decode(rows).await?;
-        commit?;
         self.committed(&pushed);
         Ok(pushed)
     }

@@ -3,6 +3,7 @@
 //! horizon; apply it; move the position in the same transaction; publish; repeat while full.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,15 +66,25 @@ impl RunnerOptions {
     }
 }
 
-struct Inner {
-    pool: Pool,
-    store: EventStore,
-    hub: ProgressHub,
-    opts: RunnerOptions,
-    projections: Vec<(Arc<dyn Projection>, Arc<Notify>)>,
+pub(super) struct Inner {
+    pub(super) pool: Pool,
+    pub(super) store: EventStore,
+    pub(super) hub: ProgressHub,
+    pub(super) opts: RunnerOptions,
+    pub(super) projections: Vec<(Arc<dyn Projection>, Arc<Notify>)>,
+    /// Per projection: its runner is catching up on its own (the live round leaves it be).
+    pub(super) catching_up: Vec<AtomicBool>,
     /// Bumped after every batch commit: a runner whose read stopped short of the horizon
     /// may have been held back by that transaction.
-    commits: watch::Sender<u64>,
+    pub(super) commits: watch::Sender<u64>,
+}
+
+impl Inner {
+    pub(super) fn poke_all(&self) {
+        for (_, poke) in &self.projections {
+            poke.notify_one();
+        }
+    }
 }
 
 /// Runs a set of projections until stopped or dropped.
@@ -93,9 +104,9 @@ impl Drop for Projector {
 /// What the wake-up listener last heard: how many times it (re)connected, and the highest
 /// position another process announced.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct RemoteWake {
-    connects: u64,
-    position: Position,
+pub(super) struct RemoteWake {
+    pub(super) connects: u64,
+    pub(super) position: Position,
 }
 
 enum Outcome {
@@ -134,6 +145,7 @@ impl Projector {
             store,
             hub,
             opts,
+            catching_up: projections.iter().map(|_| AtomicBool::new(true)).collect(),
             projections: projections
                 .into_iter()
                 .map(|p| (p, Arc::new(Notify::new())))
@@ -159,6 +171,7 @@ impl Projector {
         for i in 0..inner.projections.len() {
             tasks.push(tokio::spawn(run(inner.clone(), i, remote_rx.clone())));
         }
+        tasks.push(tokio::spawn(super::live::run(inner.clone(), remote_rx)));
         Ok(Projector { inner, tasks })
     }
 
@@ -212,11 +225,13 @@ impl Projector {
     }
 }
 
+/// A projection's own runner: catches up, isolates failing events and waits out their
+/// backoff. Following live writes is the live round's work ([`super::live`]): it pokes the
+/// runner when a projection needs more than one shared batch.
 async fn run(inner: Arc<Inner>, index: usize, mut remote: watch::Receiver<RemoteWake>) {
     let (projection, poke) = inner.projections[index].clone();
     let name = projection.name();
-    let mut local = inner.store.subscribe();
-    let mut target = Position::ZERO;
+    let local = inner.store.subscribe();
     let mut catch_up = true;
     let mut horizon_wait = Duration::from_millis(1);
     let mut errors = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
@@ -226,6 +241,7 @@ async fn run(inner: Arc<Inner>, index: usize, mut remote: watch::Receiver<Remote
     loop {
         let mut wake_in = inner.opts.fallback_tick;
         let mut behind = false;
+        inner.catching_up[index].store(catch_up, Ordering::SeqCst);
         let outcome = match batch(&inner, &*projection, catch_up, false).await {
             Ok(Outcome::Careful) => batch(&inner, &*projection, catch_up, true).await,
             other => other,
@@ -243,6 +259,8 @@ async fn run(inner: Arc<Inner>, index: usize, mut remote: watch::Receiver<Remote
                     continue;
                 }
                 catch_up = false;
+                inner.catching_up[index].store(false, Ordering::SeqCst);
+                let target = (*local.borrow()).max(remote.borrow().position);
                 if let Some(d) = retry_in {
                     wake_in = d;
                 } else if position < target {
@@ -263,29 +281,32 @@ async fn run(inner: Arc<Inner>, index: usize, mut remote: watch::Receiver<Remote
                 wake_in = errors.next_delay();
             }
         }
-        tokio::select! {
-            changed = local.changed() => {
-                if changed.is_ok() {
-                    target = target.max(*local.borrow_and_update());
-                }
-            }
-            changed = remote.changed() => {
-                if changed.is_ok() {
+        let deadline = Instant::now() + wake_in;
+        loop {
+            tokio::select! {
+                changed = remote.changed() => {
+                    if changed.is_err() {
+                        // The listener is gone (shutting down): the timers still apply.
+                        tokio::time::sleep_until(deadline).await;
+                        break;
+                    }
                     let w = *remote.borrow_and_update();
-                    target = target.max(w.position);
                     if w.connects != connects {
                         // Wake-ups were lost while the listener reconnected: catch up.
                         connects = w.connects;
                         catch_up = true;
+                        break;
                     }
+                    // Only a newer position: the live round follows those.
                 }
+                _ = poke.notified() => break,
+                changed = commits.changed(), if behind => {
+                    let _ = changed;
+                    break;
+                }
+                // A backoff or the fallback tick; never a wait for state that has a signal.
+                _ = tokio::time::sleep_until(deadline) => break,
             }
-            _ = poke.notified() => {}
-            changed = commits.changed(), if behind => {
-                let _ = changed;
-            }
-            // A backoff or the fallback tick; never a wait for state that has a signal.
-            _ = tokio::time::sleep(wake_in) => {}
         }
     }
 }
@@ -395,6 +416,9 @@ async fn batch_in(
     span.record("from", tracing::field::display(from));
     span.record("to", tracing::field::display(position));
     span.record("events", progress.applied);
+    if progress.applied > 0 {
+        inner.hub.applied(name);
+    }
     inner.hub.publish_since(name, position, resets);
     if position != from {
         inner.commits.send_modify(|n| *n += 1);

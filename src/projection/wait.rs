@@ -38,6 +38,10 @@ struct Inner {
     watches: Mutex<HashMap<String, watch::Sender<Position>>>,
     /// Bumped by every local reset: a runner's publish from before it is stale.
     resets: Mutex<HashMap<String, u64>>,
+    /// Per projection: a generation bumped whenever its read model may have changed (events
+    /// applied here or elsewhere, a reset, a reconnect), and the events_applied count last
+    /// announced. A position that only moved to the horizon leaves the generation alone.
+    changes: Mutex<HashMap<String, (u64, i64)>>,
     listener: Mutex<Option<JoinHandle<()>>>,
     task: Mutex<Option<JoinHandle<()>>>,
     connects: watch::Sender<u64>,
@@ -61,6 +65,7 @@ impl ProgressHub {
             inner: Arc::new(Inner {
                 watches: Mutex::new(HashMap::new()),
                 resets: Mutex::new(HashMap::new()),
+                changes: Mutex::new(HashMap::new()),
                 listener: Mutex::new(None),
                 task: Mutex::new(None),
                 connects,
@@ -114,16 +119,46 @@ impl ProgressHub {
         for r in rows {
             let name: String = r.get(0);
             self.set(&name, Position::from_sql(r.get(1), r.get(2)));
+            self.changed(&name, None);
         }
         Ok(())
     }
 
+    /// The read model of `name` may have changed; `applied` is the events_applied count a
+    /// notification announced (a bump only when it differs from the last one), `None` for
+    /// a change known otherwise.
+    fn changed(&self, name: &str, applied: Option<i64>) {
+        let mut c = self.inner.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = c.entry(name.to_string()).or_insert((0, -1));
+        match applied {
+            Some(n) if n == entry.1 => {}
+            Some(n) => *entry = (entry.0 + 1, n),
+            None => entry.0 += 1,
+        }
+    }
+
+    /// A generation of the projection's read model: it changes whenever the model may have
+    /// (for caches of it), not when the position only moved past events of other types.
+    pub fn generation(&self, name: &str) -> u64 {
+        let c = self.inner.changes.lock().unwrap_or_else(|e| e.into_inner());
+        c.get(name).map(|e| e.0).unwrap_or(0)
+    }
+
+    /// The local runner applied events to the projection (published before its NOTIFY
+    /// arrives, so a cache never outlives the change in this process).
+    pub fn applied(&self, name: &str) {
+        self.changed(name, None);
+    }
+
     fn apply_notification(&self, payload: &str) {
-        // name/tx/seq; names contain no slash.
-        let Some((name, pos)) = payload.split_once('/') else {
+        // name/tx/seq/events_applied (name/tx/seq before V10); names contain no slash.
+        let mut parts = payload.splitn(4, '/');
+        let (Some(name), Some(tx), Some(seq)) = (parts.next(), parts.next(), parts.next()) else {
             return;
         };
-        match pos.parse::<Position>() {
+        let applied = parts.next().and_then(|n| n.parse::<i64>().ok());
+        self.changed(name, applied);
+        match format!("{tx}/{seq}").parse::<Position>() {
             // A reset rewinds to zero: the read model is empty again.
             Ok(Position::ZERO) => self.set(name, Position::ZERO),
             Ok(p) => self.publish(name, p),
@@ -147,6 +182,7 @@ impl ProgressHub {
             .unwrap_or_else(|e| e.into_inner())
             .entry(name.to_string())
             .or_default() += 1;
+        self.changed(name, None);
         self.set(name, Position::ZERO);
     }
 

@@ -135,7 +135,7 @@ async fn caller(state: &AppState, path: &str, headers: HeaderMap) -> Result<Ctx,
         .and_then(|o| o.parse().ok())
         .ok_or(ScimError::Unauthorized)?;
     let presented = crate::api::bearer(&headers).ok_or(ScimError::Unauthorized)?;
-    let at = state.hub.current("api_tokens");
+    let at = state.hub.generation("api_tokens");
     match state
         .tokens
         .authenticate(&state.pool, presented, at)

@@ -58,7 +58,10 @@ async fn after_a_restore_the_service_waits_for_the_rebase_and_then_projects_new_
     let refused = AppState::start(&restored.config()).await.err();
     match &refused {
         Some(StartError::NotRebased { ahead }) => assert!(*ahead >= 9_000_000, "{ahead}"),
-        _ => panic!("the service must refuse to start: {:?}", refused.map(|e| e.to_string())),
+        _ => panic!(
+            "the service must refuse to start: {:?}",
+            refused.map(|e| e.to_string())
+        ),
     }
     assert!(refused
         .unwrap()

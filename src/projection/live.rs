@@ -1,0 +1,320 @@
+//! The live round: following writes as they commit, for every projection this process runs
+//! at once. One read of the log below the horizon serves them all; one transaction applies
+//! what each needs and moves every position, so a projection whose event types a commit did
+//! not write costs no statement of its own, and its position (in projections.health too)
+//! still moves to the horizon. Anything out of the ordinary (a projection far behind, a
+//! failing event, a reducer error, a lost race) goes back to the projection's own runner.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::runner::{Inner, RemoteWake};
+use super::{FailureClass, ProjectionError};
+use crate::eventstore::{self, EventFilter, Position, StoredEvent};
+use crate::listener::Backoff;
+
+pub(super) async fn run(inner: Arc<Inner>, mut remote: watch::Receiver<RemoteWake>) {
+    let mut local = inner.store.subscribe();
+    let mut commits = inner.commits.subscribe();
+    let mut target = Position::ZERO;
+    let mut horizon_wait = Duration::from_millis(1);
+    let mut errors = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        let mut wake_in = inner.opts.fallback_tick;
+        let mut behind = false;
+        match round(&inner).await {
+            Ok(reached) => {
+                errors.reset();
+                if reached < target {
+                    // An open transaction holds the horizon below what we were told exists:
+                    // ours wake us when they end, another process's are waited out.
+                    behind = true;
+                    wake_in = horizon_wait;
+                    horizon_wait = (horizon_wait * 2).min(Duration::from_millis(100));
+                } else {
+                    horizon_wait = Duration::from_millis(1);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "live projection round failed; the runners take over");
+                inner.poke_all();
+                wake_in = errors.next_delay();
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wake_in;
+        loop {
+            tokio::select! {
+                changed = local.changed() => {
+                    if changed.is_ok() {
+                        target = target.max(*local.borrow_and_update());
+                        break;
+                    }
+                    tokio::time::sleep_until(deadline).await;
+                    break;
+                }
+                changed = remote.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep_until(deadline).await;
+                        break;
+                    }
+                    let announced = remote.borrow_and_update().position;
+                    // Our own commits come back this way too: only news wakes a round.
+                    if announced > target {
+                        target = announced;
+                        break;
+                    }
+                }
+                changed = commits.changed(), if behind => {
+                    let _ = changed;
+                    break;
+                }
+                // A backoff or the fallback tick; never a wait for state that has a signal.
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+    }
+}
+
+/// What one projection takes from the round's read.
+struct Plan<'a> {
+    index: usize,
+    name: &'static str,
+    from: Position,
+    resets: u64,
+    events: Vec<&'a StoredEvent>,
+}
+
+/// One round; returns the position every projection it moved has reached.
+async fn round(inner: &Inner) -> Result<Position, ProjectionError> {
+    let live: Vec<usize> = (0..inner.projections.len())
+        .filter(|i| !inner.catching_up[*i].load(Ordering::SeqCst))
+        .collect();
+    let name = |i: usize| inner.projections[i].0.name();
+    let Some(from) = live.iter().map(|&i| inner.hub.current(name(i))).min() else {
+        return Ok(Position::ZERO);
+    };
+    let mut client = inner.pool.get().await?;
+    let limit = inner.opts.live_batch;
+    let filter = EventFilter {
+        event_types: union_of_types(inner, &live),
+        ..Default::default()
+    };
+    let read = eventstore::read_batch(&client, from, &filter, limit).await?;
+    if read.events.len() as i64 >= limit {
+        // More than one live batch behind: each runner catches up on its own.
+        inner.poke_all();
+        return Ok(from);
+    }
+    let reached = read.read_up_to(from, limit);
+    let moving: Vec<usize> = live
+        .into_iter()
+        .filter(|&i| inner.hub.current(name(i)) < reached)
+        .collect();
+    if moving.is_empty() {
+        return Ok(reached);
+    }
+    let tx = client.transaction().await?;
+    let names: Vec<&str> = moving.iter().map(|&i| name(i)).collect();
+    let states = lock_states(&tx, &names).await?;
+    let mut plans = Vec::new();
+    for &i in &moving {
+        let Some(state) = states.iter().find(|s| s.name == name(i)) else {
+            continue;
+        };
+        if !state.locked || state.position >= reached {
+            continue; // another runner has it, or is already past
+        }
+        if state.failing || state.position < from {
+            inner.projections[i].1.notify_one(); // its runner knows what to do
+            continue;
+        }
+        let types = inner.projections[i].0.event_types();
+        let events = read
+            .events
+            .iter()
+            .filter(|e| e.position > state.position)
+            .filter(|e| types.as_ref().is_none_or(|t| t.contains(&e.event_type)))
+            .collect();
+        plans.push(Plan {
+            index: i,
+            name: name(i),
+            from: state.position,
+            resets: inner.hub.resets(name(i)),
+            events,
+        });
+    }
+    // Positions ride along with applied events only: a round that would move nothing but
+    // positions costs no transaction (the next applied event moves them all).
+    if plans.iter().all(|p| p.events.is_empty()) {
+        return Ok(reached);
+    }
+    apply_and_commit(inner, tx, &plans, reached).await
+}
+
+/// Applies every plan in the round's transaction, moves their positions and commits; on a
+/// failure rolls back and hands the projections to their runners.
+async fn apply_and_commit(
+    inner: &Inner,
+    tx: Transaction<'_>,
+    plans: &[Plan<'_>],
+    reached: Position,
+) -> Result<Position, ProjectionError> {
+    // The projections are independent: their statements go out pipelined on one connection.
+    let shared = &tx;
+    let applying = plans.iter().filter(|p| !p.events.is_empty()).map(|plan| {
+        let projection = &inner.projections[plan.index].0;
+        async move { (plan, projection.apply(shared, &plan.events).await) }
+    });
+    let results = futures::future::join_all(applying).await;
+    if let Some((plan, Err(e))) = results.into_iter().find(|(_, r)| r.is_err()) {
+        drop(tx); // rolled back
+        for p in plans {
+            inner.projections[p.index].1.notify_one();
+        }
+        return match e.class() {
+            FailureClass::Connection => Err(ProjectionError::Reduce {
+                projection: plan.name.into(),
+                source: e,
+            }),
+            _ => Ok(plans.iter().map(|p| p.from).min().unwrap_or_default()),
+        };
+    }
+    let moved = save_positions(&tx, plans, reached).await?;
+    if moved != plans.len() as u64 {
+        // A state row moved under us (read before its lock was ours): nothing of this round
+        // may stand.
+        drop(tx);
+        for p in plans {
+            inner.projections[p.index].1.notify_one();
+        }
+        return Ok(plans.iter().map(|p| p.from).min().unwrap_or_default());
+    }
+    tx.commit().await?;
+    for plan in plans {
+        if !plan.events.is_empty() {
+            inner.hub.applied(plan.name);
+        }
+        inner.hub.publish_since(plan.name, reached, plan.resets);
+    }
+    inner.commits.send_modify(|n| *n += 1);
+    Ok(reached)
+}
+
+fn union_of_types(inner: &Inner, live: &[usize]) -> Option<Vec<String>> {
+    let mut all = Vec::new();
+    for &i in live {
+        all.extend(inner.projections[i].0.event_types()?);
+    }
+    all.sort();
+    all.dedup();
+    Some(all)
+}
+
+struct LockedState {
+    name: String,
+    locked: bool,
+    position: Position,
+    failing: bool,
+}
+
+/// Tries each projection's lock and reads its state and whether events ahead of it are
+/// failing, in one statement; the batch's commit is made asynchronous on the way (a read
+/// model is derived data: a lost batch is applied again). The state may be read just before
+/// its lock was ours; [`save_positions`] moves only rows still where they were read.
+async fn lock_states(
+    tx: &Transaction<'_>,
+    names: &[&str],
+) -> Result<Vec<LockedState>, ProjectionError> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT s.name, \
+                    pg_try_advisory_xact_lock(hashtextextended('portcullis.projection/' || s.name, 0)), \
+                    s.position_tx, s.position_seq, \
+                    EXISTS (SELECT 1 FROM projections.failed_events f WHERE f.projection = s.name \
+                              AND (f.event_tx, f.event_seq) > (s.position_tx, s.position_seq)), \
+                    set_config('synchronous_commit', 'off', true) IS NOT NULL \
+               FROM projections.projection_states s WHERE s.name = ANY($1) ORDER BY s.name",
+        )
+        .await?;
+    let rows = tx.query(&stmt, &[&names]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| LockedState {
+            name: r.get(0),
+            locked: r.get(1),
+            position: Position::from_sql(r.get(2), r.get(3)),
+            failing: r.get(4),
+        })
+        .collect())
+}
+
+/// Moves every planned projection to `reached`, each only if its row is still at the
+/// position the plan started from; returns how many moved.
+fn last<'a>(p: &Plan<'a>) -> Option<&'a StoredEvent> {
+    p.events.last().copied()
+}
+
+async fn save_positions(
+    tx: &Transaction<'_>,
+    plans: &[Plan<'_>],
+    reached: Position,
+) -> Result<u64, ProjectionError> {
+    let names: Vec<&str> = plans.iter().map(|p| p.name).collect();
+    let from_tx: Vec<i64> = plans.iter().map(|p| p.from.tx_sql()).collect();
+    let from_seq: Vec<i64> = plans.iter().map(|p| p.from.seq).collect();
+    let applied: Vec<i64> = plans.iter().map(|p| p.events.len() as i64).collect();
+    let at: Vec<Option<DateTime<Utc>>> = plans
+        .iter()
+        .map(|p| last(p).map(|e| e.created_at))
+        .collect();
+    let atype: Vec<Option<&str>> = plans
+        .iter()
+        .map(|p| last(p).map(|e| e.aggregate.aggregate_type.as_str()))
+        .collect();
+    let aid: Vec<Option<Uuid>> = plans
+        .iter()
+        .map(|p| last(p).map(|e| e.aggregate.id))
+        .collect();
+    let version: Vec<Option<i64>> = plans
+        .iter()
+        .map(|p| last(p).map(|e| e.version as i64))
+        .collect();
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE projections.projection_states s \
+                SET position_tx = $2, position_seq = $3, updated_at = now(), \
+                    events_applied = s.events_applied + v.applied, \
+                    event_timestamp = coalesce(v.at, s.event_timestamp), \
+                    last_aggregate_type = coalesce(v.atype, s.last_aggregate_type), \
+                    last_aggregate_id = coalesce(v.aid, s.last_aggregate_id), \
+                    last_version = coalesce(v.version, s.last_version) \
+               FROM unnest($1::text[], $4::bigint[], $5::bigint[], $6::bigint[], \
+                           $7::timestamptz[], $8::text[], $9::uuid[], $10::bigint[]) \
+                    AS v(name, from_tx, from_seq, applied, at, atype, aid, version) \
+              WHERE s.name = v.name AND s.position_tx = v.from_tx AND s.position_seq = v.from_seq",
+        )
+        .await?;
+    Ok(tx
+        .execute(
+            &stmt,
+            &[
+                &names,
+                &reached.tx_sql(),
+                &reached.seq,
+                &from_tx,
+                &from_seq,
+                &applied,
+                &at,
+                &atype,
+                &aid,
+                &version,
+            ],
+        )
+        .await?)
+}
