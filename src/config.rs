@@ -1,4 +1,4 @@
-//! Configuration: command-line flags, each with an environment variable (DESIGN.md §7).
+//! Configuration: command-line flags, each with an environment variable (README, configuration).
 //! The README's configuration table lists the same variables.
 
 use std::net::SocketAddr;

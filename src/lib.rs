@@ -1,4 +1,4 @@
-//! Portcullis: a PostgreSQL-native, event-sourced identity service. See DESIGN.md for the
+//! Portcullis: a PostgreSQL-native, event-sourced identity service. See docs/ARCHITECTURE.md for the
 //! picture; each module below is one of its boxes.
 
 pub mod api;

@@ -1,5 +1,5 @@
 //! A dedicated LISTEN connection with reconnect: tokio-postgres only delivers notifications
-//! on a connection driven by hand, and a pooled client cannot LISTEN (DESIGN.md §3).
+//! on a connection driven by hand, and a pooled client cannot LISTEN (docs/ARCHITECTURE.md §4).
 //! Notifications are lost while it reconnects, so every (re)connect is announced and the
 //! consumer catches up by reading the database.
 

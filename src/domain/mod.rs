@@ -1,4 +1,4 @@
-//! The identity domain as commands and events (DESIGN.md §6): each command loads what it
+//! The identity domain as commands and events (docs/ARCHITECTURE.md §1): each command loads what it
 //! needs, validates, and pushes events with the expected version.
 
 pub mod group;

@@ -1,4 +1,4 @@
-//! Email verification (DESIGN.md §6): a code and a link token per request, only their hashes
+//! Email verification (README, email verification): a code and a link token per request, only their hashes
 //! in the event log, the plain values in an outbox row written in the same transaction,
 //! single use, expiry, a wrong-attempt limit and a resend limit, all against a `Clock`.
 

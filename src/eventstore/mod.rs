@@ -1,4 +1,4 @@
-//! The event store (DESIGN.md §2-3): append with version checks and unique values, read in
+//! The event store (docs/ARCHITECTURE.md §3-4): append with version checks and unique values, read in
 //! `(tx, seq)` order below the transaction horizon, wake readers on append.
 
 mod error;

@@ -3,7 +3,7 @@ use std::str::FromStr;
 
 /// A point in the global event order: the writing transaction's id (plus the restore offset)
 /// and the row's sequence number inside it. Compared lexicographically, so it is safe against
-/// transactions that commit out of order (DESIGN.md §2). Shown to people as `tx/seq`.
+/// transactions that commit out of order (docs/ARCHITECTURE.md §3). Shown to people as `tx/seq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Position {
     pub tx: u64,

@@ -1,6 +1,7 @@
-//! The runner (DESIGN.md §4): per projection, wake on an in-process signal, a NOTIFY from
-//! another process or a slow tick; take the projection's lock; read a bounded batch below the
-//! horizon; apply it; move the position in the same transaction; publish; repeat while full.
+//! The runner (docs/ARCHITECTURE.md §5): per projection, woken by the live round, a poke,
+//! a listener reconnect or a slow tick; takes the projection's lock, reads a bounded batch
+//! below the horizon, applies it (isolating failing events), moves the position in the same
+//! transaction, publishes, and repeats while batches come back full.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,6 +1,6 @@
 //! ProgressHub: one LISTEN connection per process on `projection_progress` and a watch
 //! channel per projection. A waiter subscribes, then checks, then awaits: no queries in the
-//! steady state, and no wake-up can slip between the check and the wait (DESIGN.md §5).
+//! steady state, and no wake-up can slip between the check and the wait (docs/ARCHITECTURE.md §6).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

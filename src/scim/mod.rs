@@ -1,4 +1,4 @@
-//! The SCIM 2.0 API (RFC 7643/7644, `SCIM.md`) under `/scim/v2/{org_id}/`: bearer tokens of
+//! The SCIM 2.0 API (RFC 7643/7644, the README's SCIM section) under `/scim/v2/{org_id}/`: bearer tokens of
 //! the org, read-your-writes on every response, errors as SCIM error bodies.
 
 mod bulk;

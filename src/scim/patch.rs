@@ -1,5 +1,5 @@
 //! PATCH (RFC 7644 §3.5.2) on a canonical document, with the quirks real clients send
-//! (SCIM.md): operations apply to a copy, so a failing operation changes nothing.
+//! (README, SCIM): operations apply to a copy, so a failing operation changes nothing.
 
 use serde_json::{Map, Value};
 

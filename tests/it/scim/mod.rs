@@ -1,4 +1,4 @@
-//! SCIM contract tests over real HTTP (SCIM.md, row by row), plus read-your-writes,
+//! SCIM contract tests over real HTTP (the README's SCIM contract, row by row), plus read-your-writes,
 //! concurrency and tenant isolation.
 
 mod bulk;
