@@ -23,6 +23,8 @@ pub(super) async fn run(inner: Arc<Inner>, mut remote: watch::Receiver<RemoteWak
     let mut local = inner.store.subscribe();
     let mut commits = inner.commits.subscribe();
     let mut target = Position::ZERO;
+    // Where the last round read up to: a commit announced below it was in that read.
+    let mut read_up_to = Position::ZERO;
     let mut horizon_wait = Duration::from_millis(1);
     let mut errors = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
@@ -31,6 +33,7 @@ pub(super) async fn run(inner: Arc<Inner>, mut remote: watch::Receiver<RemoteWak
         match round(&inner).await {
             Ok(reached) => {
                 errors.reset();
+                read_up_to = reached;
                 if reached < target {
                     // An open transaction holds the horizon below what we were told exists:
                     // ours wake us when they end, another process's are waited out.
@@ -64,9 +67,9 @@ pub(super) async fn run(inner: Arc<Inner>, mut remote: watch::Receiver<RemoteWak
                         break;
                     }
                     let announced = remote.borrow_and_update().position;
+                    target = target.max(announced);
                     // Our own commits come back this way too: only news wakes a round.
-                    if announced > target {
-                        target = announced;
+                    if announced >= read_up_to {
                         break;
                     }
                 }
