@@ -359,12 +359,23 @@ async fn act(
     let p = crate::projections::by_name(&name)
         .ok_or_else(|| ApiError::NotFound(format!("no projection {name:?}")))?;
     let notice = match action.as_str() {
+        // Through this process's projector when it runs one: it rewinds the hub (so no
+        // stale position is published) and wakes the runner at once.
         "reset" => {
-            projection::reset(&state.pool, &*p).await?;
+            match &state.projector {
+                Some(projector) => projector.reset(p.name()).await?,
+                None => {
+                    projection::reset(&state.pool, &*p).await?;
+                    state.hub.rewound(p.name());
+                }
+            }
             format!("{name} was reset and is being rebuilt")
         }
         "retry-failed" => {
-            let r = projection::retry_failed(&state.pool, &*p, &*state.clock).await?;
+            let r = match &state.projector {
+                Some(projector) => projector.retry_failed(p.name()).await?,
+                None => projection::retry_failed(&state.pool, &*p, &*state.clock).await?,
+            };
             format!(
                 "{name}: {} event(s) applied, {} still failing",
                 r.applied, r.still_failing
