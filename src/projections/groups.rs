@@ -6,7 +6,7 @@ use deadpool_postgres::Transaction;
 use serde_json::Map;
 use uuid::Uuid;
 
-use super::rows::{to_load, Changes, Rows};
+use super::rows::{self, to_load, Changes, Rows};
 use super::text;
 use crate::domain::{apply_change, group, user};
 use crate::eventstore::StoredEvent;
@@ -124,27 +124,19 @@ impl Projection for Groups {
 }
 
 async fn load(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<Rows<Uuid, GroupRow>, ReduceError> {
-    if ids.is_empty() {
-        return Ok(Rows::loaded([]));
-    }
-    let stmt = tx
-        .prepare_cached(
-            "SELECT group_id, org_id, display_name, external_id, version, created_at, updated_at \
-               FROM projections.groups WHERE group_id = ANY($1)",
-        )
-        .await?;
-    let rows = tx.query(&stmt, &[&ids]).await?;
-    Ok(Rows::loaded(rows.iter().map(|r| {
-        let row = GroupRow {
+    let sql = "SELECT group_id, org_id, display_name, external_id, version, created_at, \
+                      updated_at FROM projections.groups WHERE group_id = ANY($1)";
+    rows::load(tx, sql, ids, |r| {
+        Ok(GroupRow {
             org_id: r.get(1),
             display_name: r.get(2),
             external_id: r.get(3),
             version: r.get(4),
             created_at: r.get(5),
             updated_at: r.get(6),
-        };
-        (r.get(0), row)
-    })))
+        })
+    })
+    .await
 }
 
 fn member_id(event: &StoredEvent) -> Result<Uuid, ReduceError> {

@@ -3,7 +3,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
-use super::rows::{to_load, Rows};
+use super::rows::{self, to_load};
 use crate::domain::org;
 use crate::eventstore::StoredEvent;
 use crate::projection::{Projection, ReduceError};
@@ -40,24 +40,17 @@ impl Projection for Orgs {
         tx: &Transaction<'_>,
         events: &[&StoredEvent],
     ) -> Result<(), ReduceError> {
+        let sql = "SELECT org_id, name, created_at, verify_email_on_change \
+                     FROM projections.orgs WHERE org_id = ANY($1)";
         let ids = to_load(events, &[org::ADDED]);
-        let mut rows = Rows::loaded([]);
-        if !ids.is_empty() {
-            let stmt = tx
-                .prepare_cached(
-                    "SELECT org_id, name, created_at, verify_email_on_change \
-                       FROM projections.orgs WHERE org_id = ANY($1)",
-                )
-                .await?;
-            rows = Rows::loaded(tx.query(&stmt, &[&ids]).await?.iter().map(|r| {
-                let row = OrgRow {
-                    name: r.get(1),
-                    created_at: r.get(2),
-                    verify_email_on_change: r.get(3),
-                };
-                (r.get::<_, Uuid>(0), row)
-            }));
-        }
+        let mut rows = rows::load(tx, sql, &ids, |r| {
+            Ok(OrgRow {
+                name: r.get(1),
+                created_at: r.get(2),
+                verify_email_on_change: r.get(3),
+            })
+        })
+        .await?;
         for event in events {
             let id = event.aggregate.id;
             if event.event_type == org::SETTINGS_CHANGED {

@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
+use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
 use crate::eventstore::StoredEvent;
+use crate::projection::ReduceError;
 
 struct Slot<V> {
     /// The row is in the table (loaded before the batch).
@@ -97,4 +99,23 @@ pub(crate) fn to_load(events: &[&StoredEvent], created: &[&str]) -> Vec<Uuid> {
         .filter(|e| seen.insert(e.aggregate.id) && !created.contains(&e.event_type.as_str()))
         .map(|e| e.aggregate.id)
         .collect()
+}
+
+/// Loads the rows of `ids` in one query: `sql` selects them by `= ANY($1)`, the key first;
+/// `row` makes each into the batch's row type.
+pub(crate) async fn load<V>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    ids: &[Uuid],
+    row: impl Fn(&tokio_postgres::Row) -> Result<V, ReduceError>,
+) -> Result<Rows<Uuid, V>, ReduceError> {
+    if ids.is_empty() {
+        return Ok(Rows::loaded([]));
+    }
+    let stmt = tx.prepare_cached(sql).await?;
+    let mut loaded = Vec::with_capacity(ids.len());
+    for r in tx.query(&stmt, &[&ids]).await? {
+        loaded.push((r.get(0), row(&r)?));
+    }
+    Ok(Rows::loaded(loaded))
 }

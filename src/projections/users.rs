@@ -4,7 +4,7 @@ use deadpool_postgres::Transaction;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::rows::{to_load, Changes, Rows};
+use super::rows::{self, to_load, Changes, Rows};
 use super::text;
 use crate::domain::{apply_change, user, verification};
 use crate::eventstore::StoredEvent;
@@ -68,21 +68,13 @@ impl Projection for Users {
 }
 
 async fn load(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<Rows<Uuid, UserRow>, ReduceError> {
-    if ids.is_empty() {
-        return Ok(Rows::loaded([]));
-    }
-    let stmt = tx
-        .prepare_cached(
-            "SELECT user_id, org_id, doc, verified_email, version, created_at, updated_at \
-               FROM projections.users WHERE user_id = ANY($1)",
-        )
-        .await?;
-    let mut loaded = Vec::with_capacity(ids.len());
-    for r in tx.query(&stmt, &[&ids]).await? {
+    let sql = "SELECT user_id, org_id, doc, verified_email, version, created_at, updated_at \
+                 FROM projections.users WHERE user_id = ANY($1)";
+    rows::load(tx, sql, ids, |r| {
         let Value::Object(doc) = r.get::<_, Value>(2) else {
             return Err("users.doc is not an object".into());
         };
-        let row = UserRow {
+        Ok(UserRow {
             org_id: r.get(1),
             doc,
             verified_email: r.get(3),
@@ -90,10 +82,9 @@ async fn load(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<Rows<Uuid, UserRow>,
             created_at: r.get(5),
             updated_at: r.get(6),
             emails: false,
-        };
-        loaded.push((r.get(0), row));
-    }
-    Ok(Rows::loaded(loaded))
+        })
+    })
+    .await
 }
 
 fn fold(rows: &mut Rows<Uuid, UserRow>, event: &StoredEvent) -> Result<(), ReduceError> {
