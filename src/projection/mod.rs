@@ -1,6 +1,7 @@
 //! The projection runtime (docs/ARCHITECTURE.md): runners that apply events to read models
 //! exactly once, their state in SQL, and waiting for a position without polling.
 
+mod failures;
 mod live;
 mod runner;
 mod state;
