@@ -30,7 +30,7 @@ pub(super) async fn run(inner: Arc<Inner>, mut remote: watch::Receiver<RemoteWak
     loop {
         let mut wake_in = inner.opts.fallback_tick;
         let mut behind = false;
-        match round(&inner).await {
+        match round(&inner, target).await {
             Ok(reached) => {
                 errors.reset();
                 read_up_to = reached;
@@ -93,8 +93,10 @@ struct Plan<'a> {
     events: Vec<&'a StoredEvent>,
 }
 
-/// One round; returns the position every projection it moved has reached.
-async fn round(inner: &Inner) -> Result<Position, ProjectionError> {
+/// One round; returns how far every live projection has got: the horizon it read to, or less
+/// when one of them could not be moved now (its lock was taken), so the loop comes back.
+/// `target` is the newest commit this process heard of.
+async fn round(inner: &Inner, target: Position) -> Result<Position, ProjectionError> {
     let live: Vec<usize> = (0..inner.projections.len())
         .filter(|i| !inner.catching_up[*i].load(Ordering::SeqCst))
         .collect();
@@ -126,12 +128,18 @@ async fn round(inner: &Inner) -> Result<Position, ProjectionError> {
     let names: Vec<&str> = moving.iter().map(|&i| name(i)).collect();
     let states = lock_states(&tx, &names).await?;
     let mut plans = Vec::new();
+    let mut held_back = reached;
     for &i in &moving {
         let Some(state) = states.iter().find(|s| s.name == name(i)) else {
             continue;
         };
-        if !state.locked || state.position >= reached {
-            continue; // another runner has it, or is already past
+        if state.position >= reached {
+            continue;
+        }
+        if !state.locked {
+            // A runner has it now; it may have read before the newest commit.
+            held_back = held_back.min(state.position);
+            continue;
         }
         if state.failing || state.position < from {
             inner.projections[i].1.notify_one(); // its runner knows what to do
@@ -152,12 +160,18 @@ async fn round(inner: &Inner) -> Result<Position, ProjectionError> {
             events,
         });
     }
-    // Positions ride along with applied events only: a round that would move nothing but
-    // positions costs no transaction (the next applied event moves them all).
-    if plans.iter().all(|p| p.events.is_empty()) {
-        return Ok(reached);
+    // Positions ride along with applied events: a round that would move nothing but
+    // positions costs no transaction, unless one of them is behind a commit someone may wait
+    // for (it missed the round that applied it).
+    if plans
+        .iter()
+        .all(|p| p.events.is_empty() && p.from >= target)
+    {
+        return Ok(held_back);
     }
-    apply_and_commit(inner, tx, &plans, reached).await
+    Ok(apply_and_commit(inner, tx, &plans, reached)
+        .await?
+        .min(held_back))
 }
 
 /// Applies every plan in the round's transaction, moves their positions and commits; on a

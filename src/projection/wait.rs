@@ -42,6 +42,9 @@ struct Inner {
     /// applied here or elsewhere, a reset, a reconnect), and the events_applied count last
     /// announced. A position that only moved to the horizon leaves the generation alone.
     changes: Mutex<HashMap<String, (u64, i64)>>,
+    /// Projections whose read model is incomplete: reset and not yet caught up with the log
+    /// as it was at the reset.
+    incomplete: Mutex<std::collections::HashSet<String>>,
     listener: Mutex<Option<JoinHandle<()>>>,
     task: Mutex<Option<JoinHandle<()>>>,
     connects: watch::Sender<u64>,
@@ -66,6 +69,7 @@ impl ProgressHub {
                 watches: Mutex::new(HashMap::new()),
                 resets: Mutex::new(HashMap::new()),
                 changes: Mutex::new(HashMap::new()),
+                incomplete: Mutex::new(Default::default()),
                 listener: Mutex::new(None),
                 task: Mutex::new(None),
                 connects,
@@ -112,7 +116,8 @@ impl ProgressHub {
         let client = pool.get().await?;
         let rows = client
             .query(
-                "SELECT name, position_tx, position_seq FROM projections.projection_states",
+                "SELECT name, position_tx, position_seq, complete_at_tx IS NOT NULL \
+                   FROM projections.projection_states",
                 &[],
             )
             .await?;
@@ -120,6 +125,7 @@ impl ProgressHub {
             let name: String = r.get(0);
             self.set(&name, Position::from_sql(r.get(1), r.get(2)));
             self.changed(&name, None);
+            self.mark_incomplete(&name, r.get(3));
         }
         Ok(())
     }
@@ -137,6 +143,30 @@ impl ProgressHub {
         }
     }
 
+    fn mark_incomplete(&self, name: &str, incomplete: bool) {
+        let mut set = self
+            .inner
+            .incomplete
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if incomplete {
+            set.insert(name.to_string());
+        } else {
+            set.remove(name);
+        }
+    }
+
+    /// Whether the projection's read model holds everything up to its position: false after
+    /// a reset until it has caught up with the log as it was then (reads must not use it).
+    pub fn is_complete(&self, name: &str) -> bool {
+        let set = self
+            .inner
+            .incomplete
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        !set.contains(name)
+    }
+
     /// A generation of the projection's read model: it changes whenever the model may have
     /// (for caches of it), not when the position only moved past events of other types.
     pub fn generation(&self, name: &str) -> u64 {
@@ -151,13 +181,17 @@ impl ProgressHub {
     }
 
     fn apply_notification(&self, payload: &str) {
-        // name/tx/seq/events_applied (name/tx/seq before V10); names contain no slash.
-        let mut parts = payload.splitn(4, '/');
+        // name/tx/seq/events_applied/incomplete (fewer fields before V10 and V11); names
+        // contain no slash.
+        let mut parts = payload.splitn(5, '/');
         let (Some(name), Some(tx), Some(seq)) = (parts.next(), parts.next(), parts.next()) else {
             return;
         };
         let applied = parts.next().and_then(|n| n.parse::<i64>().ok());
         self.changed(name, applied);
+        if let Some(flag) = parts.next() {
+            self.mark_incomplete(name, flag == "1");
+        }
         match format!("{tx}/{seq}").parse::<Position>() {
             // A reset rewinds to zero: the read model is empty again.
             Ok(Position::ZERO) => self.set(name, Position::ZERO),
@@ -183,6 +217,8 @@ impl ProgressHub {
             .entry(name.to_string())
             .or_default() += 1;
         self.changed(name, None);
+        // Until its own NOTIFY says how far the log went at the reset.
+        self.mark_incomplete(name, true);
         self.set(name, Position::ZERO);
     }
 

@@ -41,6 +41,9 @@ pub enum ScimError {
         error: WaitError,
         position: crate::eventstore::Position,
     },
+    /// A read model was reset and is filling up again: any answer from it could be partial.
+    #[error("the {0} read model was reset and is being rebuilt; try again shortly")]
+    Incomplete(&'static str),
     #[error(transparent)]
     Domain(DomainError),
     #[error("database pool: {0}")]
@@ -82,9 +85,9 @@ impl ScimError {
             ScimError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ScimError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ScimError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            ScimError::NotCaughtUp(_) | ScimError::NotVisibleYet { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ScimError::NotCaughtUp(_)
+            | ScimError::NotVisibleYet { .. }
+            | ScimError::Incomplete(_) => StatusCode::SERVICE_UNAVAILABLE,
             ScimError::Domain(_) | ScimError::Pool(_) | ScimError::Db(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -161,6 +164,11 @@ impl IntoResponse for ScimError {
             if let Ok(p) = HeaderValue::from_str(&position.to_string()) {
                 res.headers_mut().insert(super::POSITION_HEADER, p);
             }
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Every 503 here passes: a client that retries after a second gets an answer.
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if status == StatusCode::UNAUTHORIZED {
             res.headers_mut()

@@ -244,6 +244,16 @@ pub async fn wait(state: &AppState, position: Option<Position>) -> Result<(), Sc
     Ok(())
 }
 
+/// What a read needs first: its Min-Position reached, and no read model it answers from
+/// half-built after a reset (a 503 with Retry-After then, never a partial answer).
+pub async fn wait_for_read(state: &AppState, position: Option<Position>) -> Result<(), ScimError> {
+    wait(state, position).await?;
+    match READ_MODELS.into_iter().find(|m| !state.hub.is_complete(m)) {
+        Some(model) => Err(ScimError::Incomplete(model)),
+        None => Ok(()),
+    }
+}
+
 async fn wait_after_write(state: &AppState, position: Position) -> Result<(), ScimError> {
     match wait(state, Some(position)).await {
         Err(ScimError::NotCaughtUp(error)) => Err(ScimError::NotVisibleYet { error, position }),
@@ -388,7 +398,7 @@ async fn list(
     q: HashMap<String, String>,
 ) -> Result<Response, ScimError> {
     let lq = list_query(|k| params(&q, k).map(Value::String))?;
-    wait(&state, min).await?;
+    wait_for_read(&state, min).await?;
     let client = state.pool.get().await?;
     let page = read::list(&client, rt, &ctx, &lq, &selection(rt, &q)).await?;
     Ok(ScimJson(list_response(page, &lq)).into_response())
@@ -450,7 +460,7 @@ async fn search(
     body: Value,
 ) -> Result<Response, ScimError> {
     let (q, attrs, excluded) = search_request(&body)?;
-    wait(&state, min).await?;
+    wait_for_read(&state, min).await?;
     let client = state.pool.get().await?;
     let page = match rt {
         Some(rt) => {
@@ -500,7 +510,7 @@ async fn get_one(
 ) -> Result<Response, ScimError> {
     let not_found = || ScimError::NotFound(format!("{} {id} not found", rt.name));
     let uid: Uuid = id.parse().map_err(|_| not_found())?;
-    wait(&state, min).await?;
+    wait_for_read(&state, min).await?;
     let client = state.pool.get().await?;
     if let Some(inm) = headers
         .get(header::IF_NONE_MATCH)

@@ -106,3 +106,62 @@ async fn a_bad_event_of_one_org_is_dead_lettered_at_once_and_another_org_writes_
     assert!(f[0].dead_lettered_at.is_some());
     assert!(f[0].error.contains("index row"), "{}", f[0].error);
 }
+
+#[tokio::test]
+async fn while_a_reset_model_is_behind_reads_answer_503_never_a_partial_200() {
+    let db = TestDb::new().await;
+    let s = Scim::new(&db).await;
+    let mut id = String::new();
+    for i in 0..30 {
+        id = s.user(&format!("r{i}"), json!({})).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    }
+    // Holding the projection's lock keeps every runner from refilling the model, so the
+    // incomplete state lasts as long as the test needs.
+    let dba = db.client().await;
+    dba.batch_execute(
+        "SELECT pg_advisory_lock(hashtextextended('portcullis.projection/users', 0)); \
+         SELECT projections.reset('users');",
+    )
+    .await
+    .unwrap();
+    let hub = s.app.state.hub.clone();
+    crate::support::eventually(
+        "the hub hears of the reset",
+        std::time::Duration::from_secs(10),
+        || {
+            let incomplete = !hub.is_complete("users");
+            async move { incomplete.then_some(()) }
+        },
+    )
+    .await;
+    for path in [
+        "/Users?count=0".to_string(),
+        format!("/Users/{id}"),
+        "/Users?filter=userName%20eq%20%22r1%22".to_string(),
+    ] {
+        let r = s.get(&path).await;
+        r.assert_error(503, None);
+        assert_eq!(r.header("retry-after"), Some("1"), "{path}");
+    }
+    dba.batch_execute(
+        "SELECT pg_advisory_unlock(hashtextextended('portcullis.projection/users', 0))",
+    )
+    .await
+    .unwrap();
+    let total = crate::support::eventually(
+        "the model is complete again",
+        std::time::Duration::from_secs(30),
+        || async {
+            let r = s.get("/Users?count=0").await;
+            (r.status == 200).then(|| r.body["totalResults"].clone())
+        },
+    )
+    .await;
+    assert_eq!(
+        total, 30,
+        "the first 200 after the reset is the whole model"
+    );
+}
