@@ -255,7 +255,8 @@ async fn lock_states(
                     s.position_tx, s.position_seq, \
                     EXISTS (SELECT 1 FROM projections.failed_events f WHERE f.projection = s.name \
                               AND (f.event_tx, f.event_seq) > (s.position_tx, s.position_seq)), \
-                    set_config('synchronous_commit', 'off', true) IS NOT NULL \
+                    set_config('synchronous_commit', 'off', true) IS NOT NULL, \
+                    set_config('search_path', 'projections, public', true) IS NOT NULL \
                FROM projections.projection_states s WHERE s.name = ANY($1) ORDER BY s.name",
         )
         .await?;

@@ -446,7 +446,7 @@ async fn lock_and_load(
     // position (state and model move together), so its commit need not wait for the flush.
     // Prepared once per connection, and pipelined: a live batch is a handful of round trips.
     let (set_async, try_lock, load_state, load_failures) = futures::try_join!(
-        tx.prepare_cached("SET LOCAL synchronous_commit = off"),
+        tx.prepare_cached(super::LIVE_SESSION_SQL),
         tx.prepare_cached(TRY_LOCK_SQL),
         tx.prepare_cached(
             "SELECT position_tx, position_seq FROM projections.projection_states WHERE name = $1"

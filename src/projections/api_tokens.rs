@@ -59,7 +59,7 @@ impl Projection for ApiTokens {
         if !ids.is_empty() {
             let stmt = tx
                 .prepare_cached(
-                    "INSERT INTO projections.api_tokens \
+                    "INSERT INTO api_tokens \
                      (token_id, org_id, scope, name, token_hash, created_at) \
                      SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], \
                                           $5::text[], $6::timestamptz[])",
@@ -71,7 +71,7 @@ impl Projection for ApiTokens {
         if !revoked.is_empty() {
             let stmt = tx
                 .prepare_cached(
-                    "UPDATE projections.api_tokens t SET revoked_at = v.at \
+                    "UPDATE api_tokens t SET revoked_at = v.at \
                        FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, at) \
                       WHERE t.token_id = v.id",
                 )

@@ -46,7 +46,7 @@ impl Projection for EventCounts {
         }
         let stmt = tx
             .prepare_cached(
-                "INSERT INTO projections.event_counts AS c (org_id, event_type, events, last_position) \
+                "INSERT INTO event_counts AS c (org_id, event_type, events, last_position) \
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[]) \
                  ON CONFLICT (org_id, event_type) DO UPDATE \
                     SET events = c.events + EXCLUDED.events, last_position = EXCLUDED.last_position",

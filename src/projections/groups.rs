@@ -125,7 +125,7 @@ impl Projection for Groups {
 
 async fn load(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<Rows<Uuid, GroupRow>, ReduceError> {
     let sql = "SELECT group_id, org_id, display_name, external_id, version, created_at, \
-                      updated_at FROM projections.groups WHERE group_id = ANY($1)";
+                      updated_at FROM groups WHERE group_id = ANY($1)";
     rows::load(tx, sql, ids, |r| {
         Ok(GroupRow {
             org_id: r.get(1),
@@ -220,14 +220,14 @@ async fn write(
 ) -> Result<(), ReduceError> {
     if !members.gone.is_empty() {
         let stmt = tx
-            .prepare_cached("DELETE FROM projections.group_members WHERE member_id = ANY($1)")
+            .prepare_cached("DELETE FROM group_members WHERE member_id = ANY($1)")
             .await?;
         tx.execute(&stmt, &[&members.gone]).await?;
     }
     if !changes.deleted.is_empty() {
         // Their members go with them (ON DELETE CASCADE).
         let stmt = tx
-            .prepare_cached("DELETE FROM projections.groups WHERE group_id = ANY($1)")
+            .prepare_cached("DELETE FROM groups WHERE group_id = ANY($1)")
             .await?;
         tx.execute(&stmt, &[&changes.deleted]).await?;
     }
@@ -246,14 +246,14 @@ async fn write_groups(
         (
             &changes.inserted,
             format!(
-                "INSERT INTO projections.groups (group_id, org_id, display_name, external_id, \
+                "INSERT INTO groups (group_id, org_id, display_name, external_id, \
                  version, created_at, updated_at) SELECT * FROM {UNNEST}"
             ),
         ),
         (
             &changes.updated,
             format!(
-                "UPDATE projections.groups g SET display_name = v.display_name, \
+                "UPDATE groups g SET display_name = v.display_name, \
                  external_id = v.external_id, version = v.version, updated_at = v.updated_at \
                  FROM {UNNEST} WHERE g.group_id = v.group_id"
             ),
@@ -311,7 +311,7 @@ async fn write_members(tx: &Transaction<'_>, members: Memberships) -> Result<(),
     if !del_g.is_empty() {
         let stmt = tx
             .prepare_cached(
-                "DELETE FROM projections.group_members m \
+                "DELETE FROM group_members m \
                   USING unnest($1::uuid[], $2::uuid[]) AS v(group_id, member_id) \
                   WHERE m.group_id = v.group_id AND m.member_id = v.member_id",
             )
@@ -321,7 +321,7 @@ async fn write_members(tx: &Transaction<'_>, members: Memberships) -> Result<(),
     if !groups.is_empty() {
         let stmt = tx
             .prepare_cached(
-                "INSERT INTO projections.group_members (group_id, member_id, org_id, member_type, added_at) \
+                "INSERT INTO group_members (group_id, member_id, org_id, member_type, added_at) \
                  SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[]) \
                  ON CONFLICT DO NOTHING",
             )

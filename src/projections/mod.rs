@@ -1,4 +1,6 @@
 //! The read models. Each is a [`Projection`] kept by the runtime in `crate::projection`.
+//! Their SQL names tables without a schema: the runtime sets `search_path` to `projections`
+//! for the live model, and to `projections_rebuild` while a rebuild builds a copy beside it.
 
 mod api_tokens;
 mod event_counts;

@@ -41,7 +41,7 @@ impl Projection for Orgs {
         events: &[&StoredEvent],
     ) -> Result<(), ReduceError> {
         let sql = "SELECT org_id, name, created_at, verify_email_on_change \
-                     FROM projections.orgs WHERE org_id = ANY($1)";
+                     FROM orgs WHERE org_id = ANY($1)";
         let ids = to_load(events, &[org::ADDED]);
         let mut rows = rows::load(tx, sql, &ids, |r| {
             Ok(OrgRow {
@@ -76,12 +76,12 @@ impl Projection for Orgs {
         let statements = [
             (
                 &changes.inserted,
-                "INSERT INTO projections.orgs (org_id, name, created_at, verify_email_on_change) \
+                "INSERT INTO orgs (org_id, name, created_at, verify_email_on_change) \
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::bool[])",
             ),
             (
                 &changes.updated,
-                "UPDATE projections.orgs o SET verify_email_on_change = v.verify \
+                "UPDATE orgs o SET verify_email_on_change = v.verify \
                    FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::bool[]) \
                         AS v(id, name, created_at, verify) \
                   WHERE o.org_id = v.id",

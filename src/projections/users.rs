@@ -69,7 +69,7 @@ impl Projection for Users {
 
 async fn load(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<Rows<Uuid, UserRow>, ReduceError> {
     let sql = "SELECT user_id, org_id, doc, verified_email, version, created_at, updated_at \
-                 FROM projections.users WHERE user_id = ANY($1)";
+                 FROM users WHERE user_id = ANY($1)";
     rows::load(tx, sql, ids, |r| {
         let Value::Object(doc) = r.get::<_, Value>(2) else {
             return Err("users.doc is not an object".into());
@@ -237,14 +237,14 @@ async fn write(tx: &Transaction<'_>, changes: Changes<Uuid, UserRow>) -> Result<
     if !changes.deleted.is_empty() {
         // user_emails rows go with them (ON DELETE CASCADE).
         let stmt = tx
-            .prepare_cached("DELETE FROM projections.users WHERE user_id = ANY($1)")
+            .prepare_cached("DELETE FROM users WHERE user_id = ANY($1)")
             .await?;
         tx.execute(&stmt, &[&changes.deleted]).await?;
     }
     if !changes.inserted.is_empty() {
         let stmt = tx
             .prepare_cached(&format!(
-                "INSERT INTO projections.users (user_id, org_id, user_name, external_id, \
+                "INSERT INTO users (user_id, org_id, user_name, external_id, \
                  display_name, active, doc, version, created_at, updated_at, verified_email) \
                  SELECT * FROM {UNNEST_USERS}"
             ))
@@ -255,7 +255,7 @@ async fn write(tx: &Transaction<'_>, changes: Changes<Uuid, UserRow>) -> Result<
     if !changes.updated.is_empty() {
         let stmt = tx
             .prepare_cached(&format!(
-                "UPDATE projections.users u SET user_name = v.user_name, \
+                "UPDATE users u SET user_name = v.user_name, \
                  external_id = v.external_id, display_name = v.display_name, active = v.active, \
                  doc = v.doc, version = v.version, updated_at = v.updated_at, \
                  verified_email = v.verified_email \
@@ -280,7 +280,7 @@ async fn write_emails(
         .collect();
     if !rewritten.is_empty() {
         let stmt = tx
-            .prepare_cached("DELETE FROM projections.user_emails WHERE user_id = ANY($1)")
+            .prepare_cached("DELETE FROM user_emails WHERE user_id = ANY($1)")
             .await?;
         tx.execute(&stmt, &[&rewritten]).await?;
     }
@@ -295,7 +295,7 @@ async fn write_emails(
     }
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO projections.user_emails (user_id, org_id, ord, value, type, is_primary, display) \
+            "INSERT INTO user_emails (user_id, org_id, ord, value, type, is_primary, display) \
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::bool[], $7::text[])",
         )
         .await?;
