@@ -127,8 +127,17 @@ pub enum ProjectionsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Empty a projection's read model and replay it from the first event. A running service
-    /// keeps serving and rebuilds it at once.
+    /// Rebuild a projection's read model without downtime: a running service builds a new
+    /// copy beside the live one from the first event and swaps it in when it has caught up.
+    /// Reads and writes go on against the live copy meanwhile; `status` shows the progress.
+    Rebuild {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The projection's name (see `status`).
+        name: String,
+    },
+    /// Empty a projection's read model and replay it from the first event (for DBAs: until it
+    /// has caught up, SCIM reads answer 503). `rebuild` does the same without downtime.
     Reset {
         #[command(flatten)]
         db: DbArgs,

@@ -207,10 +207,30 @@ async fn projections(cmd: ProjectionsCommand) -> Result<(), BoxError> {
                     p.dead_lettered,
                     p.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
                 );
+                if let Some(r) = &p.rebuild {
+                    println!(
+                        "{:<20} rebuilding: {} events to go, about {:.0} s",
+                        "",
+                        r.events_behind,
+                        r.eta_seconds.unwrap_or(f64::NAN)
+                    );
+                }
             }
             println!(
                 "oldest transaction holding the horizon: {:.1} s",
                 report.horizon_age_seconds
+            );
+            Ok(())
+        }
+        ProjectionsCommand::Rebuild { db, name } => {
+            find(&name)?;
+            let client = pool(&db)?.get().await?;
+            client
+                .execute("SELECT projections.request_rebuild($1)", &[&name])
+                .await?;
+            println!(
+                "rebuild of {name} requested: the running service builds a new copy and swaps it in \
+                 when it has caught up (see `portcullis projections status`)"
             );
             Ok(())
         }

@@ -3,6 +3,7 @@
 
 mod failures;
 mod live;
+mod rebuild;
 mod runner;
 mod state;
 mod wait;
@@ -16,7 +17,7 @@ pub use runner::{Projector, RunnerOptions};
 pub use state::{
     acknowledge_failed, failed_events, health, lag, last_event_timestamp, parse_lag_overrides,
     reset, retry_failed, state, states, FailedEvent, HealthReport, Lag, ProjectionHealth,
-    ProjectionState, RetryReport, Thresholds,
+    ProjectionState, RebuildProgress, RetryReport, Thresholds,
 };
 pub use wait::{ProgressHub, WaitError, PROGRESS_CHANNEL};
 

@@ -78,6 +78,8 @@ pub(super) struct Inner {
     /// Bumped after every batch commit: a runner whose read stopped short of the horizon
     /// may have been held back by that transaction.
     pub(super) commits: watch::Sender<u64>,
+    /// Bumped when a rebuild is asked for, here or in another process.
+    pub(super) rebuilds: watch::Sender<u64>,
 }
 
 impl Inner {
@@ -152,27 +154,38 @@ impl Projector {
                 .map(|p| (p, Arc::new(Notify::new())))
                 .collect(),
             commits: watch::channel(0).0,
+            rebuilds: watch::channel(0).0,
         });
         let (remote_tx, remote_rx) = watch::channel(RemoteWake::default());
-        let (mut events, listener_task) =
-            listener::spawn(url.to_string(), vec![EVENTS_CHANNEL.into()], "projector");
+        let channels = vec![EVENTS_CHANNEL.into(), super::rebuild::CHANNEL.into()];
+        let (mut events, listener_task) = listener::spawn(url.to_string(), channels, "projector");
         let mut tasks = vec![listener_task];
+        let woken = inner.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(ev) = events.recv().await {
-                remote_tx.send_modify(|w| match ev {
-                    ListenEvent::Connected => w.connects += 1,
+                match ev {
+                    ListenEvent::Notification { channel, .. }
+                        if channel == super::rebuild::CHANNEL =>
+                    {
+                        woken.rebuilds.send_modify(|n| *n += 1)
+                    }
+                    ListenEvent::Connected => {
+                        woken.rebuilds.send_modify(|n| *n += 1);
+                        remote_tx.send_modify(|w| w.connects += 1)
+                    }
                     ListenEvent::Notification { payload, .. } => {
                         if let Ok(p) = payload.parse::<Position>() {
-                            w.position = w.position.max(p);
+                            remote_tx.send_modify(|w| w.position = w.position.max(p));
                         }
                     }
-                });
+                }
             }
         }));
         for i in 0..inner.projections.len() {
             tasks.push(tokio::spawn(run(inner.clone(), i, remote_rx.clone())));
         }
         tasks.push(tokio::spawn(super::live::run(inner.clone(), remote_rx)));
+        tasks.push(tokio::spawn(super::rebuild::run(inner.clone())));
         Ok(Projector { inner, tasks })
     }
 
@@ -208,6 +221,17 @@ impl Projector {
         state::reset(&self.inner.pool, &*p).await?;
         self.inner.hub.rewound(name);
         self.poke(name);
+        Ok(())
+    }
+
+    /// Starts a blue/green rebuild of the projection (projections.request_rebuild): a copy
+    /// of its read model built beside the live one and swapped in when caught up.
+    pub async fn rebuild(&self, name: &str) -> Result<(), ProjectionError> {
+        let p = self
+            .projection(name)
+            .ok_or_else(|| ProjectionError::Unknown(name.into()))?;
+        super::rebuild::request(&self.inner.pool, p.name()).await?;
+        self.inner.rebuilds.send_modify(|n| *n += 1);
         Ok(())
     }
 

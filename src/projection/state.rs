@@ -159,6 +159,16 @@ pub struct ProjectionHealth {
     pub dead_lettered: i64,
     pub status: String,
     pub updated_at: DateTime<Utc>,
+    /// A blue/green rebuild under way.
+    pub rebuild: Option<RebuildProgress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RebuildProgress {
+    /// Events of its types the copy has still to read.
+    pub events_behind: i64,
+    /// Seconds until caught up, at the pace so far.
+    pub eta_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -172,7 +182,8 @@ pub async fn health<C: GenericClient>(client: &C) -> Result<HealthReport, Projec
     let rows = client
         .query(
             "SELECT name, position, events_behind, seconds_behind, failed, dead_lettered, status, \
-                    updated_at, horizon_age_seconds FROM projections.health ORDER BY name",
+                    updated_at, horizon_age_seconds, rebuilding, rebuild_events_behind, \
+                    rebuild_eta_seconds FROM projections.health ORDER BY name",
             &[],
         )
         .await?;
@@ -190,6 +201,10 @@ pub async fn health<C: GenericClient>(client: &C) -> Result<HealthReport, Projec
                 dead_lettered: r.get(5),
                 status: r.get(6),
                 updated_at: r.get(7),
+                rebuild: r.get::<_, bool>(9).then(|| RebuildProgress {
+                    events_behind: r.get(10),
+                    eta_seconds: r.get(11),
+                }),
             }
         })
         .collect();

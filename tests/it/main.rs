@@ -11,6 +11,7 @@ mod http;
 mod ops;
 mod projections;
 mod read_models;
+mod rebuild;
 mod restore;
 mod scim;
 mod tokens;

@@ -1,0 +1,245 @@
+//! Blue/green rebuilds (projections.rebuilds): the builder fills a copy of a projection's
+//! read model in `projections_rebuild` from the start of the log, in catch-up batches, while
+//! the live model goes on serving and following writes; once the copy has caught up it takes
+//! the projection's lock, applies what the live model got meanwhile, and swaps the copy in
+//! (projections.swap_rebuild) in one transaction. Progress is in the table, so a restarted
+//! service resumes, and a lock per rebuild lets only one process build at a time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Pool, Transaction};
+
+use super::failures::isolate;
+use super::runner::{Inner, Progress};
+use super::{FailureClass, Projection, ProjectionError};
+use crate::eventstore::{self, EventFilter, Position};
+use crate::listener::Backoff;
+
+/// Woken when a rebuild is asked for.
+pub(crate) const CHANNEL: &str = "projection_rebuild";
+
+/// The builder's session: the copy's schema first, and an asynchronous commit as for any
+/// batch of derived data. One builder per rebuild across processes.
+const LOCK_SQL: &str =
+    "SELECT pg_try_advisory_xact_lock(hashtextextended('portcullis.rebuild/' || $1, 0)), \
+     set_config('search_path', 'projections_rebuild, public', true), \
+     set_config('synchronous_commit', 'off', true)";
+
+pub(super) async fn request(pool: &Pool, name: &str) -> Result<(), ProjectionError> {
+    let client = pool.get().await?;
+    client
+        .execute("SELECT projections.request_rebuild($1)", &[&name])
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn run(inner: Arc<Inner>) {
+    let mut wake = inner.rebuilds.subscribe();
+    let mut errors = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        let mut wake_in = inner.opts.fallback_tick;
+        match pending(&inner).await {
+            Ok(indexes) => {
+                for i in indexes {
+                    match build(&inner, i).await {
+                        Ok(Some(retry)) => wake_in = wake_in.min(retry),
+                        Ok(None) => errors.reset(),
+                        Err(e) => {
+                            let name = inner.projections[i].0.name();
+                            tracing::warn!(projection = name, error = %crate::error_chain(&e), "rebuild batch failed; retrying");
+                            wake_in = errors.next_delay();
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "could not read projections.rebuilds");
+                wake_in = errors.next_delay();
+            }
+        }
+        tokio::select! {
+            changed = wake.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            // A backoff or the fallback tick; never a wait for state that has a signal.
+            _ = tokio::time::sleep(wake_in) => {}
+        }
+    }
+}
+
+/// The projections of this process with a rebuild under way.
+async fn pending(inner: &Inner) -> Result<Vec<usize>, ProjectionError> {
+    let client = inner.pool.get().await?;
+    let rows = client
+        .query("SELECT projection FROM projections.rebuilds", &[])
+        .await?;
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    Ok((0..inner.projections.len())
+        .filter(|&i| names.iter().any(|n| n == inner.projections[i].0.name()))
+        .collect())
+}
+
+/// Builds until the copy is swapped in (`None`), another process builds it, or a failing
+/// event waits for its backoff (`Some(delay)`).
+async fn build(inner: &Inner, index: usize) -> Result<Option<Duration>, ProjectionError> {
+    let p = &*inner.projections[index].0;
+    loop {
+        match batch(inner, p).await? {
+            Step::More => continue,
+            Step::Busy => return Ok(Some(Duration::from_secs(1))),
+            Step::Wait(d) => return Ok(Some(d)),
+            Step::Gone => return Ok(None),
+            Step::CaughtUp => {
+                if swap(inner, p).await? {
+                    inner.hub.applied(p.name());
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+enum Step {
+    More,
+    CaughtUp,
+    Busy,
+    Wait(Duration),
+    /// No rebuild of it any more (swapped in by another process, or cancelled).
+    Gone,
+}
+
+/// One catch-up batch into the copy, and the copy's position moved with it.
+async fn batch(inner: &Inner, p: &dyn Projection) -> Result<Step, ProjectionError> {
+    let name = p.name();
+    let mut client = inner.pool.get().await?;
+    let mut tx = client.transaction().await?;
+    if !tx.query_one(LOCK_SQL, &[&name]).await?.get::<_, bool>(0) {
+        return Ok(Step::Busy);
+    }
+    let Some(from) = copy_position(&tx, name).await? else {
+        return Ok(Step::Gone);
+    };
+    let limit = inner.opts.catchup_batch;
+    let filter = EventFilter {
+        event_types: p.event_types(),
+        ..Default::default()
+    };
+    let read = eventstore::read_batch(&tx, from, &filter, limit).await?;
+    let todo: Vec<_> = read.events.iter().collect();
+    let mut progress = Progress {
+        position: from,
+        applied: 0,
+        last: None,
+        stopped: None,
+    };
+    if let Err(e) = p.apply(&tx, &todo).await {
+        if matches!(
+            e.class(),
+            FailureClass::Connection | FailureClass::Transient
+        ) {
+            return Err(reduce_error(name, e));
+        }
+        // Aborted: start over and isolate the failing event (recorded as the live one is).
+        drop(tx);
+        tx = client.transaction().await?;
+        tx.query_one(LOCK_SQL, &[&name]).await?;
+        isolate(&mut tx, inner, p, &todo, &Default::default(), &mut progress).await?;
+    } else {
+        progress.applied_all(&todo);
+    }
+    if let Some(d) = progress.stopped {
+        save(&tx, name, progress.position, progress.applied).await?;
+        tx.commit().await?;
+        return Ok(Step::Wait(d));
+    }
+    let upto = progress.position.max(read.read_up_to(from, limit));
+    save(&tx, name, upto, progress.applied).await?;
+    tx.commit().await?;
+    Ok(if read.events.len() as i64 >= limit {
+        Step::More
+    } else {
+        Step::CaughtUp
+    })
+}
+
+/// Swaps the caught-up copy in, holding the projection's lock: the live model stands still
+/// while the copy takes what it got meanwhile. False when the copy fell behind again (a
+/// burst of writes) and needs more batches first.
+async fn swap(inner: &Inner, p: &dyn Projection) -> Result<bool, ProjectionError> {
+    let name = p.name();
+    let mut client = inner.pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute(super::runner::LOCK_SQL, &[&name]).await?;
+    if !tx.query_one(LOCK_SQL, &[&name]).await?.get::<_, bool>(0) {
+        return Ok(false);
+    }
+    let live = super::state::state(&tx, name)
+        .await?
+        .map(|s| s.position)
+        .unwrap_or_default();
+    let Some(mut at) = copy_position(&tx, name).await? else {
+        return Ok(true);
+    };
+    if at < live {
+        let filter = EventFilter {
+            event_types: p.event_types(),
+            ..Default::default()
+        };
+        let limit = inner.opts.live_batch;
+        let read = eventstore::read_batch(&tx, at, &filter, limit).await?;
+        let todo: Vec<_> = read.events.iter().filter(|e| e.position <= live).collect();
+        if todo.len() as i64 >= limit {
+            return Ok(false); // too much to take under the lock: catch up first
+        }
+        p.apply(&tx, &todo)
+            .await
+            .map_err(|e| reduce_error(name, e))?;
+        save(&tx, name, live, todo.len() as i64).await?;
+        at = live;
+    }
+    tx.execute("SELECT projections.swap_rebuild($1)", &[&name])
+        .await?;
+    tx.commit().await?;
+    tracing::info!(projection = name, position = %at, "rebuilt read model swapped in");
+    inner.hub.publish(name, at);
+    Ok(true)
+}
+
+async fn copy_position(
+    tx: &Transaction<'_>,
+    name: &str,
+) -> Result<Option<Position>, ProjectionError> {
+    Ok(tx
+        .query_opt(
+            "SELECT position_tx, position_seq FROM projections.rebuilds WHERE projection = $1",
+            &[&name],
+        )
+        .await?
+        .map(|r| Position::from_sql(r.get(0), r.get(1))))
+}
+
+async fn save(
+    tx: &Transaction<'_>,
+    name: &str,
+    at: Position,
+    applied: i64,
+) -> Result<(), ProjectionError> {
+    tx.execute(
+        "UPDATE projections.rebuilds SET position_tx = $2, position_seq = $3, \
+                events_applied = events_applied + $4, updated_at = now() \
+          WHERE projection = $1",
+        &[&name, &at.tx_sql(), &at.seq, &applied],
+    )
+    .await?;
+    Ok(())
+}
+
+fn reduce_error(name: &str, source: super::ReduceError) -> ProjectionError {
+    ProjectionError::Reduce {
+        projection: name.into(),
+        source,
+    }
+}
