@@ -223,11 +223,8 @@ async fn projections(cmd: ProjectionsCommand) -> Result<(), BoxError> {
             Ok(())
         }
         ProjectionsCommand::Rebuild { db, name } => {
-            find(&name)?;
-            let client = pool(&db)?.get().await?;
-            client
-                .execute("SELECT projections.request_rebuild($1)", &[&name])
-                .await?;
+            let p = find(&name)?;
+            projection::request_rebuild(&pool(&db)?, p.name()).await?;
             println!(
                 "rebuild of {name} requested: the running service builds a new copy and swaps it in \
                  when it has caught up (see `portcullis projections status`)"

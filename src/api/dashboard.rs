@@ -267,10 +267,19 @@ fn rows(h: &HealthReport) -> String {
         .iter()
         .map(|p| {
             let n = crate::html_escape(&p.name);
+            let rebuild = p
+                .rebuild
+                .as_ref()
+                .map(|r| {
+                    let eta = r.eta_seconds.map(|s| format!(", about {s:.0} s")).unwrap_or_default();
+                    format!(" <span class=\"rebuild\">rebuilding: {} events to go{eta}</span>", r.events_behind)
+                })
+                .unwrap_or_default();
             format!(
-                "<tr class=\"{status}\" data-name=\"{n}\"><td>{n}</td><td class=\"status\">{status}</td>\
+                "<tr class=\"{status}\" data-name=\"{n}\"><td>{n}</td><td class=\"status\">{status}{rebuild}</td>\
                  <td>{pos}</td><td>{eb}</td><td>{sb:.1}</td><td>{f}</td><td>{d}</td><td>{u}</td>\
                  <td class=\"actions\"><a href=\"/admin/projections/{n}/retry-failed\">retry failed</a>\
+                 <a href=\"/admin/projections/{n}/rebuild\">rebuild</a>\
                  <a href=\"/admin/projections/{n}/reset\">reset</a></td></tr>",
                 status = crate::html_escape(&p.status),
                 pos = crate::html_escape(&p.position),
@@ -319,6 +328,7 @@ async fn data(_: super::admin::Admin, State(state): State<AppState>) -> Result<R
 fn action_name(action: &str) -> Option<&'static str> {
     match action {
         "reset" => Some("Reset"),
+        "rebuild" => Some("Rebuild"),
         "retry-failed" => Some("Retry failed events of"),
         _ => None,
     }
@@ -332,7 +342,9 @@ async fn confirm(_: AdminPage, Path((name, action)): Path<(String, String)>) -> 
         return (StatusCode::NOT_FOUND, "no such projection or action").into_response();
     };
     let warning = if action == "reset" {
-        "<p>Its read model is emptied and rebuilt from the first event. Reads wait (or answer 503) until it has caught up.</p>"
+        "<p>Its read model is emptied and rebuilt from the first event. Reads answer 503 until it has caught up. <em>Rebuild</em> does the same without downtime.</p>"
+    } else if action == "rebuild" {
+        "<p>A new copy of its read model is built beside the live one and swapped in when it has caught up. Reads and writes go on meanwhile.</p>"
     } else {
         "<p>Its dead-lettered events are applied again; those that still fail stay dead-lettered.</p>"
     };
@@ -370,6 +382,13 @@ async fn act(
                 }
             }
             format!("{name} was reset and is being rebuilt")
+        }
+        "rebuild" => {
+            match &state.projector {
+                Some(projector) => projector.rebuild(p.name()).await?,
+                None => projection::request_rebuild(&state.pool, p.name()).await?,
+            }
+            format!("{name} is being rebuilt beside the live model")
         }
         "retry-failed" => {
             let r = match &state.projector {

@@ -13,6 +13,7 @@ use deadpool_postgres::Transaction;
 
 use crate::eventstore::{StoreError, StoredEvent};
 
+pub use rebuild::request_rebuild;
 pub use runner::{Projector, RunnerOptions};
 pub use state::{
     acknowledge_failed, failed_events, health, lag, last_event_timestamp, parse_lag_overrides,

@@ -26,7 +26,8 @@ const LOCK_SQL: &str =
      set_config('search_path', 'projections_rebuild, public', true), \
      set_config('synchronous_commit', 'off', true)";
 
-pub(super) async fn request(pool: &Pool, name: &str) -> Result<(), ProjectionError> {
+/// Asks for a rebuild (projections.request_rebuild); a running service builds it.
+pub async fn request_rebuild(pool: &Pool, name: &str) -> Result<(), ProjectionError> {
     let client = pool.get().await?;
     client
         .execute("SELECT projections.request_rebuild($1)", &[&name])

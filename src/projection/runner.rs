@@ -230,7 +230,7 @@ impl Projector {
         let p = self
             .projection(name)
             .ok_or_else(|| ProjectionError::Unknown(name.into()))?;
-        super::rebuild::request(&self.inner.pool, p.name()).await?;
+        super::rebuild::request_rebuild(&self.inner.pool, p.name()).await?;
         self.inner.rebuilds.send_modify(|n| *n += 1);
         Ok(())
     }

@@ -126,6 +126,18 @@ async fn projections_status_reset_retry_and_acknowledge() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("reset event_counts"));
 
+    // No service runs: the request waits in projections.rebuilds, and status shows it.
+    let out = portcullis(&["projections", "rebuild", "users"], &db.url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rebuild of users requested"));
+    let out = portcullis(&["projections", "status"], &db.url);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("rebuilding:"), "{text}");
+
     let out = portcullis(&["projections", "retry-failed", "event_counts"], &db.url);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 dead-lettered event(s) applied"));
