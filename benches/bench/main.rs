@@ -2,10 +2,11 @@
 //! machine; absolute numbers do not). Needs DATABASE_URL; `scripts/bench.sh` provides a
 //! throwaway cluster with default durability settings.
 //!
-//! usage: cargo bench --bench bench -- [--seconds N] [appends] [waits] [catchup] [statements] [scim] [verification]
+//! usage: cargo bench --bench bench -- [--seconds N] [appends] [waits] [catchup] [rebuild] [statements] [scim] [verification]
 
 mod appends;
 mod catchup;
+mod rebuild;
 mod report;
 mod scim;
 mod statements;
@@ -30,7 +31,7 @@ async fn main() {
             "--bench" => {}
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--seconds N] [appends] [waits] [catchup] [statements] [scim] [verification]"
+                    "usage: bench [--seconds N] [appends] [waits] [catchup] [rebuild] [statements] [scim] [verification]"
                 );
                 return;
             }
@@ -50,6 +51,9 @@ async fn main() {
     }
     if all || which.iter().any(|w| w == "catchup") {
         catchup::run(&url, &mut out).await;
+    }
+    if all || which.iter().any(|w| w == "rebuild") {
+        rebuild::run(&url, &mut out).await;
     }
     if all || which.iter().any(|w| w == "statements") {
         statements::run(&url, &mut out).await;

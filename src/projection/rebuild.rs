@@ -94,6 +94,9 @@ async fn build(inner: &Inner, index: usize) -> Result<Option<Duration>, Projecti
             Step::Wait(d) => return Ok(Some(d)),
             Step::Gone => return Ok(None),
             Step::CaughtUp => {
+                if build_indexes(inner, p).await? {
+                    continue; // writes went on meanwhile: catch up again, then swap
+                }
                 if swap(inner, p).await? {
                     inner.hub.applied(p.name());
                     return Ok(None);
@@ -166,6 +169,23 @@ async fn batch(inner: &Inner, p: &dyn Projection) -> Result<Step, ProjectionErro
     })
 }
 
+/// Builds the secondary indexes the copy was filled without, in bulk (much cheaper than
+/// keeping them up row by row); false when there were none left to build.
+async fn build_indexes(inner: &Inner, p: &dyn Projection) -> Result<bool, ProjectionError> {
+    let name = p.name();
+    let mut client = inner.pool.get().await?;
+    let tx = client.transaction().await?;
+    if !tx.query_one(LOCK_SQL, &[&name]).await?.get::<_, bool>(0) {
+        return Ok(false);
+    }
+    let built: i32 = tx
+        .query_one("SELECT projections.build_rebuild_indexes($1)", &[&name])
+        .await?
+        .get(0);
+    tx.commit().await?;
+    Ok(built > 0)
+}
+
 /// Swaps the caught-up copy in, holding the projection's lock: the live model stands still
 /// while the copy takes what it got meanwhile. False when the copy fell behind again (a
 /// burst of writes) and needs more batches first.
@@ -184,6 +204,16 @@ async fn swap(inner: &Inner, p: &dyn Projection) -> Result<bool, ProjectionError
     let Some(mut at) = copy_position(&tx, name).await? else {
         return Ok(true);
     };
+    let indexed: bool = tx
+        .query_one(
+            "SELECT deferred_indexes = '{}' FROM projections.rebuilds WHERE projection = $1",
+            &[&name],
+        )
+        .await?
+        .get(0);
+    if !indexed {
+        return Ok(false); // never without its indexes
+    }
     if at < live {
         let filter = EventFilter {
             event_types: p.event_types(),
