@@ -225,11 +225,12 @@ async fn write(
         tx.execute(&stmt, &[&members.gone]).await?;
     }
     if !changes.deleted.is_empty() {
-        // Their members go with them (ON DELETE CASCADE).
-        let stmt = tx
-            .prepare_cached("DELETE FROM groups WHERE group_id = ANY($1)")
-            .await?;
-        tx.execute(&stmt, &[&changes.deleted]).await?;
+        let (groups, members) = futures::try_join!(
+            tx.prepare_cached("DELETE FROM groups WHERE group_id = ANY($1)"),
+            tx.prepare_cached("DELETE FROM group_members WHERE group_id = ANY($1)"),
+        )?;
+        let ids: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&changes.deleted];
+        futures::try_join!(tx.execute(&groups, &ids), tx.execute(&members, &ids))?;
     }
     write_groups(tx, &changes).await?;
     write_members(tx, members).await

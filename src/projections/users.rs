@@ -235,11 +235,12 @@ impl<'a> EmailColumns<'a> {
 
 async fn write(tx: &Transaction<'_>, changes: Changes<Uuid, UserRow>) -> Result<(), ReduceError> {
     if !changes.deleted.is_empty() {
-        // user_emails rows go with them (ON DELETE CASCADE).
-        let stmt = tx
-            .prepare_cached("DELETE FROM users WHERE user_id = ANY($1)")
-            .await?;
-        tx.execute(&stmt, &[&changes.deleted]).await?;
+        let (users, emails) = futures::try_join!(
+            tx.prepare_cached("DELETE FROM users WHERE user_id = ANY($1)"),
+            tx.prepare_cached("DELETE FROM user_emails WHERE user_id = ANY($1)"),
+        )?;
+        let ids: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&changes.deleted];
+        futures::try_join!(tx.execute(&users, &ids), tx.execute(&emails, &ids))?;
     }
     if !changes.inserted.is_empty() {
         let stmt = tx
