@@ -181,7 +181,7 @@ impl ProgressHub {
     }
 
     fn apply_notification(&self, payload: &str) {
-        // name/tx/seq/events_applied/incomplete (fewer fields before V10 and V11); names
+        // name/tx/seq/events_applied/incomplete (name/tx/seq before V10); names
         // contain no slash.
         let mut parts = payload.splitn(5, '/');
         let (Some(name), Some(tx), Some(seq)) = (parts.next(), parts.next(), parts.next()) else {

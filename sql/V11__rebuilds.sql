@@ -12,7 +12,8 @@ CREATE TABLE projections.rebuilds (
     position_seq   bigint      NOT NULL DEFAULT 0,
     events_applied bigint      NOT NULL DEFAULT 0,
     requested_at   timestamptz NOT NULL DEFAULT now(),
-    updated_at     timestamptz NOT NULL DEFAULT now()
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    deferred_indexes text[]    NOT NULL DEFAULT '{}'
 );
 COMMENT ON TABLE projections.rebuilds IS 'Rebuilds in progress: the copy in projections_rebuild and how far it has read; survives restarts (the builder resumes), deleted by the swap.';
 COMMENT ON COLUMN projections.rebuilds.projection IS 'The projection being rebuilt.';
@@ -21,14 +22,21 @@ COMMENT ON COLUMN projections.rebuilds.position_seq IS 'How far the copy has rea
 COMMENT ON COLUMN projections.rebuilds.events_applied IS 'Events applied to the copy so far.';
 COMMENT ON COLUMN projections.rebuilds.requested_at IS 'When the rebuild was asked for.';
 COMMENT ON COLUMN projections.rebuilds.updated_at IS 'When the copy last moved.';
+COMMENT ON COLUMN projections.rebuilds.deferred_indexes IS 'CREATE INDEX statements for the copy''s secondary indexes, left out while it fills; run (and emptied) once it has caught up.';
 
--- Asks for a rebuild: creates the copy's empty tables (same columns, defaults, checks,
--- indexes, comments, and the keys between them) and wakes the services.
+-- Asks for a rebuild: creates the copy's empty tables and wakes the services. A copy fills
+-- fastest without its secondary indexes (each row would update every one of them): they are
+-- left out and built in bulk, under their own names, once it has caught up, before the swap.
+-- Keys and unique indexes stay; the projections rely on them.
+
 CREATE FUNCTION projections.request_rebuild(projection text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    t   regclass;
-    fk  record;
+    t        regclass;
+    rel      name;
+    fk       record;
+    idx      record;
+    deferred text[] := '{}';
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended('portcullis.rebuild/' || projection, 0));
     IF NOT EXISTS (SELECT 1 FROM projections.projection_states WHERE name = projection) THEN
@@ -38,8 +46,23 @@ BEGIN
         RETURN; -- already under way
     END IF;
     FOR t IN SELECT unnest(read_model_tables)::regclass FROM projections.projection_states WHERE name = projection LOOP
-        EXECUTE format('DROP TABLE IF EXISTS projections_rebuild.%I CASCADE', (SELECT relname FROM pg_class WHERE oid = t));
-        EXECUTE format('CREATE TABLE projections_rebuild.%I (LIKE %s INCLUDING ALL)', (SELECT relname FROM pg_class WHERE oid = t), t);
+        SELECT relname INTO rel FROM pg_class WHERE oid = t;
+        EXECUTE format('DROP TABLE IF EXISTS projections_rebuild.%I CASCADE', rel);
+        EXECUTE format('CREATE TABLE projections_rebuild.%I (LIKE %s INCLUDING ALL EXCLUDING INDEXES)', rel, t);
+        FOR idx IN SELECT x.indisunique, pg_get_indexdef(i.oid) AS def, con.conname, con.oid AS conoid
+                     FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+                     LEFT JOIN pg_constraint con ON con.conindid = i.oid AND con.conrelid = t
+                    WHERE x.indrelid = t LOOP
+            IF idx.conname IS NOT NULL THEN
+                -- A key or unique constraint: part of the table, built now.
+                EXECUTE format('ALTER TABLE projections_rebuild.%I ADD CONSTRAINT %I %s', rel, idx.conname,
+                               pg_get_constraintdef(idx.conoid));
+            ELSIF idx.indisunique THEN
+                EXECUTE replace(idx.def, ' ON projections.', ' ON projections_rebuild.');
+            ELSE
+                deferred := deferred || replace(idx.def, ' ON projections.', ' ON projections_rebuild.');
+            END IF;
+        END LOOP;
     END LOOP;
     FOR fk IN
         SELECT c.conname, src.relname AS src, pg_get_constraintdef(c.oid) AS def
@@ -50,11 +73,11 @@ BEGIN
         EXECUTE format('ALTER TABLE projections_rebuild.%I ADD CONSTRAINT %I %s', fk.src, fk.conname,
                        replace(fk.def, 'REFERENCES projections.', 'REFERENCES projections_rebuild.'));
     END LOOP;
-    INSERT INTO projections.rebuilds (projection) VALUES (projection);
+    INSERT INTO projections.rebuilds (projection, deferred_indexes) VALUES (projection, deferred);
     PERFORM pg_notify('projection_rebuild', projection);
 END
 $$;
-COMMENT ON FUNCTION projections.request_rebuild(text) IS 'Starts a blue/green rebuild of the projection: an empty copy of its tables in projections_rebuild that the running service fills from the start of the log and swaps in when caught up. Does nothing while one is under way.';
+COMMENT ON FUNCTION projections.request_rebuild(text) IS 'Starts a blue/green rebuild of the projection: an empty copy of its tables in projections_rebuild (keys and unique indexes now, secondary indexes once it has caught up) that the running service fills from the start of the log and swaps in when caught up. Does nothing while one is under way.';
 
 -- The swap: called by the builder holding the projection's lock, once the copy has read at
 -- least as far as the live model. Replaces the live tables by the copy in one transaction
@@ -157,3 +180,20 @@ SELECT s.name,
 COMMENT ON COLUMN projections.health.rebuilding IS 'A blue/green rebuild is under way (projections.rebuilds).';
 COMMENT ON COLUMN projections.health.rebuild_events_behind IS 'Events of its types the copy being rebuilt has still to read; 0 when not rebuilding.';
 COMMENT ON COLUMN projections.health.rebuild_eta_seconds IS 'Seconds until the copy has caught up, at its pace so far; null when not rebuilding or not started.';
+
+-- Builds the copy's deferred indexes (the builder calls it once the copy has caught up).
+CREATE FUNCTION projections.build_rebuild_indexes(projection text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    stmt text;
+    n    integer := 0;
+BEGIN
+    FOR stmt IN SELECT unnest(deferred_indexes) FROM projections.rebuilds r WHERE r.projection = build_rebuild_indexes.projection LOOP
+        EXECUTE stmt;
+        n := n + 1;
+    END LOOP;
+    UPDATE projections.rebuilds r SET deferred_indexes = '{}' WHERE r.projection = build_rebuild_indexes.projection;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION projections.build_rebuild_indexes(text) IS 'Creates the secondary indexes a rebuild''s copy was filled without; returns how many.';

@@ -1,3 +1,7 @@
+-- The progress NOTIFY also says how many events the projection has applied: a position that
+-- moves to the horizon without applying anything (a commit wrote none of its types) changes
+-- nothing a cache of the read model keeps, and a waiter can tell the two apart.
+--
 -- After a reset a read model is empty and fills up again from the start of the log. Until it
 -- has reached what the log held at the reset, it is incomplete: the service answers reads of
 -- it with 503, never with a partial answer.
