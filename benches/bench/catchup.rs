@@ -205,21 +205,7 @@ async fn rebuild(
     .unwrap();
     let start = Instant::now();
     projector.rebuild("users").await.unwrap();
-    // The swap is a condition in SQL: checked with a backoff and a deadline.
-    let deadline = Instant::now() + Duration::from_secs(900);
-    let mut backoff = Duration::from_millis(10);
-    while Instant::now() < deadline {
-        let left: i64 = c
-            .query_one("SELECT count(*) FROM projections.rebuilds", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_millis(100));
-    }
+    crate::rebuilds_done(c).await;
     let secs = start.elapsed().as_secs_f64();
     projector.stop();
     secs

@@ -131,6 +131,27 @@ pub async fn drop_database(server_url: &str, db: &str) {
         .await;
 }
 
+/// Returns once no rebuild is under way (the swap is a condition in SQL: checked with a
+/// backoff, bounded by a deadline).
+pub async fn rebuilds_done(c: &tokio_postgres::Client) {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut backoff = Duration::from_millis(10);
+    while Instant::now() < deadline {
+        let left: i64 = c
+            .query_one("SELECT count(*) FROM projections.rebuilds", &[])
+            .await
+            .expect("read projections.rebuilds")
+            .get(0);
+        if left == 0 {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(100));
+    }
+    panic!("the rebuild did not swap in within 900 s");
+}
+
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await

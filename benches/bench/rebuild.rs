@@ -93,21 +93,7 @@ pub async fn run(server_url: &str, out: &mut Report) {
             }
         }));
     }
-    // The swap is a condition in SQL: checked with a backoff and a deadline.
-    let deadline = Instant::now() + Duration::from_secs(900);
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let left: i64 = c
-            .query_one("SELECT count(*) FROM projections.rebuilds", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if left == 0 || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_millis(200));
-    }
+    crate::rebuilds_done(&c).await;
     let secs = start.elapsed().as_secs_f64();
     done.store(true, Ordering::SeqCst);
     for t in tasks {

@@ -58,11 +58,13 @@ pub(super) async fn run(inner: Arc<Inner>, mut remote: watch::Receiver<RemoteWak
                         target = target.max(*local.borrow_and_update());
                         break;
                     }
+                    // The store is gone (shutting down): the timers still apply, no spinning.
                     tokio::time::sleep_until(deadline).await;
                     break;
                 }
                 changed = remote.changed() => {
                     if changed.is_err() {
+                        // The listener is gone (shutting down): likewise.
                         tokio::time::sleep_until(deadline).await;
                         break;
                     }
