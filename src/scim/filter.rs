@@ -161,6 +161,9 @@ fn tokenize(s: &str) -> Result<Vec<Token>, String> {
                 }
                 let lit: String = serde_json::from_str(&s[start..i.min(s.len())])
                     .map_err(|e| format!("bad string literal: {e}"))?;
+                if lit.contains('\0') {
+                    return Err("a string in a filter cannot hold the NUL character".into());
+                }
                 out.push(Token::Literal(Value::String(lit)));
             }
             _ => {
@@ -282,8 +285,33 @@ impl Parser {
             let inner = self.or(true)?;
             self.expect(Token::RBracket, "']'")?;
             self.depth -= 1;
+            let inner = match self.peek() {
+                Some(Token::Word(w)) if w.starts_with('.') => {
+                    let test = self.sub_attribute_test(&path)?;
+                    Filter::And(Box::new(inner), Box::new(test))
+                }
+                _ => inner,
+            };
             return Ok(Filter::ValuePath(path, Box::new(inner)));
         }
+        self.test(path)
+    }
+
+    /// `emails[type eq "work"].value eq "x"` (Entra ID's matching filter): the test after
+    /// `].` applies to the same value the bracket selected, so it joins the value filter.
+    fn sub_attribute_test(&mut self, outer: &AttrPath) -> Result<Filter, String> {
+        let Some(Token::Word(w)) = self.next() else {
+            unreachable!("peeked a word")
+        };
+        let sub = AttrPath::parse(&w[1..])
+            .ok()
+            .filter(|p| p.urn.is_none() && p.sub.is_none())
+            .ok_or_else(|| format!("bad sub-attribute {w:?} after {outer}[...]"))?;
+        self.test(sub)
+    }
+
+    /// The operator and value after an attribute path: `pr`, or `op literal`.
+    fn test(&mut self, path: AttrPath) -> Result<Filter, String> {
         let op = match self.next() {
             Some(Token::Word(w)) if w.eq_ignore_ascii_case("pr") => {
                 return Ok(Filter::Present(path))
@@ -487,6 +515,24 @@ mod tests {
                 ))
             )
         );
+        assert_eq!(
+            parse(r#"emails[type eq "work"].value eq "a@b.example""#).unwrap(),
+            Filter::ValuePath(
+                p("emails"),
+                Box::new(Filter::And(
+                    Box::new(cmp("type", Op::Eq, json!("work"))),
+                    Box::new(cmp("value", Op::Eq, json!("a@b.example")))
+                ))
+            )
+        );
+        assert!(matches!(
+            parse(r#"emails[type eq "work"].value pr and active eq true"#).unwrap(),
+            Filter::And(..)
+        ));
+        assert!(parse(r#"emails[type eq "work"].x:y eq "a""#).is_err());
+        assert!(parse(r#"emails[type eq "work"].value"#).is_err());
+        assert!(parse(r#"userName eq "a\u0000b""#).is_err());
+        assert!(parse("userName eq \"a\0b\"").is_err());
         let f = parse(r#"name.familyName sw "O""#).unwrap();
         assert_eq!(f, cmp("name.familyName", Op::Sw, json!("O")));
         let Filter::Compare(path, ..) = parse(

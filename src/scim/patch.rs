@@ -67,7 +67,10 @@ pub fn password_in(ops: &[Value]) -> Option<String> {
     let mut found = None;
     for op in ops {
         let Some(o) = op.as_object() else { continue };
-        let path = get(o, "path").and_then(Value::as_str);
+        // An empty path means no path, as in `apply`.
+        let path = get(o, "path")
+            .and_then(Value::as_str)
+            .filter(|p| !p.trim().is_empty());
         let value = get(o, "value");
         match (path, value) {
             (Some(p), Some(Value::String(s))) if is_password(p) => found = Some(s.clone()),
@@ -171,6 +174,10 @@ impl Patcher<'_> {
                 .as_object()
                 .ok_or_else(|| ScimError::value(format!("{urn} takes an object")))?;
             for (k, v) in map {
+                // Clients echo the extension's `schemas` inside it; it names nothing.
+                if k.eq_ignore_ascii_case("schemas") {
+                    continue;
+                }
                 self.op(kind, &format!("{urn}:{k}"), v)?;
             }
             return Ok(());
@@ -482,9 +489,7 @@ fn filtered(
                 demote_primaries(&mut items);
             }
             if hits.is_empty() {
-                // Entra ID: replace emails[type eq "work"].value when there is no work email
-                // means "create it".
-                let mut o = equalities(f).ok_or_else(|| {
+                let mut o = entra_new_value(attr, f).ok_or_else(|| {
                     ScimError::bad(
                         "noTarget",
                         format!("no value of {} matches the filter", attr.name),
@@ -546,21 +551,21 @@ fn filtered(
     Ok(())
 }
 
-/// `type eq "work" and primary eq true` as an object, for creating the value it describes.
-fn equalities(f: &Filter) -> Option<Map<String, Value>> {
-    match f {
-        Filter::Compare(p, Op::Eq, v) if p.urn.is_none() && p.sub.is_none() => {
-            let mut m = Map::new();
-            m.insert(p.attr.clone(), v.clone());
-            Some(m)
-        }
-        Filter::And(a, b) => {
-            let mut m = equalities(a)?;
-            m.extend(equalities(b)?);
-            Some(m)
-        }
-        _ => None,
+/// Entra ID's shape, `emails[type eq "work"].value`, where `work` is one of the
+/// attribute's canonical types: replacing into a value that does not exist creates it.
+/// Any other filter that matches nothing is `noTarget` (RFC 7644 §3.5.2).
+fn entra_new_value(attr: &'static Attr, f: &Filter) -> Option<Map<String, Value>> {
+    let Filter::Compare(p, Op::Eq, Value::String(ty)) = f else {
+        return None;
+    };
+    let canonical = attr.sub_attr("type")?.canonical;
+    let is_type = p.urn.is_none() && p.sub.is_none() && p.attr.eq_ignore_ascii_case("type");
+    if !is_type || !canonical.iter().any(|c| c.eq_ignore_ascii_case(ty)) {
+        return None;
     }
+    let mut m = Map::new();
+    m.insert("type".into(), Value::String(ty.clone()));
+    Some(m)
 }
 
 /// Whether one value of a multi-valued attribute matches a value filter.
@@ -700,6 +705,51 @@ mod tests {
     }
 
     #[test]
+    fn whole_extensions_unset_active_and_value_filters_that_match_nothing() {
+        let d = json!({"userName": "a", "active": true});
+        assert_eq!(
+            patch(
+                &USER_TYPE,
+                d.clone(),
+                json!([{"op": "add", "path": ENTERPRISE, "value": {
+                    "schemas": [ENTERPRISE], "department": "R&D"}}])
+            )
+            .unwrap(),
+            json!({"userName": "a", "active": true, ENTERPRISE: {"department": "R&D"}})
+        );
+        assert_eq!(
+            patch(
+                &USER_TYPE,
+                d.clone(),
+                json!([{"op": "remove", "path": "active"}])
+            )
+            .unwrap(),
+            json!({"userName": "a"})
+        );
+        for (path, created) in [
+            ("emails[type eq \"work\"].value", true),
+            ("phoneNumbers[type eq \"mobile\"].value", true),
+            ("emails[type eq \"nomatch\"].value", false),
+            ("emails[value eq \"b@x\"].type", false),
+            ("emails[type eq \"work\" or type eq \"home\"].value", false),
+            ("ims[type eq \"work\"].value", false),
+        ] {
+            let r = patch(
+                &USER_TYPE,
+                d.clone(),
+                json!([{"op": "replace", "path": path, "value": "v@x"}]),
+            );
+            match r {
+                Ok(doc) => assert!(created, "{path} created {doc}"),
+                Err(e) => {
+                    assert!(!created, "{path}: {e:?}");
+                    assert_eq!(e.scim_type(), Some("noTarget"), "{path}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn okta_shapes() {
         let g = json!({"displayName": "g", "members": [{"value": "u1"}, {"value": "u2"}]});
         assert_eq!(
@@ -769,6 +819,7 @@ mod tests {
             json!([{"op": "Replace", "path": "PASSWORD", "value": "p1"}]),
             json!([{"op": "replace", "path": format!("{}:password", super::super::schema::USER), "value": "p1"}]),
             json!([{"op": "replace", "value": {"Password": "p1"}}]),
+            json!([{"op": "replace", "path": "", "value": {"password": "p1"}}]),
         ] {
             assert_eq!(
                 password_in(ops.as_array().unwrap()).as_deref(),

@@ -121,10 +121,15 @@ fn render(
                             (Some(v), Some(x)) => v.eq_ignore_ascii_case(x),
                             _ => false,
                         };
-                        e.insert("verified".into(), Value::Bool(is));
+                        // Only a verified address says so: a client that never sent
+                        // `verified` gets back what it wrote.
+                        if is {
+                            e.insert("verified".into(), Value::Bool(true));
+                        } else {
+                            e.remove("verified");
+                        }
                     }
                 }
-                out.insert("active".into(), Value::Bool(row.get(5)));
                 if let Some(Value::Array(groups)) = computed {
                     let groups = groups
                         .into_iter()
@@ -148,6 +153,7 @@ fn render(
                     out.insert("externalId".into(), json!(x));
                 }
                 if sel.wants("members") {
+                    let display = sel.names(&["members", "display"]);
                     let members: Vec<Value> = match computed {
                         Some(Value::Array(m)) => m
                             .into_iter()
@@ -158,12 +164,15 @@ fn render(
                                 } else {
                                     "Users"
                                 };
-                                json!({
+                                let mut o = json!({
                                     "value": mid,
                                     "$ref": format!("{}/{endpoint}/{mid}", ctx.base),
-                                    "display": m["display"],
                                     "type": m["type"],
-                                })
+                                });
+                                if display {
+                                    o["display"] = m["display"].clone();
+                                }
+                                o
                             })
                             .collect(),
                         _ => Vec::new(),
@@ -346,6 +355,7 @@ pub async fn list<C: GenericClient>(
     sel: &Selection,
 ) -> Result<Page, ScimError> {
     let plan = plan(rt, ctx, q)?;
+    let sel = &sel.clone().for_list(rt);
     let offset = q.start_index - 1;
     let (total, resources) = futures::try_join!(
         plan.count(client),
@@ -381,7 +391,7 @@ pub async fn list_all<C: GenericClient>(
         let n = p.count(client).await?;
         total += n;
         if want > 0 && skip < n {
-            let sel = Selection::parse(p.rt, attributes, excluded);
+            let sel = Selection::parse(p.rt, attributes, excluded).for_list(p.rt);
             let got = p.page(client, ctx, skip, want, &sel).await?;
             want -= got.len() as i64;
             resources.extend(got);

@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use super::error::ScimError;
 use super::filter::AttrPath;
-use super::schema::{self, Attr, Mutability, ResourceType, Type};
+use super::schema::{self, Attr, Kind, Mutability, ResourceType, Type};
 use crate::domain::Doc;
 
 /// A request body read against a resource type.
@@ -252,6 +252,26 @@ impl Selection {
             attributes: list(attributes),
             excluded: list(excluded),
         }
+    }
+
+    /// The selection a list response uses: group members, which can run to many thousands
+    /// per group, only when `attributes` names them.
+    pub fn for_list(mut self, rt: &ResourceType) -> Selection {
+        let members = ["members".to_string()];
+        if rt.kind == Kind::Group
+            && self.attributes.is_empty()
+            && !self.excluded.contains(&members.to_vec())
+        {
+            self.excluded.push(members.to_vec());
+        }
+        self
+    }
+
+    /// Whether `attributes` names this exact path (for attributes returned on request).
+    pub fn names(&self, path: &[&str]) -> bool {
+        self.attributes
+            .iter()
+            .any(|p| p.len() == path.len() && p.iter().zip(path).all(|(a, b)| a == b))
     }
 
     /// Whether the response will hold any of top-level `key` (to skip loading it).

@@ -35,6 +35,8 @@ pub enum Returned {
     Always,
     Never,
     Default,
+    /// Only when `attributes` names it (RFC 7643 §7 "request").
+    Request,
 }
 
 #[derive(Debug)]
@@ -49,6 +51,9 @@ pub struct Attr {
     pub server_unique: bool,
     pub sub: &'static [Attr],
     pub canonical: &'static [&'static str],
+    /// What a reference may point at (RFC 7643 §7 `referenceTypes`): exactly what the
+    /// server accepts, since testers and clients build their requests from it.
+    pub reference_types: &'static [&'static str],
     pub description: &'static str,
 }
 
@@ -65,6 +70,7 @@ impl Attr {
             server_unique: false,
             sub: &[],
             canonical: &[],
+            reference_types: &[],
             description,
         }
     }
@@ -100,6 +106,10 @@ impl Attr {
         self.returned = Returned::Always;
         self
     }
+    const fn on_request(mut self) -> Attr {
+        self.returned = Returned::Request;
+        self
+    }
     const fn unique(mut self) -> Attr {
         self.server_unique = true;
         self
@@ -108,6 +118,11 @@ impl Attr {
         self.ty = Type::Complex;
         self.sub = sub;
         self
+    }
+    const fn reference(name: &'static str, to: &'static [&'static str], d: &'static str) -> Attr {
+        let mut a = Attr::new(name, Type::Reference, d);
+        a.reference_types = to;
+        a
     }
     const fn canonical(mut self, values: &'static [&'static str]) -> Attr {
         self.canonical = values;
@@ -152,6 +167,7 @@ impl Attr {
                 Returned::Always => "always",
                 Returned::Never => "never",
                 Returned::Default => "default",
+                Returned::Request => "request",
             },
             "uniqueness": if self.server_unique { "server" } else { "none" },
         });
@@ -162,7 +178,7 @@ impl Attr {
             v["canonicalValues"] = json!(self.canonical);
         }
         if self.ty == Type::Reference {
-            v["referenceTypes"] = json!(["User", "Group", "external"]);
+            v["referenceTypes"] = json!(self.reference_types);
         }
         v
     }
@@ -203,7 +219,7 @@ pub static USER_ATTRS: &[Attr] = &[
     ]),
     Attr::s("displayName", "The name to display."),
     Attr::s("nickName", "Casual name."),
-    Attr::new("profileUrl", Type::Reference, "URL of the user's profile."),
+    Attr::reference("profileUrl", &["external"], "URL of the user's profile."),
     Attr::s("title", "Job title."),
     Attr::s(
         "userType",
@@ -273,7 +289,7 @@ pub static USER_ATTRS: &[Attr] = &[
     .read_only()
     .sub(&[
         Attr::s("value", "The group's id.").read_only(),
-        Attr::new("$ref", Type::Reference, "URI of the group.").read_only(),
+        Attr::reference("$ref", &["Group"], "URI of the group.").read_only(),
         Attr::s("display", "The group's displayName.").read_only(),
         Attr::s("type", "direct or indirect.")
             .read_only()
@@ -296,7 +312,7 @@ pub static ENTERPRISE_ATTRS: &[Attr] = &[
     Attr::s("department", "Department."),
     Attr::s("manager", "The user's manager.").sub(&[
         Attr::s("value", "The manager's id."),
-        Attr::new("$ref", Type::Reference, "URI of the manager."),
+        Attr::reference("$ref", &["User"], "URI of the manager."),
         Attr::s("displayName", "The manager's displayName.").read_only(),
     ]),
 ];
@@ -308,16 +324,26 @@ pub static GROUP_ATTRS: &[Attr] = &[
     )
     .required()
     .unique(),
-    Attr::s("members", "Members: users or groups.")
-        .multi()
-        .sub(&[
-            Attr::s("value", "The member's id.").immutable(),
-            Attr::new("$ref", Type::Reference, "URI of the member.").immutable(),
-            Attr::s("display", "The member's displayName or userName.").read_only(),
-            Attr::s("type", "User or Group.")
-                .immutable()
-                .canonical(&["User", "Group"]),
-        ]),
+    Attr::s(
+        "members",
+        "Members: users or groups. A list (GET /Groups, /.search) leaves them out unless \
+         `attributes` names them; GET /Groups/{id} returns them.",
+    )
+    .multi()
+    .sub(&[
+        Attr::s("value", "The member's id.").immutable(),
+        Attr::reference("$ref", &["User", "Group"], "URI of the member.").immutable(),
+        Attr::s(
+            "display",
+            "The member's displayName or userName; returned only when `attributes` names \
+                 members.display.",
+        )
+        .read_only()
+        .on_request(),
+        Attr::s("type", "User or Group.")
+            .immutable()
+            .canonical(&["User", "Group"]),
+    ]),
 ];
 
 /// Attributes every resource has (RFC 7643 §3.1).
@@ -331,18 +357,26 @@ pub static COMMON_ATTRS: &[Attr] = &[
         Attr::s("resourceType", "User or Group.").read_only(),
         Attr::new("created", Type::DateTime, "When it was created.").read_only(),
         Attr::new("lastModified", Type::DateTime, "When it last changed.").read_only(),
-        Attr::new("location", Type::Reference, "Its URI.").read_only(),
+        Attr::reference("location", &["uri"], "Its URI.").read_only(),
         Attr::s("version", "Its ETag.").read_only(),
     ]),
 ];
 
-pub static SCHEMAS_ATTR: Attr = Attr::new("schemas", Type::Reference, "Schema URIs.")
+pub static SCHEMAS_ATTR: Attr = Attr::reference("schemas", &["uri"], "Schema URIs.")
     .multi()
     .always();
+
+/// Which resource a type is: code that differs between users and groups matches on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    User,
+    Group,
+}
 
 /// A resource type: User or Group, with its schemas.
 #[derive(Debug)]
 pub struct ResourceType {
+    pub kind: Kind,
     pub name: &'static str,
     pub endpoint: &'static str,
     pub schema: &'static str,
@@ -351,6 +385,7 @@ pub struct ResourceType {
 }
 
 pub static USER_TYPE: ResourceType = ResourceType {
+    kind: Kind::User,
     name: "User",
     endpoint: "Users",
     schema: USER,
@@ -359,6 +394,7 @@ pub static USER_TYPE: ResourceType = ResourceType {
 };
 
 pub static GROUP_TYPE: ResourceType = ResourceType {
+    kind: Kind::Group,
     name: "Group",
     endpoint: "Groups",
     schema: GROUP,

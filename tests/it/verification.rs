@@ -406,7 +406,11 @@ async fn scim_changing_a_verified_address_resets_it_and_may_send_a_code() {
         .patch(&format!("/Users/{user}"), json!([{"op": "replace", "path": "emails[primary eq true].value", "value": "new@example.com"}]))
         .await;
     assert_eq!(r.status, 200, "{:#}", r.body);
-    assert_eq!(r.body["emails"][0]["verified"], false);
+    assert!(
+        r.body["emails"][0].get("verified").is_none(),
+        "{:#}",
+        r.body
+    );
     assert_eq!(
         e.status(&user).await.1,
         json!({"email": "new@example.com", "verified": false})
@@ -433,7 +437,11 @@ async fn scim_changing_a_verified_address_resets_it_and_may_send_a_code() {
         .put(&format!("/Users/{user}"), &json!({"userName": "mover", "emails": [{"value": "third@example.com", "primary": true}]}))
         .await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.body["emails"][0]["verified"], false);
+    assert!(
+        r.body["emails"][0].get("verified").is_none(),
+        "{:#}",
+        r.body
+    );
     let m = e.mail(3).await;
     assert_eq!(m.to, ["<third@example.com>"]);
     assert_eq!(e.verify(&user, &code_of(&m)).await.0, 200);

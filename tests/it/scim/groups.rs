@@ -47,10 +47,32 @@ async fn groups_members_and_computed_user_groups() {
     let eng = r.id();
     assert_eq!(
         r.body["members"],
-        json!([{"value": ann, "$ref": s.url(&format!("/Users/{ann}")), "display": "Ann Lee", "type": "User"}]),
-        "deduplicated on value, display and $ref filled in"
+        json!([{"value": ann, "$ref": s.url(&format!("/Users/{ann}")), "type": "User"}]),
+        "deduplicated on value, $ref filled in"
     );
     assert_eq!(r.body["externalId"], "ext-eng");
+    // members.display comes only on request; lists leave members out unless asked.
+    let d = s
+        .get(&format!(
+            "/Groups/{eng}?attributes=members.value,members.display"
+        ))
+        .await;
+    assert_eq!(
+        d.body["members"],
+        json!([{"value": ann, "display": "Ann Lee"}])
+    );
+    let l = s.get(&format!("/Groups?filter=id eq \"{eng}\"")).await;
+    assert_eq!(ids(&l.body), vec![eng.clone()]);
+    assert!(l.body["Resources"][0].get("members").is_none());
+    let l = s
+        .get(&format!(
+            "/Groups?filter=id eq \"{eng}\"&attributes=members"
+        ))
+        .await;
+    assert_eq!(
+        l.body["Resources"][0]["members"].as_array().unwrap().len(),
+        1
+    );
     // A nested group: all-staff holds engineering.
     let all = s.group("All staff", &[&eng, bob]).await;
     let all = all["id"].as_str().unwrap().to_string();

@@ -2,12 +2,14 @@
 //! concurrency and tenant isolation.
 
 mod bulk;
+mod conformance;
 mod consistency;
 mod contract;
 mod discovery;
 mod filters;
 mod groups;
 mod isolation;
+mod round_two;
 
 use std::time::Duration;
 

@@ -1,0 +1,259 @@
+//! Request shapes real provisioning clients send that the public testers found wanting, one
+//! test per defect, through real HTTP.
+
+use serde_json::json;
+
+use super::{ids, Scim, ENTERPRISE, USER};
+use crate::support::TestDb;
+
+fn enc(filter: &str) -> String {
+    filter
+        .replace('%', "%25")
+        .replace(' ', "%20")
+        .replace('"', "%22")
+        .replace('[', "%5B")
+        .replace(']', "%5D")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entra_matching_filter_value_path_then_sub_attribute() {
+    let db = TestDb::new().await;
+    let s = Scim::new(&db).await;
+    let ann = s
+        .user(
+            "ann",
+            json!({"emails": [{"type": "work", "value": "a@b.example"},
+                              {"type": "home", "value": "home@b.example"}]}),
+        )
+        .await["id"]
+        .clone();
+    s.user(
+        "bob",
+        json!({"emails": [{"type": "home", "value": "a@b.example"}]}),
+    )
+    .await;
+    let l = s
+        .get(&format!(
+            "/Users?filter={}",
+            enc(r#"emails[type eq "work"].value eq "A@B.example""#)
+        ))
+        .await;
+    assert_eq!(l.status, 200, "{:#}", l.body);
+    assert_eq!(ids(&l.body), vec![ann.as_str().unwrap().to_string()]);
+    // Type and value must hold for the same address: ann's home address does not match.
+    let l = s
+        .get(&format!(
+            "/Users?filter={}",
+            enc(r#"emails[type eq "home"].value eq "a@b.example""#)
+        ))
+        .await;
+    assert_eq!(l.body["totalResults"], 1, "only bob");
+    let r = s
+        .post(
+            "/.search",
+            &json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+                    "filter": "emails[type eq \"work\"].value eq \"a@b.example\""}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:#}", r.body);
+    assert_eq!(r.body["totalResults"], 1);
+    s.get(&format!(
+        "/Users?filter={}",
+        enc(r#"emails[type eq "work"].nope eq "x""#)
+    ))
+    .await
+    .assert_error(400, Some("invalidFilter"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemas_advertise_only_accepted_reference_types() {
+    let db = TestDb::new().await;
+    let s = Scim::new(&db).await;
+    let g = s
+        .get("/Schemas/urn:ietf:params:scim:schemas:core:2.0:Group")
+        .await;
+    assert_eq!(g.status, 200);
+    let members = g.body["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "members")
+        .unwrap();
+    let find = |n: &str| {
+        members["subAttributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(find("$ref")["referenceTypes"], json!(["User", "Group"]));
+    assert_eq!(find("display")["returned"], "request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trips_give_back_what_was_written() {
+    let db = TestDb::new().await;
+    let s = Scim::new(&db).await;
+    let id = s.user("ann", json!({"active": true})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/Users/{id}");
+    let emails = json!([{"type": "work", "value": "ann@x.example", "primary": true}]);
+    let r = s
+        .patch(
+            &path,
+            json!([{"op": "add", "path": "emails", "value": emails}]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:#}", r.body);
+    assert_eq!(
+        r.body["emails"], emails,
+        "no verified the client did not send"
+    );
+    assert_eq!(s.get(&path).await.body["emails"], emails);
+
+    // A path naming the whole extension takes a map of its attributes; `schemas` in it is
+    // ignored.
+    let r = s
+        .patch(
+            &path,
+            json!([{"op": "add", "path": ENTERPRISE,
+                    "value": {"schemas": [ENTERPRISE], "department": "R&D"}},
+                   {"op": "replace", "path": ENTERPRISE, "value": {"costCenter": "7"}}]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:#}", r.body);
+    assert_eq!(
+        r.body[ENTERPRISE],
+        json!({"department": "R&D", "costCenter": "7"})
+    );
+    assert!(r.body["schemas"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(ENTERPRISE)));
+
+    // Removing active unsets it; an absent active means active (filters agree).
+    let r = s
+        .patch(&path, json!([{"op": "remove", "path": "active"}]))
+        .await;
+    assert_eq!(r.status, 200, "{:#}", r.body);
+    assert!(r.body.get("active").is_none(), "{:#}", r.body);
+    assert!(s.get(&path).await.body.get("active").is_none());
+    let l = s
+        .get(&format!("/Users?filter={}", enc("active eq true")))
+        .await;
+    assert_eq!(ids(&l.body), vec![id.clone()]);
+    // A user created without active has none either.
+    let b = s.user("bob", json!({})).await;
+    assert!(b.get("active").is_none(), "{b:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn value_filters_that_match_nothing_create_only_for_entra_shape() {
+    let db = TestDb::new().await;
+    let s = Scim::new(&db).await;
+    let u = s
+        .user(
+            "ann",
+            json!({"emails": [{"type": "work", "value": "w@x.example"}]}),
+        )
+        .await;
+    let path = format!("/Users/{}", u["id"].as_str().unwrap());
+    let before = s.get(&path).await.body;
+    for (p, scim_type) in [
+        (r#"emails[type eq "nomatch"].value"#, "noTarget"),
+        (r#"emails[value eq "none@x.example"].type"#, "noTarget"),
+        (
+            r#"phoneNumbers[type eq "work" and primary eq true].value"#,
+            "noTarget",
+        ),
+    ] {
+        s.patch(
+            &path,
+            json!([{"op": "replace", "path": p, "value": "n@x.example"}]),
+        )
+        .await
+        .assert_error(400, Some(scim_type));
+    }
+    assert_eq!(s.get(&path).await.body, before, "nothing changed");
+    // Entra ID's shape, a canonical type: the value is created.
+    let r = s
+        .patch(
+            &path,
+            json!([{"op": "replace", "path": "emails[type eq \"home\"].value", "value": "h@x.example"},
+                   {"op": "replace", "path": "phoneNumbers[type eq \"mobile\"].value", "value": "+1 555"}]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:#}", r.body);
+    assert!(r.body["emails"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"type": "home", "value": "h@x.example"})));
+    assert_eq!(
+        r.body["phoneNumbers"],
+        json!([{"type": "mobile", "value": "+1 555"}])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_are_refused_with_400_wherever_text_reaches_sql() {
+    let db = TestDb::new().await;
+    let s = Scim::new(&db).await;
+    s.user("ann", json!({})).await;
+    for f in [
+        r#"userName eq "a\u0000b""#,
+        r#"emails[value eq "\u0000"]"#,
+        r#"emails[type eq "work"].value eq "x\u0000""#,
+    ] {
+        s.get(&format!("/Users?filter={}", enc(f)))
+            .await
+            .assert_error(400, Some("invalidFilter"));
+    }
+    let r = s
+        .post(
+            "/Users/.search",
+            &json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+                    "filter": "userName eq \"a\u{0}\""}),
+        )
+        .await;
+    r.assert_error(400, Some("invalidFilter"));
+    s.post("/Users", &json!({"schemas": [USER], "userName": "b\u{0}"}))
+        .await
+        .assert_error(400, Some("invalidValue"));
+    s.get("/Users/%00").await.assert_error(404, None);
+    s.get("/Users?sortBy=%00").await.assert_error(400, None);
+    let l = s.get("/Users?attributes=%00").await;
+    assert_eq!(l.status, 200, "an unknown attribute name selects nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_patched_with_an_empty_path_is_set() {
+    let db = TestDb::new().await;
+    let s = Scim::new(&db).await;
+    let id = s.user("ann", json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s
+        .patch(
+            &format!("/Users/{id}"),
+            json!([{"op": "replace", "path": "", "value": {"password": "a-long-new-secret"}}]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:#}", r.body);
+    assert!(r.body.get("password").is_none());
+    let c = db.client().await;
+    let rows = c
+        .query(
+            "SELECT payload::text FROM eventstore.events WHERE aggregate_id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let all: String = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+    assert!(!all.contains("a-long-new-secret"));
+    assert_eq!(all.matches("$argon2id$").count(), 1, "{all}");
+}
