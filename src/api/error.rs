@@ -48,6 +48,7 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %crate::error_chain(&self), "request failed");
             "internal error; see the service log".to_string()
         } else {
+            tracing::debug!(status = status.as_u16(), error = %crate::error_chain(&self), "request refused");
             self.to_string()
         };
         let mut res = (status, Json(json!({"error": code, "detail": detail}))).into_response();

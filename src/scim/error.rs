@@ -105,14 +105,25 @@ impl ScimError {
     /// The error body; server errors log their cause chain and show no internals.
     pub fn body(&self) -> serde_json::Value {
         let status = self.status();
-        let detail = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-            tracing::error!(error = %crate::error_chain(self), "SCIM request failed");
-            "internal error; see the service log".to_string()
-        } else {
-            if status == StatusCode::SERVICE_UNAVAILABLE {
-                tracing::warn!(error = %self, "SCIM request timed out waiting for projections");
+        // A client's mistake is not the service's: 4xx (and 501, a feature not offered) log
+        // at debug/info; only faults of the service are errors.
+        let detail = match status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::warn!(error = %crate::error_chain(self), "SCIM request unavailable");
+                self.to_string()
             }
-            self.to_string()
+            StatusCode::NOT_IMPLEMENTED => {
+                tracing::info!(error = %self, "SCIM request for an unimplemented feature");
+                self.to_string()
+            }
+            s if s.is_server_error() => {
+                tracing::error!(error = %crate::error_chain(self), "SCIM request failed");
+                "internal error; see the service log".to_string()
+            }
+            _ => {
+                tracing::debug!(status = status.as_u16(), error = %crate::error_chain(self), "SCIM request refused");
+                self.to_string()
+            }
         };
         let mut body = json!({
             "schemas": [schema::ERROR],

@@ -201,3 +201,127 @@ async fn json_logs_are_one_object_per_line() {
         .unwrap()
         .contains("\"message\":\"portcullis is serving\""));
 }
+
+/// A client's mistakes (4xx) and an unimplemented feature (/Me's 501) are not the service's
+/// errors: nothing is logged at ERROR for them, and the 501 is logged at INFO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_are_not_logged_as_errors() {
+    use std::io::BufRead;
+    let db = TestDb::new().await;
+    let stdout = |args: &[&str]| {
+        let out = portcullis(args, &db.url);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    portcullis(&["migrate"], &db.url);
+    let org = stdout(&["orgs", "create", "Logs", "--no-wait"]);
+    let token = stdout(&[
+        "tokens",
+        "create",
+        "--org",
+        &org,
+        "--scope",
+        "scim",
+        "--no-wait",
+    ]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("DATABASE_URL", &db.url)
+        .env("PORTCULLIS_LOG_FORMAT", "json")
+        .env("PORTCULLIS_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start serve");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("portcullis is serving") {
+                let _ = tx.send(line.clone());
+            }
+            all.push(line);
+        }
+        all
+    });
+    let serving =
+        tokio::task::spawn_blocking(move || rx.recv_timeout(std::time::Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .expect("the service logs that it serves");
+    let v: serde_json::Value = serde_json::from_str(&serving).unwrap();
+    let addr = v["fields"]["address"]
+        .as_str()
+        .expect("address")
+        .to_string();
+    let base = format!("http://{addr}/scim/v2/{org}");
+    let http = reqwest::Client::new();
+    let auth = format!("Bearer {token}");
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let statuses = [
+        status(http.get(format!("{base}/Users")).send().await.unwrap()),
+        status(
+            crate::support::eventually(
+                "the token works",
+                std::time::Duration::from_secs(10),
+                || {
+                    let (http, base, auth) = (http.clone(), base.clone(), auth.clone());
+                    async move {
+                        let r = http
+                            .get(format!("{base}/Users?filter=nonsense"))
+                            .header("authorization", auth)
+                            .send()
+                            .await
+                            .ok()?;
+                        (r.status() != 401).then_some(r)
+                    }
+                },
+            )
+            .await,
+        ),
+        status(
+            http.get(format!("{base}/Users/{}", uuid::Uuid::new_v4()))
+                .header("authorization", &auth)
+                .send()
+                .await
+                .unwrap(),
+        ),
+        status(
+            http.get(format!("{base}/Me"))
+                .header("authorization", &auth)
+                .send()
+                .await
+                .unwrap(),
+        ),
+    ];
+    assert_eq!(statuses, [401, 400, 404, 501]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = reader.join().unwrap();
+    let levels: Vec<(String, String)> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            (
+                v["level"].as_str().unwrap_or_default().to_string(),
+                v.to_string(),
+            )
+        })
+        .collect();
+    let errors: Vec<&String> = levels
+        .iter()
+        .filter(|(l, _)| l == "ERROR")
+        .map(|(_, v)| v)
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert!(
+        levels
+            .iter()
+            .any(|(l, v)| l == "INFO" && v.contains("unimplemented feature")),
+        "{lines:#?}"
+    );
+}
