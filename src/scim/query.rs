@@ -20,6 +20,19 @@ pub enum Param {
     Int(i64),
 }
 
+impl Param {
+    /// The parameter's SQL type, for statements run with typed parameters.
+    pub fn pg_type(&self) -> PgType {
+        match self {
+            Param::Text(_) => PgType::TEXT,
+            Param::Bool(_) => PgType::BOOL,
+            Param::Uuid(_) => PgType::UUID,
+            Param::Time(_) => PgType::TIMESTAMPTZ,
+            Param::Int(_) => PgType::INT8,
+        }
+    }
+}
+
 impl ToSql for Param {
     fn to_sql(
         &self,

@@ -80,14 +80,14 @@ fn cols(rt: &ResourceType, sel: &Selection) -> String {
         } else {
             "NULL::jsonb"
         };
-        format!("{USER_COLS}, {groups}, r.verified_email")
+        format!("{USER_COLS}, {groups} AS computed, r.verified_email")
     } else {
         let members = if sel.wants("members") {
             GROUP_MEMBERS
         } else {
             "NULL::jsonb"
         };
-        format!("{GROUP_COLS}, {members}")
+        format!("{GROUP_COLS}, {members} AS computed")
     }
 }
 
@@ -231,21 +231,19 @@ pub async fn version<C: GenericClient>(
         .map(|r| r.get(0)))
 }
 
-/// Statements longer than this are not kept prepared per connection (client-chosen filter
-/// shapes must not grow the cache without bound).
-const CACHE_SQL_UP_TO: usize = 2500;
-
-async fn run<C: GenericClient>(
-    client: &C,
+/// Runs client-shaped SQL (filters, sortBy, attributes vary per request) as an unnamed
+/// statement with typed parameters: one round trip, and nothing is left prepared on the
+/// pooled connection, so no client can grow the server's backends by varying its filters.
+async fn run(
+    client: &tokio_postgres::Client,
     sql: &str,
-    params: &[&(dyn ToSql + Sync)],
+    params: &[Param],
 ) -> Result<Vec<tokio_postgres::Row>, ScimError> {
-    if sql.len() <= CACHE_SQL_UP_TO {
-        let stmt = client.prepare_cached(sql).await?;
-        Ok(client.query(&stmt, params).await?)
-    } else {
-        Ok(client.query(sql, params).await?)
-    }
+    let typed: Vec<(&(dyn ToSql + Sync), postgres_types::Type)> = params
+        .iter()
+        .map(|p| (p as &(dyn ToSql + Sync), p.pg_type()))
+        .collect();
+    Ok(client.query_typed(sql, &typed).await?)
 }
 
 /// A compiled list query for one resource type: its WHERE, ORDER BY and parameters.
@@ -298,57 +296,52 @@ fn plan_with(
 }
 
 impl Plan {
-    pub async fn count<C: GenericClient>(&self, client: &C) -> Result<i64, ScimError> {
+    pub async fn count(&self, client: &tokio_postgres::Client) -> Result<i64, ScimError> {
         let sql = format!(
             "SELECT count(*) FROM {} WHERE {}",
             query::table(self.rt).from,
             self.where_sql
         );
-        let params: Vec<&(dyn ToSql + Sync)> = self
-            .params
-            .iter()
-            .map(|p| p as &(dyn ToSql + Sync))
-            .collect();
-        Ok(run(client, &sql, &params).await?[0].get(0))
+        Ok(run(client, &sql, &self.params).await?[0].get(0))
     }
 
-    pub async fn page<C: GenericClient>(
+    /// One page and the total in one statement (the total row is there even when the page
+    /// is empty).
+    pub async fn page_and_total(
         &self,
-        client: &C,
+        client: &tokio_postgres::Client,
         ctx: &Ctx,
         offset: i64,
         limit: i64,
         sel: &Selection,
-    ) -> Result<Vec<Value>, ScimError> {
-        if limit <= 0 {
-            return Ok(Vec::new());
-        }
+    ) -> Result<(Vec<Value>, i64), ScimError> {
+        let from = query::table(self.rt).from;
         let n = self.params.len();
         let sql = format!(
-            "SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT ${} OFFSET ${}",
-            cols(self.rt, sel),
-            query::table(self.rt).from,
-            self.where_sql,
-            self.order,
+            "WITH total AS (SELECT count(*) AS n FROM {from} WHERE {w}) \
+             SELECT p.*, total.n FROM total LEFT JOIN LATERAL \
+             (SELECT {cols} FROM {from} WHERE {w} ORDER BY {order} LIMIT ${} OFFSET ${}) p ON true",
             n + 1,
-            n + 2
+            n + 2,
+            w = self.where_sql,
+            cols = cols(self.rt, sel),
+            order = self.order,
         );
-        let (limit, offset) = (Param::Int(limit), Param::Int(offset));
-        let mut params: Vec<&(dyn ToSql + Sync)> = self
-            .params
-            .iter()
-            .map(|p| p as &(dyn ToSql + Sync))
-            .collect();
-        params.push(&limit);
-        params.push(&offset);
+        let mut params = self.params.clone();
+        params.extend([Param::Int(limit), Param::Int(offset)]);
         let rows = run(client, &sql, &params).await?;
-        Ok(render(self.rt, ctx, &rows, sel))
+        let total = rows.first().map_or(0, |r| r.get(r.len() - 1));
+        let rows: Vec<_> = rows
+            .into_iter()
+            .filter(|r| r.get::<_, Option<Uuid>>(0).is_some())
+            .collect();
+        Ok((render(self.rt, ctx, &rows, sel), total))
     }
 }
 
 /// A list of one resource type.
-pub async fn list<C: GenericClient>(
-    client: &C,
+pub async fn list(
+    client: &tokio_postgres::Client,
     rt: &'static ResourceType,
     ctx: &Ctx,
     q: &ListQuery,
@@ -356,19 +349,24 @@ pub async fn list<C: GenericClient>(
 ) -> Result<Page, ScimError> {
     let plan = plan(rt, ctx, q)?;
     let sel = &sel.clone().for_list(rt);
-    let offset = q.start_index - 1;
-    let (total, resources) = futures::try_join!(
-        plan.count(client),
-        plan.page(client, ctx, offset, q.count, sel)
-    )?;
+    if q.count <= 0 {
+        let total = plan.count(client).await?;
+        return Ok(Page {
+            total,
+            resources: Vec::new(),
+        });
+    }
+    let (resources, total) = plan
+        .page_and_total(client, ctx, q.start_index - 1, q.count, sel)
+        .await?;
     Ok(Page { total, resources })
 }
 
 /// Users and groups together (`POST /.search`): users first, each in its own order. An
 /// attribute only one type has compares false on the other; a filter neither type
 /// understands is an error.
-pub async fn list_all<C: GenericClient>(
-    client: &C,
+pub async fn list_all(
+    client: &tokio_postgres::Client,
     ctx: &Ctx,
     q: &ListQuery,
     attributes: Option<&str>,
@@ -388,17 +386,17 @@ pub async fn list_all<C: GenericClient>(
     let mut want = q.count;
     for rt in types {
         let p = plan_with(rt, ctx, q, true)?;
-        let n = p.count(client).await?;
-        total += n;
-        if want > 0 && skip < n {
-            let sel = Selection::parse(p.rt, attributes, excluded).for_list(p.rt);
-            let got = p.page(client, ctx, skip, want, &sel).await?;
-            want -= got.len() as i64;
-            resources.extend(got);
-            skip = 0;
+        let sel = Selection::parse(p.rt, attributes, excluded).for_list(p.rt);
+        // The page of this type starts at `skip`; a page past its end still counts it.
+        let (got, n) = if want > 0 {
+            p.page_and_total(client, ctx, skip, want, &sel).await?
         } else {
-            skip = (skip - n).max(0);
-        }
+            (Vec::new(), p.count(client).await?)
+        };
+        total += n;
+        want -= got.len() as i64;
+        resources.extend(got);
+        skip = (skip - n).max(0);
     }
     Ok(Page { total, resources })
 }
