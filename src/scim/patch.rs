@@ -1,6 +1,8 @@
 //! PATCH (RFC 7644 §3.5.2) on a canonical document, with the quirks real clients send
 //! (README, SCIM): operations apply to a copy, so a failing operation changes nothing.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::{Map, Value};
 
 use super::error::ScimError;
@@ -283,6 +285,15 @@ fn is_primary(v: &Value) -> bool {
     v.get("primary") == Some(&Value::Bool(true))
 }
 
+/// A value's `value` sub-attribute as a hash key (None when it has none).
+fn value_key(v: &Value) -> Option<String> {
+    match v.get("value")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
 /// Values of an attribute with a `value` sub-attribute are identified by it.
 fn same_value(attr: &Attr, a: &Value, b: &Value) -> bool {
     if attr.has_value_sub() {
@@ -308,14 +319,14 @@ fn whole(
                 Value::Array(a) => a.clone(),
                 v => vec![v.clone()],
             };
+            // Hashed, so removing thousands of members from a large group stays linear.
+            let by_value: HashSet<String> = listed.iter().filter_map(value_key).collect();
+            let whole_values: Vec<&Value> =
+                listed.iter().filter(|l| value_key(l).is_none()).collect();
             if let Some(Value::Array(items)) = c.get_mut(key) {
                 items.retain(|i| {
-                    !listed
-                        .iter()
-                        .any(|l| match (l.get("value"), i.get("value")) {
-                            (Some(lv), Some(iv)) => lv == iv,
-                            _ => l == i,
-                        })
+                    let listed_by_value = value_key(i).is_some_and(|k| by_value.contains(&k));
+                    !listed_by_value && !whole_values.contains(&i)
                 });
                 if items.is_empty() {
                     c.remove(key);
@@ -339,16 +350,36 @@ fn whole(
             if new.iter().any(is_primary) {
                 demote_primaries(items);
             }
+            // Values identified by `value` are found through a hash of them, so adding a
+            // thousand members to a group of 100k is linear, not quadratic.
+            let mut at: HashMap<String, usize> = HashMap::new();
+            if attr.has_value_sub() {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(k) = value_key(item) {
+                        at.entry(k).or_insert(i);
+                    }
+                }
+            }
             for n in new {
-                match items.iter_mut().find(|i| same_value(attr, i, &n)) {
+                let found = match value_key(&n) {
+                    Some(k) if attr.has_value_sub() => at.get(&k).copied(),
+                    _ if attr.has_value_sub() => None,
+                    _ => items.iter().position(|i| same_value(attr, i, &n)),
+                };
+                match found {
                     // Re-adding a member is a no-op; re-adding an email updates its fields.
                     Some(_) if attr.name == "members" => {}
-                    Some(existing) => {
-                        if let (Some(e), Value::Object(n)) = (existing.as_object_mut(), n) {
+                    Some(i) => {
+                        if let (Some(e), Value::Object(n)) = (items[i].as_object_mut(), n) {
                             e.extend(n);
                         }
                     }
-                    None => items.push(n),
+                    None => {
+                        if let Some(k) = value_key(&n).filter(|_| attr.has_value_sub()) {
+                            at.insert(k, items.len());
+                        }
+                        items.push(n);
+                    }
                 }
             }
         }
@@ -456,8 +487,10 @@ fn filtered(
     value: &Value,
     label: &str,
 ) -> Result<(), ScimError> {
-    let items = match c.get(attr.name) {
-        Some(Value::Array(a)) => a.clone(),
+    // Taken out, not cloned: PATCH works on its own copy of the document, and an error
+    // discards that copy.
+    let mut items = match c.remove(attr.name) {
+        Some(Value::Array(a)) => a,
         _ => Vec::new(),
     };
     let mut hits = Vec::new();
@@ -466,12 +499,15 @@ fn filtered(
             hits.push(i);
         }
     }
-    let mut items = items;
     match (kind, sub_after) {
         (Kind::Remove, None) => {
+            let mut hit = vec![false; items.len()];
+            for &i in &hits {
+                hit[i] = true;
+            }
             let mut i = 0;
             items.retain(|_| {
-                let keep = !hits.contains(&i);
+                let keep = !hit[i];
                 i += 1;
                 keep
             });

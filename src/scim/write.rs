@@ -119,6 +119,7 @@ fn split_members(
 ) -> Result<(Doc, Vec<Member>), ScimError> {
     let mut members = Vec::new();
     let mut seen = HashSet::new();
+    let current: HashMap<Uuid, Kind> = current.iter().map(|c| (c.id, c.kind)).collect();
     if let Some(Value::Array(items)) = doc.remove("members") {
         for m in items {
             let value = m.get("value").and_then(Value::as_str).unwrap_or_default();
@@ -128,10 +129,10 @@ fn split_members(
                 ))
             };
             let id = parse_id(value).ok_or_else(missing)?;
-            let kind = match current.iter().find(|c| c.id == id) {
-                Some(c) => c.kind,
-                None => *known.get(&id).ok_or_else(missing)?,
-            };
+            let kind = *current
+                .get(&id)
+                .or_else(|| known.get(&id))
+                .ok_or_else(missing)?;
             if let Some(t) = m.get("type").and_then(Value::as_str) {
                 if Kind::parse(t) != Some(kind) {
                     return Err(ScimError::value(format!(

@@ -297,3 +297,58 @@ async fn client_shaped_filters_leave_nothing_prepared() {
         after - before
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_sets_through_removals_and_re_adds() {
+    let db = TestDb::new().await;
+    let s = Scim::new(&db).await;
+    let mut ids = Vec::new();
+    for n in ["a", "b", "c", "d"] {
+        ids.push(
+            s.user(n, json!({})).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let g = s.group("g", &[&ids[0], &ids[1], &ids[2], &ids[3]]).await;
+    let path = format!("/Groups/{}", g["id"].as_str().unwrap());
+    let members = |v: &serde_json::Value| -> Vec<String> {
+        v["members"]
+            .as_array()
+            .map(|a| {
+                let mut v: Vec<String> = a
+                    .iter()
+                    .map(|m| m["value"].as_str().unwrap().to_string())
+                    .collect();
+                v.sort();
+                v
+            })
+            .unwrap_or_default()
+    };
+    let set = |v: &[&String]| {
+        let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    };
+    let r = s
+        .patch(
+            &path,
+            json!([{"op": "remove", "path": "members", "value": [{"value": ids[0]}, {"value": ids[2]}]},
+                   {"op": "remove", "path": format!("members[value eq \"{}\"]", ids[3])},
+                   {"op": "add", "path": "members", "value": [{"value": ids[0]}, {"value": ids[1]}]}]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:#}", r.body);
+    assert_eq!(members(&r.body), set(&[&ids[1], &ids[0]]));
+    // The next PATCH folds the group from its events: removed members stay removed.
+    let r = s
+        .patch(
+            &path,
+            json!([{"op": "add", "path": "members", "value": [{"value": ids[2]}, {"value": ids[1]}]}]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:#}", r.body);
+    assert_eq!(members(&r.body), set(&[&ids[1], &ids[0], &ids[2]]));
+    assert_eq!(members(&s.get(&path).await.body), members(&r.body));
+}
