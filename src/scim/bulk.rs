@@ -11,6 +11,11 @@ use serde_json::{json, Map, Value};
 use super::error::ScimError;
 use super::schema::{self, ResourceType, GROUP_TYPE, USER_TYPE};
 use super::{wait, write, Body, Ctx, ScimJson, POSITION_HEADER};
+
+/// Whether the read models reached a Bulk request's writes before it answered.
+pub const WAIT_HEADER: &str = "portcullis-wait";
+const WAIT_COMPLETE: &str = "complete";
+const WAIT_TIMED_OUT: &str = "timed-out";
 use crate::app::AppState;
 use crate::eventstore::Position;
 
@@ -194,9 +199,21 @@ pub async fn bulk(
             break;
         }
     }
-    wait(&state, last).await?;
+    // The operations are committed whatever the wait gives: a timeout must not hide their
+    // results (a client retrying the whole request would write twice), so it is stated in
+    // a header beside the position to wait for.
+    let outcome = match wait(&state, last).await {
+        Ok(()) => WAIT_COMPLETE,
+        Err(ScimError::NotCaughtUp(e)) => {
+            tracing::warn!(error = %e, "bulk: read models not caught up; results returned");
+            WAIT_TIMED_OUT
+        }
+        Err(e) => return Err(e),
+    };
     let mut res = ScimJson(json!({"schemas": [schema::BULK_RESPONSE], "Operations": results}))
         .into_response();
+    res.headers_mut()
+        .insert(WAIT_HEADER, HeaderValue::from_static(outcome));
     if let Some(p) = last.and_then(|p| HeaderValue::from_str(&p.to_string()).ok()) {
         res.headers_mut().insert(POSITION_HEADER, p);
     }

@@ -185,3 +185,68 @@ async fn a_projection_that_does_not_catch_up_gives_503_and_loses_nothing() {
         .assert_error(409, Some("uniqueness"));
     stalled.app.stop().await;
 }
+
+/// A Bulk request whose wait times out still returns every operation's result and the
+/// position to wait for, and says the wait timed out (its writes are committed; a client
+/// retrying the whole request would write twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_returns_its_results_when_the_wait_times_out() {
+    let db = TestDb::new().await;
+    let setup = TestApp::spawn(&db).await;
+    let (org, token) = super::org_with_token(&setup).await;
+    setup.stop().await;
+    let mut cfg = db.config();
+    cfg.run_projections = false;
+    cfg.scim.wait_timeout = Duration::from_millis(200);
+    let stalled = Scim {
+        app: TestApp::spawn_with(cfg).await,
+        org,
+        token: token.clone(),
+    };
+    let r = stalled
+        .post(
+            "/Bulk",
+            &json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+            "Operations": [
+                {"method": "POST", "path": "/Users", "bulkId": "a", "data": {"userName": "bulk-a"}},
+                {"method": "POST", "path": "/Users", "bulkId": "b", "data": {"userName": "bulk-b"}}
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:#}", r.body);
+    assert_eq!(r.header("portcullis-wait"), Some("timed-out"));
+    let ops = r.body["Operations"].as_array().unwrap();
+    assert_eq!(ops.len(), 2);
+    for op in ops {
+        assert_eq!(op["status"], "201", "{op:#}");
+        assert!(op["location"]
+            .as_str()
+            .is_some_and(|l| l.contains("/Users/")));
+    }
+    let pos = r
+        .header("portcullis-position")
+        .expect("a position")
+        .to_string();
+    let live = Scim {
+        app: TestApp::spawn(&db).await,
+        org,
+        token,
+    };
+    let found = live
+        .send(
+            Method::GET,
+            "/Users?filter=userName%20sw%20%22bulk-%22",
+            None,
+            &[("portcullis-min-position", &pos)],
+        )
+        .await;
+    assert_eq!(found.body["totalResults"], 2, "{:#}", found.body);
+    let r = live
+        .post(
+            "/Bulk",
+            &json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+                    "Operations": [{"method": "POST", "path": "/Users", "data": {"userName": "bulk-c"}}]}),
+        )
+        .await;
+    assert_eq!(r.header("portcullis-wait"), Some("complete"));
+}
