@@ -154,20 +154,25 @@ async fn projections_status_reset_retry_and_acknowledge() {
     );
 }
 
-/// `PORTCULLIS_LOG_FORMAT=json`: one JSON object per line, with the span fields.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_are_one_object_per_line() {
-    use std::io::BufRead;
-    let db = TestDb::new().await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+/// `portcullis serve` on a free port, logging JSON at info to a pipe.
+fn serve_with_json_logs(database_url: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("DATABASE_URL", &db.url)
+        .env("DATABASE_URL", database_url)
         .env("PORTCULLIS_LOG_FORMAT", "json")
         .env("PORTCULLIS_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("start serve");
+        .expect("start serve")
+}
+
+/// `PORTCULLIS_LOG_FORMAT=json`: one JSON object per line, with the span fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    use std::io::BufRead;
+    let db = TestDb::new().await;
+    let mut child = serve_with_json_logs(&db.url);
     let stderr = child.stderr.take().unwrap();
     // Reads until the service says it serves (a line per event; the process ends the stream).
     let lines = tokio::task::spawn_blocking(move || {
@@ -224,15 +229,7 @@ async fn client_errors_are_not_logged_as_errors() {
         "scim",
         "--no-wait",
     ]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("DATABASE_URL", &db.url)
-        .env("PORTCULLIS_LOG_FORMAT", "json")
-        .env("PORTCULLIS_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start serve");
+    let mut child = serve_with_json_logs(&db.url);
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let stderr = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {

@@ -135,22 +135,28 @@ async fn min_position_carries_read_your_writes_across_servers() {
     reader.app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_projection_that_does_not_catch_up_gives_503_and_loses_nothing() {
-    let db = TestDb::new().await;
-    // The org and token need their projections once.
-    let setup = TestApp::spawn(&db).await;
+/// A server whose projections never run and whose waits end after 200 ms, on an org whose
+/// token another server made usable first.
+async fn stalled(db: &TestDb) -> (Scim, uuid::Uuid, String) {
+    let setup = TestApp::spawn(db).await;
     let (org, token) = super::org_with_token(&setup).await;
     setup.stop().await;
-
     let mut cfg = db.config();
     cfg.run_projections = false;
     cfg.scim.wait_timeout = Duration::from_millis(200);
+    let app = TestApp::spawn_with(cfg).await;
     let stalled = Scim {
-        app: TestApp::spawn_with(cfg).await,
+        app,
         org,
         token: token.clone(),
     };
+    (stalled, org, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_that_does_not_catch_up_gives_503_and_loses_nothing() {
+    let db = TestDb::new().await;
+    let (stalled, org, token) = stalled(&db).await;
     let r = stalled
         .post("/Users", &json!({"userName": "patient"}))
         .await;
@@ -192,17 +198,7 @@ async fn a_projection_that_does_not_catch_up_gives_503_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_returns_its_results_when_the_wait_times_out() {
     let db = TestDb::new().await;
-    let setup = TestApp::spawn(&db).await;
-    let (org, token) = super::org_with_token(&setup).await;
-    setup.stop().await;
-    let mut cfg = db.config();
-    cfg.run_projections = false;
-    cfg.scim.wait_timeout = Duration::from_millis(200);
-    let stalled = Scim {
-        app: TestApp::spawn_with(cfg).await,
-        org,
-        token: token.clone(),
-    };
+    let (stalled, org, token) = stalled(&db).await;
     let r = stalled
         .post(
             "/Bulk",

@@ -129,15 +129,7 @@ async fn passwords_are_argon2_hashes_never_returned() {
     assert!(r.body.get("password").is_none());
     let r = s.get(&format!("/Users/{id}?attributes=password")).await;
     assert!(r.body.get("password").is_none());
-    let c = db.client().await;
-    let rows = c
-        .query(
-            "SELECT payload::text FROM eventstore.events WHERE aggregate_id = $1::text::uuid",
-            &[&id],
-        )
-        .await
-        .unwrap();
-    let all: String = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+    let all = super::event_payloads(&db, id).await;
     assert!(!all.contains("hunter2") && !all.contains("another-secret"));
     assert_eq!(all.matches("$argon2id$").count(), 2, "{all}");
     s.patch(

@@ -1,18 +1,7 @@
 use serde_json::{json, Value};
 
-use super::{ids, Scim, ENTERPRISE};
+use super::{enc, ids, Scim, ENTERPRISE};
 use crate::support::TestDb;
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 async fn filter(s: &Scim, endpoint: &str, f: &str) -> Vec<String> {
     let r = s.get(&format!("{endpoint}?filter={}", enc(f))).await;

@@ -193,6 +193,32 @@ pub async fn into_resp(res: reqwest::Response) -> Resp {
     }
 }
 
+/// Percent-encodes a filter (or any query value) for a URL.
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Every stored payload of one aggregate, concatenated (to look for secrets).
+pub async fn event_payloads(db: &TestDb, id: &str) -> String {
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT payload::text FROM eventstore.events WHERE aggregate_id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get::<_, String>(0)).collect()
+}
+
 /// The ids of a ListResponse's resources.
 pub fn ids(list: &Value) -> Vec<String> {
     list["Resources"]

@@ -3,17 +3,8 @@
 
 use serde_json::json;
 
-use super::{ids, Scim, ENTERPRISE, USER};
+use super::{enc, event_payloads, ids, Scim, ENTERPRISE, USER};
 use crate::support::TestDb;
-
-fn enc(filter: &str) -> String {
-    filter
-        .replace('%', "%25")
-        .replace(' ', "%20")
-        .replace('"', "%22")
-        .replace('[', "%5B")
-        .replace(']', "%5D")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entra_matching_filter_value_path_then_sub_attribute() {
@@ -245,15 +236,7 @@ async fn a_password_patched_with_an_empty_path_is_set() {
         .await;
     assert_eq!(r.status, 200, "{:#}", r.body);
     assert!(r.body.get("password").is_none());
-    let c = db.client().await;
-    let rows = c
-        .query(
-            "SELECT payload::text FROM eventstore.events WHERE aggregate_id = $1::text::uuid",
-            &[&id],
-        )
-        .await
-        .unwrap();
-    let all: String = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+    let all = event_payloads(&db, &id).await;
     assert!(!all.contains("a-long-new-secret"));
     assert_eq!(all.matches("$argon2id$").count(), 1, "{all}");
 }
