@@ -157,6 +157,7 @@ impl Projector {
             rebuilds: watch::channel(0).0,
         });
         let (remote_tx, remote_rx) = watch::channel(RemoteWake::default());
+        let mut listening = remote_rx.clone();
         let channels = vec![EVENTS_CHANNEL.into(), super::rebuild::CHANNEL.into()];
         let (mut events, listener_task) = listener::spawn(url.to_string(), channels, "projector");
         let mut tasks = vec![listener_task];
@@ -186,6 +187,14 @@ impl Projector {
         }
         tasks.push(tokio::spawn(super::live::run(inner.clone(), remote_rx)));
         tasks.push(tokio::spawn(super::rebuild::run(inner.clone())));
+        // Like the hub: return once LISTEN is in place, so a write from another process right
+        // after start is announced to this node (bounded: a slow database does not block start,
+        // the runners catch up when the listener connects).
+        let _ = tokio::time::timeout(
+            Duration::from_secs(30),
+            listening.wait_for(|w| w.connects > 0),
+        )
+        .await;
         Ok(Projector { inner, tasks })
     }
 
