@@ -26,6 +26,8 @@ pub enum StartError {
          Run `SELECT eventstore.rebase_after_restore();` in psql once, then start again"
     )]
     NotRebased { ahead: u64 },
+    #[error("cannot read the SCIM cursor key (scim.cursor_key)")]
+    CursorKey(#[source] tokio_postgres::Error),
     #[error("cannot read the event store")]
     Store(#[from] crate::eventstore::StoreError),
 }
@@ -39,6 +41,8 @@ pub struct AppState {
     pub projector: Option<Arc<Projector>>,
     pub admin_token: Option<Arc<str>>,
     pub scim: Arc<ScimOptions>,
+    /// Signs SCIM list cursors (the same key on every node: it is in the database).
+    pub cursor_key: Arc<crate::scim::cursor::CursorKey>,
     pub tokens: Arc<crate::domain::token::TokenCache>,
     pub clock: crate::clock::SharedClock,
     pub verification: Arc<crate::domain::verification::Settings>,
@@ -73,14 +77,17 @@ impl AppState {
     pub async fn start(cfg: &Config) -> Result<AppState, StartError> {
         let pool = db::pool(&cfg.database_url, cfg.pool_size)?;
         let store = EventStore::new(pool.clone(), cfg.store.clone());
-        {
+        let cursor_key = {
             let client = pool.get().await.map_err(ProjectionError::from)?;
             let ahead = crate::eventstore::positions_ahead(&client).await?;
             if ahead > 0 {
                 return Err(StartError::NotRebased { ahead });
             }
             cfg.thresholds.store(&client).await?;
-        }
+            crate::scim::cursor::CursorKey::load(&client)
+                .await
+                .map_err(StartError::CursorKey)?
+        };
         let hub = ProgressHub::start(&cfg.database_url, pool.clone()).await?;
         let lag_history = crate::api::dashboard::LagHistory::default();
         let sampler = Sampler(lag_history.start_sampling(pool.clone()));
@@ -122,6 +129,7 @@ impl AppState {
             projector,
             admin_token: cfg.admin_token.as_deref().map(Arc::from),
             scim: Arc::new(cfg.scim.clone()),
+            cursor_key: Arc::new(cursor_key),
             tokens: Arc::default(),
             clock: cfg.clock.clone(),
             verification: Arc::new(cfg.verification.clone()),

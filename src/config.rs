@@ -268,6 +268,14 @@ pub struct ScimArgs {
         default_value_t = 1000
     )]
     pub scim_max_bulk_operations: usize,
+    /// How long a list cursor (RFC 9865 nextCursor/previousCursor) stays usable after the
+    /// page that issued it, in seconds; older cursors get 400 expiredCursor.
+    #[arg(
+        long,
+        env = "PORTCULLIS_SCIM_CURSOR_TIMEOUT_SECONDS",
+        default_value_t = 3600
+    )]
+    pub scim_cursor_timeout_seconds: u64,
 }
 
 impl ScimArgs {
@@ -276,6 +284,7 @@ impl ScimArgs {
             wait_timeout: std::time::Duration::from_millis(self.wait_timeout_ms.max(1)),
             max_body_bytes: self.scim_max_body_bytes.max(1024),
             max_bulk_operations: self.scim_max_bulk_operations.max(1),
+            cursor_timeout: std::time::Duration::from_secs(self.scim_cursor_timeout_seconds.max(1)),
         }
     }
 }
@@ -286,6 +295,7 @@ pub struct ScimOptions {
     pub wait_timeout: std::time::Duration,
     pub max_body_bytes: usize,
     pub max_bulk_operations: usize,
+    pub cursor_timeout: std::time::Duration,
 }
 
 impl Default for ScimOptions {
@@ -294,6 +304,7 @@ impl Default for ScimOptions {
             wait_timeout: std::time::Duration::from_secs(5),
             max_body_bytes: 1024 * 1024,
             max_bulk_operations: 1000,
+            cursor_timeout: std::time::Duration::from_secs(3600),
         }
     }
 }

@@ -34,6 +34,16 @@ async fn service_provider_config(State(state): State<AppState>, ctx: Ctx) -> Sci
             "maxPayloadSize": state.scim.max_body_bytes,
         },
         "filter": {"supported": true, "maxResults": MAX_RESULTS},
+        // RFC 9865: a request with `cursor` (empty for the first page) pages by cursor; one
+        // without pages by startIndex, as before.
+        "pagination": {
+            "cursor": true,
+            "index": true,
+            "defaultPaginationMethod": "index",
+            "defaultPageSize": MAX_RESULTS,
+            "maxPageSize": MAX_RESULTS,
+            "cursorTimeout": state.scim.cursor_timeout.as_secs(),
+        },
         "changePassword": {"supported": true},
         "sort": {"supported": true},
         "etag": {"supported": true},

@@ -2,9 +2,11 @@
 //! the org, read-your-writes on every response, errors as SCIM error bodies.
 
 mod bulk;
+pub mod cursor;
 mod discovery;
 mod error;
 pub mod filter;
+mod paging;
 pub mod patch;
 pub mod query;
 mod read;
@@ -333,12 +335,41 @@ fn list_query(get: impl Fn(&str) -> Option<Value>) -> Result<ListQuery, ScimErro
             )))
         }
     };
+    let count = int("count")?;
+    let cursor = match get("cursor") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.trim().to_string()),
+        Some(other) => {
+            return Err(ScimError::bad(
+                "invalidCursor",
+                format!("cursor must be a string, not {other}"),
+            ))
+        }
+    };
+    let start_index = int("startIndex")?;
+    let count = match (&cursor, count) {
+        (None, c) => c.unwrap_or(MAX_RESULTS).clamp(0, MAX_RESULTS),
+        (Some(_), _) if start_index.is_some() => {
+            return Err(ScimError::value(
+                "startIndex and cursor are two ways of paging: send one of them",
+            ))
+        }
+        (Some(_), None) => MAX_RESULTS,
+        (Some(_), Some(c)) if (0..=MAX_RESULTS).contains(&c) => c,
+        (Some(_), Some(c)) => return Err(ScimError::bad(
+            "invalidCount",
+            format!(
+                "count {c} is out of range: with a cursor it is 0 to {MAX_RESULTS} (maxPageSize)"
+            ),
+        )),
+    };
     Ok(ListQuery {
         filter,
         sort_by,
         descending,
-        start_index: int("startIndex")?.unwrap_or(1).max(1),
-        count: int("count")?.unwrap_or(MAX_RESULTS).clamp(0, MAX_RESULTS),
+        start_index: start_index.unwrap_or(1).max(1),
+        count,
+        cursor,
     })
 }
 
@@ -398,10 +429,29 @@ async fn list(
     q: HashMap<String, String>,
 ) -> Result<Response, ScimError> {
     let lq = list_query(|k| params(&q, k).map(Value::String))?;
-    wait_for_read(&state, min).await?;
+    one_type(&state, ctx, rt, min, lq, selection(rt, &q)).await
+}
+
+/// A list of one type, by index or by cursor.
+async fn one_type(
+    state: &AppState,
+    ctx: Ctx,
+    rt: &'static ResourceType,
+    min: Option<Position>,
+    lq: ListQuery,
+    sel: Selection,
+) -> Result<Response, ScimError> {
+    let cursor = match &lq.cursor {
+        Some(token) => Some(paging::check(state, &ctx, rt, &lq, token)?),
+        None => None,
+    };
+    wait_for_read(state, min).await?;
     let client = state.pool.get().await?;
-    let page = read::list(&client, rt, &ctx, &lq, &selection(rt, &q)).await?;
-    Ok(ScimJson(list_response(page, &lq)).into_response())
+    let body = match cursor {
+        Some(c) => paging::list(state, &client, &ctx, rt, &lq, &sel, &c).await?,
+        None => list_response(read::list(&client, rt, &ctx, &lq, &sel).await?, &lq),
+    };
+    Ok(ScimJson(body).into_response())
 }
 
 async fn list_users(
@@ -460,15 +510,18 @@ async fn search(
     body: Value,
 ) -> Result<Response, ScimError> {
     let (q, attrs, excluded) = search_request(&body)?;
+    if let Some(rt) = rt {
+        let sel = Selection::parse(rt, attrs.as_deref(), excluded.as_deref());
+        return one_type(&state, ctx, rt, min, q, sel).await;
+    }
+    if q.cursor.is_some() {
+        return Err(ScimError::value(
+            "cursor paging is per resource type: search /Users/.search or /Groups/.search",
+        ));
+    }
     wait_for_read(&state, min).await?;
     let client = state.pool.get().await?;
-    let page = match rt {
-        Some(rt) => {
-            let sel = Selection::parse(rt, attrs.as_deref(), excluded.as_deref());
-            read::list(&client, rt, &ctx, &q, &sel).await?
-        }
-        None => read::list_all(&client, &ctx, &q, attrs.as_deref(), excluded.as_deref()).await?,
-    };
+    let page = read::list_all(&client, &ctx, &q, attrs.as_deref(), excluded.as_deref()).await?;
     Ok(ScimJson(list_response(page, &q)).into_response())
 }
 

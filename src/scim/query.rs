@@ -484,24 +484,32 @@ fn compile_with(
     })
 }
 
-/// The ORDER BY expression for `sortBy` (multi-valued attributes sort by their primary value).
-pub fn sort_expr(rt: &ResourceType, path: &AttrPath) -> Result<String, String> {
+/// The ORDER BY expression for `sortBy` (multi-valued attributes sort by their primary value)
+/// and its SQL type, so a cursor can carry a value of it as text and compare it again.
+pub fn sort_expr(rt: &ResourceType, path: &AttrPath) -> Result<(String, &'static str), String> {
     match resolve(rt, path)? {
-        Col::Text { expr, ci: true } => Ok(format!("lower({expr})")),
-        Col::Text { expr, ci: false } | Col::Bool(expr) | Col::Time(expr) | Col::Id(expr) => {
-            Ok(expr)
-        }
+        Col::Text { expr, ci: true } => Ok((format!("lower({expr})"), "text")),
+        Col::Text { expr, ci: false } => Ok((expr, "text")),
+        Col::Bool(expr) => Ok((expr, "boolean")),
+        Col::Time(expr) => Ok((expr, "timestamptz")),
+        Col::Id(expr) => Ok((expr, "uuid")),
         Col::Multi {
             elem: Elem::Emails, ..
-        } => Ok("(SELECT lower(e.value) FROM projections.user_emails e \
-                 WHERE e.user_id = r.user_id ORDER BY e.is_primary DESC, e.ord LIMIT 1)"
-            .into()),
+        } => Ok((
+            "(SELECT lower(e.value) FROM projections.user_emails e \
+             WHERE e.user_id = r.user_id ORDER BY e.is_primary DESC, e.ord LIMIT 1)"
+                .into(),
+            "text",
+        )),
         Col::Multi {
             from,
             elem: Elem::Json(attr),
-        } if attr.has_value_sub() => Ok(format!(
-            "(SELECT lower(x.v->>'value') {from} \
-             ORDER BY (x.v->>'primary')::boolean IS TRUE DESC LIMIT 1)"
+        } if attr.has_value_sub() => Ok((
+            format!(
+                "(SELECT lower(x.v->>'value') {from} \
+                 ORDER BY (x.v->>'primary')::boolean IS TRUE DESC LIMIT 1)"
+            ),
+            "text",
         )),
         _ => Err(format!("cannot sort by {path}")),
     }
