@@ -32,8 +32,8 @@ use crate::domain::token::Scope;
 use crate::eventstore::Position;
 
 pub use error::ScimError;
-pub use read::Ctx;
 use read::ListQuery;
+pub use read::{Ctx, PREPARED_PER_CONNECTION};
 use resource::Selection;
 use schema::{ResourceType, GROUP_TYPE, USER_TYPE};
 
@@ -356,12 +356,14 @@ fn list_query(get: impl Fn(&str) -> Option<Value>) -> Result<ListQuery, ScimErro
         }
         (Some(_), None) => MAX_RESULTS,
         (Some(_), Some(c)) if (0..=MAX_RESULTS).contains(&c) => c,
-        (Some(_), Some(c)) => return Err(ScimError::bad(
-            "invalidCount",
-            format!(
+        (Some(_), Some(c)) => {
+            return Err(ScimError::bad(
+                "invalidCount",
+                format!(
                 "count {c} is out of range: with a cursor it is 0 to {MAX_RESULTS} (maxPageSize)"
             ),
-        )),
+            ))
+        }
     };
     Ok(ListQuery {
         filter,

@@ -53,7 +53,7 @@ fn binding<'a>(ctx: &Ctx, rt: &ResourceType, shape: &'a str) -> Binding<'a> {
 /// (unless it is the first).
 pub async fn list(
     state: &AppState,
-    client: &tokio_postgres::Client,
+    client: &deadpool_postgres::Client,
     ctx: &Ctx,
     rt: &'static ResourceType,
     q: &ListQuery,

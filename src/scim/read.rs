@@ -243,19 +243,25 @@ pub async fn version<C: GenericClient>(
         .map(|r| r.get(0)))
 }
 
-/// Runs client-shaped SQL (filters, sortBy, attributes vary per request) as an unnamed
-/// statement with typed parameters: one round trip, and nothing is left prepared on the
-/// pooled connection, so no client can grow the server's backends by varying its filters.
+/// Client-shaped statements (one per filter structure, sortBy and attribute set) a pooled
+/// connection keeps prepared. The hot shapes (`userName eq`, the import's page) are then
+/// planned once; past the bound the connection's statement cache is emptied, its statements
+/// closed, so a client that varies its filters cannot grow a backend.
+pub const PREPARED_PER_CONNECTION: usize = 64;
+
+/// Runs client-shaped SQL through the connection's bounded statement cache.
 async fn run(
-    client: &tokio_postgres::Client,
+    client: &deadpool_postgres::Client,
     sql: &str,
     params: &[Param],
 ) -> Result<Vec<tokio_postgres::Row>, ScimError> {
-    let typed: Vec<(&(dyn ToSql + Sync), postgres_types::Type)> = params
-        .iter()
-        .map(|p| (p as &(dyn ToSql + Sync), p.pg_type()))
-        .collect();
-    Ok(client.query_typed(sql, &typed).await?)
+    let types: Vec<postgres_types::Type> = params.iter().map(Param::pg_type).collect();
+    if client.statement_cache.size() >= PREPARED_PER_CONNECTION {
+        client.statement_cache.clear();
+    }
+    let st = client.prepare_typed_cached(sql, &types).await?;
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    Ok(client.query(&st, &refs).await?)
 }
 
 /// A compiled list query for one resource type: its WHERE, ORDER BY and parameters.
@@ -316,7 +322,7 @@ fn plan_with(
 }
 
 impl Plan {
-    pub async fn count(&self, client: &tokio_postgres::Client) -> Result<i64, ScimError> {
+    pub async fn count(&self, client: &deadpool_postgres::Client) -> Result<i64, ScimError> {
         let sql = format!(
             "SELECT count(*) FROM {} WHERE {}",
             query::table(self.rt).from,
@@ -329,7 +335,7 @@ impl Plan {
     /// is empty).
     pub async fn page_and_total(
         &self,
-        client: &tokio_postgres::Client,
+        client: &deadpool_postgres::Client,
         ctx: &Ctx,
         offset: i64,
         limit: i64,
@@ -337,10 +343,13 @@ impl Plan {
     ) -> Result<(Vec<Value>, i64), ScimError> {
         let from = query::table(self.rt).from;
         let n = self.params.len();
+        // The page's rows are picked first and only they get their columns computed (the
+        // groups of a user are a function call): the rows OFFSET skips cost an index step.
         let sql = format!(
             "WITH total AS (SELECT count(*) AS n FROM {from} WHERE {w}) \
              SELECT p.*, total.n FROM total LEFT JOIN LATERAL \
-             (SELECT {cols} FROM {from} WHERE {w} ORDER BY {order} LIMIT ${} OFFSET ${}) p ON true",
+             (SELECT {cols} FROM (SELECT r.* FROM {from} WHERE {w} ORDER BY {order} \
+              LIMIT ${} OFFSET ${}) r ORDER BY {order}) p ON true",
             n + 1,
             n + 2,
             w = self.where_sql,
@@ -425,7 +434,7 @@ impl Plan {
     /// one statement: a keyset read, so the cost does not grow with how far the client is.
     pub async fn cursor_page(
         &self,
-        client: &tokio_postgres::Client,
+        client: &deadpool_postgres::Client,
         ctx: &Ctx,
         from: Option<&Cursor>,
         limit: i64,
@@ -489,7 +498,7 @@ impl Plan {
 
 /// A cursor-paged list of one resource type, from `from` (the first page when None).
 pub async fn list_by_cursor(
-    client: &tokio_postgres::Client,
+    client: &deadpool_postgres::Client,
     rt: &'static ResourceType,
     ctx: &Ctx,
     q: &ListQuery,
@@ -511,7 +520,7 @@ pub async fn list_by_cursor(
 
 /// A list of one resource type.
 pub async fn list(
-    client: &tokio_postgres::Client,
+    client: &deadpool_postgres::Client,
     rt: &'static ResourceType,
     ctx: &Ctx,
     q: &ListQuery,
@@ -536,7 +545,7 @@ pub async fn list(
 /// attribute only one type has compares false on the other; a filter neither type
 /// understands is an error.
 pub async fn list_all(
-    client: &tokio_postgres::Client,
+    client: &deadpool_postgres::Client,
     ctx: &Ctx,
     q: &ListQuery,
     attributes: Option<&str>,
