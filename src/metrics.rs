@@ -10,7 +10,15 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::projection::HealthReport;
+/// One projection's gauges at scrape time (read from `projections.health` by the caller, so
+/// this module depends on nothing of the service).
+pub struct ProjectionGauges<'a> {
+    pub name: &'a str,
+    pub events_behind: f64,
+    pub seconds_behind: f64,
+    pub failed: f64,
+    pub dead_lettered: f64,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -135,8 +143,9 @@ pub fn metrics() -> &'static Metrics {
 }
 
 impl Metrics {
-    /// The text exposition, with the projection gauges set from `health`.
-    pub fn render(&self, health: &HealthReport) -> String {
+    /// The text exposition, with the projection gauges set from `projections` and the
+    /// horizon's age.
+    pub fn render(&self, projections: &[ProjectionGauges], horizon_age_seconds: f64) -> String {
         for g in [
             &self.events_behind,
             &self.seconds_behind,
@@ -145,20 +154,20 @@ impl Metrics {
         ] {
             g.reset();
         }
-        for p in &health.projections {
-            let l = [p.name.as_str()];
+        for p in projections {
+            let l = [p.name];
             self.events_behind
                 .with_label_values(&l)
-                .set(p.events_behind as f64);
+                .set(p.events_behind);
             self.seconds_behind
                 .with_label_values(&l)
                 .set(p.seconds_behind);
-            self.failed.with_label_values(&l).set(p.failed as f64);
+            self.failed.with_label_values(&l).set(p.failed);
             self.dead_lettered
                 .with_label_values(&l)
-                .set(p.dead_lettered as f64);
+                .set(p.dead_lettered);
         }
-        self.horizon_age.set(health.horizon_age_seconds);
+        self.horizon_age.set(horizon_age_seconds);
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -20,7 +20,20 @@ pub fn router() -> Router<AppState> {
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let client = state.pool.get().await?;
     let health = projection::health(&client).await?;
-    let mut res = crate::metrics::metrics().render(&health).into_response();
+    let gauges: Vec<_> = health
+        .projections
+        .iter()
+        .map(|p| crate::metrics::ProjectionGauges {
+            name: &p.name,
+            events_behind: p.events_behind as f64,
+            seconds_behind: p.seconds_behind,
+            failed: p.failed as f64,
+            dead_lettered: p.dead_lettered as f64,
+        })
+        .collect();
+    let mut res = crate::metrics::metrics()
+        .render(&gauges, health.horizon_age_seconds)
+        .into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

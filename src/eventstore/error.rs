@@ -1,4 +1,4 @@
-use super::store::{Aggregate, ExpectedVersion};
+use super::types::{Aggregate, ExpectedVersion};
 
 /// What can go wrong when appending to or reading from the event store.
 #[derive(Debug, thiserror::Error)]

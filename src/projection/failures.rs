@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 
-use super::runner::{Inner, Progress, RunnerOptions};
+use super::context::{Inner, Progress, RunnerOptions};
 use super::{FailureClass, Projection, ProjectionError};
 use crate::eventstore::{Position, StoredEvent};
 

@@ -14,7 +14,7 @@ use deadpool_postgres::Transaction;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::runner::{Inner, RemoteWake};
+use super::context::{Inner, RemoteWake};
 use super::{FailureClass, ProjectionError};
 use crate::eventstore::{self, EventFilter, Position, StoredEvent};
 use crate::listener::Backoff;

@@ -1,6 +1,7 @@
 //! The projection runtime (docs/ARCHITECTURE.md): runners that apply events to read models
 //! exactly once, their state in SQL, and waiting for a position without polling.
 
+mod context;
 mod failures;
 mod live;
 mod rebuild;
@@ -13,8 +14,9 @@ use deadpool_postgres::Transaction;
 
 use crate::eventstore::{StoreError, StoredEvent};
 
+pub use context::RunnerOptions;
 pub use rebuild::request_rebuild;
-pub use runner::{Projector, RunnerOptions};
+pub use runner::Projector;
 pub use state::{
     acknowledge_failed, failed_events, health, lag, last_event_timestamp, parse_lag_overrides,
     reset, retry_failed, state, states, FailedEvent, HealthReport, Lag, ProjectionHealth,

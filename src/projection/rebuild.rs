@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use deadpool_postgres::{Pool, Transaction};
 
+use super::context::{Inner, Progress};
 use super::failures::isolate;
-use super::runner::{Inner, Progress};
 use super::{FailureClass, Projection, ProjectionError};
 use crate::eventstore::{self, EventFilter, Position};
 use crate::listener::Backoff;
@@ -193,7 +193,7 @@ async fn swap(inner: &Inner, p: &dyn Projection) -> Result<bool, ProjectionError
     let name = p.name();
     let mut client = inner.pool.get().await?;
     let tx = client.transaction().await?;
-    tx.execute(super::runner::LOCK_SQL, &[&name]).await?;
+    tx.execute(super::context::LOCK_SQL, &[&name]).await?;
     if !tx.query_one(LOCK_SQL, &[&name]).await?.get::<_, bool>(0) {
         return Ok(false);
     }

@@ -13,82 +13,13 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::context::{Inner, Progress, RemoteWake, RunnerOptions, TRY_LOCK_SQL};
 use super::failures::{forget_failures, isolate, runnable, Failure};
 use super::state::{self, register, RetryReport};
 use super::wait::ProgressHub;
 use super::{FailureClass, Projection, ProjectionError};
-use crate::clock::{SharedClock, SystemClock};
 use crate::eventstore::{self, EventFilter, EventStore, Position, StoredEvent, EVENTS_CHANNEL};
 use crate::listener::{self, Backoff, ListenEvent};
-
-/// One runner applies a projection at a time, across every process: a transaction-scoped
-/// advisory lock, which takes no transaction id (so the read below is not held back by it).
-pub(crate) const TRY_LOCK_SQL: &str =
-    "SELECT pg_try_advisory_xact_lock(hashtextextended('portcullis.projection/' || $1, 0))";
-pub(crate) const LOCK_SQL: &str =
-    "SELECT pg_advisory_xact_lock(hashtextextended('portcullis.projection/' || $1, 0))";
-
-#[derive(Clone)]
-pub struct RunnerOptions {
-    /// Events per batch when following live writes (short transactions keep the horizon moving).
-    pub live_batch: i64,
-    /// Events per batch while catching up.
-    pub catchup_batch: i64,
-    /// The slow tick that only covers lost wake-ups.
-    pub fallback_tick: Duration,
-    /// Failures after which an event is dead-lettered and skipped.
-    pub max_attempts: i32,
-    /// Backoff between attempts at a failing event: base * 2^(failures-1), capped.
-    pub retry_base: Duration,
-    pub retry_max: Duration,
-    pub clock: SharedClock,
-}
-
-impl Default for RunnerOptions {
-    fn default() -> Self {
-        RunnerOptions {
-            live_batch: 100,
-            catchup_batch: 2000,
-            fallback_tick: Duration::from_secs(5),
-            max_attempts: 5,
-            retry_base: Duration::from_secs(1),
-            retry_max: Duration::from_secs(300),
-            clock: Arc::new(SystemClock),
-        }
-    }
-}
-
-impl RunnerOptions {
-    pub(super) fn retry_delay(&self, failures: i32) -> Duration {
-        let exp = failures.clamp(1, 20) as u32 - 1;
-        self.retry_base
-            .saturating_mul(1u32 << exp)
-            .min(self.retry_max)
-    }
-}
-
-pub(super) struct Inner {
-    pub(super) pool: Pool,
-    pub(super) store: EventStore,
-    pub(super) hub: ProgressHub,
-    pub(super) opts: RunnerOptions,
-    pub(super) projections: Vec<(Arc<dyn Projection>, Arc<Notify>)>,
-    /// Per projection: its runner is catching up on its own (the live round leaves it be).
-    pub(super) catching_up: Vec<AtomicBool>,
-    /// Bumped after every batch commit: a runner whose read stopped short of the horizon
-    /// may have been held back by that transaction.
-    pub(super) commits: watch::Sender<u64>,
-    /// Bumped when a rebuild is asked for, here or in another process.
-    pub(super) rebuilds: watch::Sender<u64>,
-}
-
-impl Inner {
-    pub(super) fn poke_all(&self) {
-        for (_, poke) in &self.projections {
-            poke.notify_one();
-        }
-    }
-}
 
 /// Runs a set of projections until stopped or dropped.
 pub struct Projector {
@@ -102,14 +33,6 @@ impl Drop for Projector {
             t.abort();
         }
     }
-}
-
-/// What the wake-up listener last heard: how many times it (re)connected, and the highest
-/// position another process announced.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct RemoteWake {
-    pub(super) connects: u64,
-    pub(super) position: Position,
 }
 
 enum Outcome {
@@ -371,15 +294,6 @@ async fn batch(
         span.in_scope(|| tracing::debug!("batch committed"));
     }
     out
-}
-
-/// What a batch did: how far it got, the last event it applied, and why it stopped early.
-pub(super) struct Progress<'a> {
-    pub(super) position: Position,
-    pub(super) applied: i64,
-    pub(super) last: Option<&'a StoredEvent>,
-    /// Stopped before the end of what was read: at a failing event's backoff (`Some`).
-    pub(super) stopped: Option<Duration>,
 }
 
 /// One batch in one transaction. Events are read before the transaction takes an xid (the

@@ -329,7 +329,7 @@ pub async fn retry_failed(
     let name = projection.name();
     let mut client = pool.get().await?;
     let mut tx = client.transaction().await?;
-    tx.execute(super::runner::LOCK_SQL, &[&name]).await?;
+    tx.execute(super::context::LOCK_SQL, &[&name]).await?;
     tx.execute(super::LIVE_SESSION_SQL, &[]).await?;
     let upto = state(&tx, name)
         .await?
