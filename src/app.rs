@@ -3,12 +3,12 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use deadpool_postgres::Pool;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, ScimOptions};
+use crate::config::Config;
 use crate::db::{self, DbError};
 use crate::eventstore::EventStore;
+use crate::http::{AppState, Sampler};
 use crate::mail::{MailWorker, Mailer};
 use crate::projection::{ProgressHub, ProjectionError, Projector};
 
@@ -32,45 +32,6 @@ pub enum StartError {
     Store(#[from] crate::eventstore::StoreError),
 }
 
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: Pool,
-    pub store: EventStore,
-    pub hub: ProgressHub,
-    /// The projections this process runs (none when `Config::run_projections` is off).
-    pub projector: Option<Arc<Projector>>,
-    pub admin_token: Option<Arc<str>>,
-    pub scim: Arc<ScimOptions>,
-    /// Signs SCIM list cursors (the same key on every node: it is in the database).
-    pub cursor_key: Arc<crate::scim::cursor::CursorKey>,
-    pub tokens: Arc<crate::domain::token::TokenCache>,
-    pub clock: crate::clock::SharedClock,
-    pub verification: Arc<crate::domain::verification::Settings>,
-    /// The outbox worker (none when `Config::run_mail_worker` is off).
-    pub mail: Option<Arc<MailWorker>>,
-    /// Lag samples for the dashboard's chart.
-    pub lag_history: crate::api::dashboard::LagHistory,
-    _sampler: Arc<Sampler>,
-}
-
-/// Stops the lag sampler with the last clone of the state.
-struct Sampler(tokio::task::JoinHandle<()>);
-
-impl Drop for Sampler {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl AppState {
-    /// Tells the local mail worker there is mail (other processes hear NOTIFY mail_outbox).
-    pub fn wake_mailer(&self) {
-        if let Some(m) = &self.mail {
-            m.wake();
-        }
-    }
-}
-
 impl AppState {
     /// Connects, starts the ProgressHub and (unless switched off) the projections.
     /// Expects a migrated database.
@@ -84,12 +45,12 @@ impl AppState {
                 return Err(StartError::NotRebased { ahead });
             }
             cfg.thresholds.store(&client).await?;
-            crate::scim::cursor::CursorKey::load(&client)
+            crate::signing::SigningKey::load(&client)
                 .await
                 .map_err(StartError::CursorKey)?
         };
         let hub = ProgressHub::start(&cfg.database_url, pool.clone()).await?;
-        let lag_history = crate::api::dashboard::LagHistory::default();
+        let lag_history = crate::projection::LagHistory::default();
         let sampler = Sampler(lag_history.start_sampling(pool.clone()));
         let mailer = Mailer::new(cfg.smtp_url.as_deref(), &cfg.mail_from)?;
         if mailer.is_log() {

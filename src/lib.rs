@@ -8,12 +8,14 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod eventstore;
+pub mod http;
 pub mod listener;
 pub mod mail;
 pub mod metrics;
 pub mod projection;
 pub mod projections;
 pub mod scim;
+pub mod signing;
 
 /// An error and its causes, `: `-separated, for logs and the command line.
 /// Escapes text for HTML bodies and attribute values (mail templates, admin pages).

@@ -5,13 +5,14 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-use portcullis::app::{self, AppState};
+use portcullis::app;
 use portcullis::clock::SystemClock;
 use portcullis::config::{
     Cli, Command, Config, DbArgs, OrgsCommand, ProjectionsCommand, TokensCommand,
 };
 use portcullis::domain::{org, token};
 use portcullis::eventstore::{EventStore, Position, StoreOptions};
+use portcullis::http::AppState;
 use portcullis::projection::ProgressHub;
 use portcullis::projection::{self, Projection};
 use portcullis::{db, error_chain};

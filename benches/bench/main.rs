@@ -70,7 +70,7 @@ async fn main() {
 
 /// The app served in-process on 127.0.0.1, with an org and a SCIM token for it.
 pub struct Served {
-    pub state: portcullis::app::AppState,
+    pub state: portcullis::http::AppState,
     pub addr: std::net::SocketAddr,
     pub org: uuid::Uuid,
     pub token: portcullis::domain::token::Issued,
@@ -81,7 +81,7 @@ pub struct Served {
 impl Served {
     pub async fn start(cfg: &portcullis::config::Config) -> Served {
         use portcullis::domain::{org, token};
-        let state = portcullis::app::AppState::start(cfg).await.expect("start");
+        let state = portcullis::http::AppState::start(cfg).await.expect("start");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -74,7 +74,7 @@ fn pct(samples: &mut [f64], p: f64) -> f64 {
 
 pub async fn run(
     api: &Api,
-    state: &portcullis::app::AppState,
+    state: &portcullis::http::AppState,
     org: Uuid,
     ids: &[Uuid],
     out: &mut Report,
@@ -136,7 +136,7 @@ pub async fn run(
 /// baseline does the same through `group::update` without HTTP.
 async fn big_group_patch(
     api: &Api,
-    state: &portcullis::app::AppState,
+    state: &portcullis::http::AppState,
     org: Uuid,
     ids: &[Uuid],
     out: &mut Report,

@@ -3,30 +3,21 @@
 //! retry-failed behind a confirmation. The admin token is kept in an HTTP-only, same-site
 //! cookie after a login form; it never appears in a URL.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
-use base64::Engine;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
-use crate::app::AppState;
+use crate::http::auth::{self, Admin, AuthError, ADMIN_COOKIE};
+use crate::http::AppState;
 use crate::projection::{self, HealthReport};
 
-pub const COOKIE: &str = "portcullis_admin";
 const PAGE: &str = include_str!("../../templates/dashboard.html");
 const FORM: &str = include_str!("../../templates/admin_form.html");
-/// Samples kept for the chart: ten minutes at one per five seconds.
-const HISTORY: usize = 120;
-const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -41,108 +32,24 @@ pub fn router() -> Router<AppState> {
         .route("/admin/projections/{name}/{action}", get(confirm).post(act))
 }
 
-/// Lag over the last minutes, sampled from projections.health.
-#[derive(Debug, Clone, Default)]
-pub struct LagHistory(Arc<Mutex<VecDeque<Sample>>>);
+/// A dashboard visitor with a valid admin token; others are sent to the login form.
+type AdminPage = Admin<LoginFirst>;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Sample {
-    /// Unix time, seconds.
-    at: f64,
-    projections: Vec<SampleRow>,
-}
+/// The dashboard's answer to a visitor who is not an admin: the login form.
+pub struct LoginFirst(Response);
 
-#[derive(Debug, Clone, Serialize)]
-struct SampleRow {
-    name: String,
-    events_behind: i64,
-    seconds_behind: f64,
-}
-
-impl LagHistory {
-    pub fn record(&self, h: &HealthReport) {
-        let sample = Sample {
-            at: chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
-            projections: h
-                .projections
-                .iter()
-                .map(|p| SampleRow {
-                    name: p.name.clone(),
-                    events_behind: p.events_behind,
-                    seconds_behind: p.seconds_behind,
-                })
-                .collect(),
-        };
-        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        q.push_back(sample);
-        while q.len() > HISTORY {
-            q.pop_front();
-        }
-    }
-
-    pub fn samples(&self) -> Vec<Sample> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
-    }
-
-    /// Samples every few seconds for as long as the app lives (a metrics sampler: nothing
-    /// waits on it).
-    pub fn start_sampling(&self, pool: deadpool_postgres::Pool) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SAMPLE_EVERY);
-            loop {
-                tick.tick().await;
-                if let Ok(client) = pool.get().await {
-                    if let Ok(h) = projection::health(&client).await {
-                        me.record(&h);
-                    }
-                }
-            }
+impl From<AuthError> for LoginFirst {
+    fn from(e: AuthError) -> LoginFirst {
+        LoginFirst(match e {
+            AuthError::Unauthorized => Redirect::to("/admin/login").into_response(),
+            other => ApiError::from(other).into_response(),
         })
     }
 }
 
-fn cookie_token(headers: &HeaderMap) -> Option<String> {
-    let raw = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| {
-            c.trim()
-                .strip_prefix(&format!("{COOKIE}="))
-                .map(str::to_string)
-        })?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(raw)
-        .ok()?;
-    String::from_utf8(bytes).ok()
-}
-
-/// The admin token of a request: `Authorization: Bearer`, else the dashboard's cookie.
-pub fn presented_admin_token(headers: &HeaderMap) -> Option<String> {
-    super::bearer(headers)
-        .map(str::to_string)
-        .or_else(|| cookie_token(headers))
-}
-
-/// A dashboard visitor with a valid admin token; others are sent to the login form.
-pub struct AdminPage;
-
-impl FromRequestParts<AppState> for AdminPage {
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        match super::admin::is_admin(state, cookie_token(&parts.headers).as_deref()).await {
-            Ok(true) => Ok(AdminPage),
-            Ok(false) => Err(Redirect::to("/admin/login").into_response()),
-            Err(e) => Err(e.into_response()),
-        }
+impl IntoResponse for LoginFirst {
+    fn into_response(self) -> Response {
+        self.0
     }
 }
 
@@ -221,14 +128,14 @@ async fn login(
         return StatusCode::FORBIDDEN.into_response();
     }
     let token = f.token.trim();
-    match super::admin::is_admin(&state, Some(token)).await {
+    match auth::is_admin(&state, Some(token)).await {
         Ok(true) => {
             let secure = headers
                 .get("x-forwarded-proto")
                 .is_some_and(|v| v.as_bytes() == b"https");
-            let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
+            let value = auth::admin_cookie_value(token);
             let cookie = format!(
-                "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200{}",
+                "{ADMIN_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200{}",
                 if secure { "; Secure" } else { "" }
             );
             let mut res = Redirect::to("/admin/projections").into_response();
@@ -246,7 +153,7 @@ async fn login(
             "Log in",
             false,
         ),
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
@@ -318,7 +225,7 @@ async fn dashboard(
     Ok(no_store(Html(html).into_response()))
 }
 
-async fn data(_: super::admin::Admin, State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn data(_: Admin<ApiError>, State(state): State<AppState>) -> Result<Response, ApiError> {
     let client = state.pool.get().await?;
     let h = projection::health(&client).await?;
     let body = json!({"health": h, "history": state.lag_history.samples()});

@@ -30,6 +30,15 @@ pub enum ApiError {
     Domain(#[from] crate::domain::DomainError),
 }
 
+impl From<crate::http::auth::AuthError> for ApiError {
+    fn from(e: crate::http::auth::AuthError) -> ApiError {
+        match e {
+            crate::http::auth::AuthError::Unauthorized => ApiError::Unauthorized,
+            crate::http::auth::AuthError::Check(d) => ApiError::Domain(d),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {

@@ -9,7 +9,7 @@ mod verification;
 use axum::routing::get;
 use axum::Router;
 
-use crate::app::AppState;
+use crate::http::AppState;
 
 pub use error::ApiError;
 
@@ -20,19 +20,6 @@ pub fn router() -> Router<AppState> {
         .merge(verification::router())
         .merge(ops::router())
         .merge(dashboard::router())
-}
-
-/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
-pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    let v = headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-        .filter(|t| !t.is_empty())
 }
 
 /// Liveness only: the process answers. Readiness (database, migrations, projections) is /readyz.

@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::error::ApiError;
-use crate::app::AppState;
+use crate::http::AppState;
 use crate::projection;
 
 pub fn router() -> Router<AppState> {

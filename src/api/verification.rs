@@ -2,8 +2,7 @@
 //! mail opens. Answers never tell an unknown user from a wrong code where that would let a
 //! caller probe for accounts.
 
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,60 +11,27 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::error::ApiError;
-use crate::app::AppState;
-use crate::domain::token::Scope;
 use crate::domain::verification::{self, VerifyError};
-use crate::eventstore::Position;
+use crate::http::position::with_position;
+use crate::http::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route(
-            "/api/v1/orgs/{org_id}/users/{user_id}/email/verification",
+            "/api/v1/orgs/{org}/users/{user_id}/email/verification",
             post(request),
         )
         .route(
-            "/api/v1/orgs/{org_id}/users/{user_id}/email/verify",
+            "/api/v1/orgs/{org}/users/{user_id}/email/verify",
             post(verify),
         )
-        .route("/api/v1/orgs/{org_id}/users/{user_id}/email", get(status))
+        .route("/api/v1/orgs/{org}/users/{user_id}/email", get(status))
         .route("/verify-email", get(link))
 }
 
 /// A caller with a `scim` token of the org in the path.
-pub struct OrgCaller {
-    pub org: Uuid,
-}
-
-impl FromRequestParts<AppState> for OrgCaller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let org: Uuid = parts
-            .uri
-            .path()
-            .strip_prefix("/api/v1/orgs/")
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|o| o.parse().ok())
-            .ok_or(ApiError::Unauthorized)?;
-        let presented = super::bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
-        let at = state.hub.generation("api_tokens");
-        match state
-            .tokens
-            .authenticate(&state.pool, presented, at)
-            .await?
-        {
-            Some(c) if c.org_id == org && c.scope == Scope::Scim => Ok(OrgCaller { org }),
-            _ => Err(ApiError::Unauthorized),
-        }
-    }
-}
-
-fn with_position(mut res: Response, position: Position) -> Response {
-    if let Ok(v) = HeaderValue::from_str(&position.to_string()) {
-        res.headers_mut().insert(crate::scim::POSITION_HEADER, v);
-    }
-    res
-}
+/// A caller with an org token (SCIM scope) of the org in the path.
+type OrgCaller = crate::http::auth::OrgCaller<ApiError>;
 
 impl From<VerifyError> for ApiError {
     fn from(e: VerifyError) -> ApiError {

@@ -3,6 +3,7 @@
 
 mod context;
 mod failures;
+mod lag;
 mod live;
 mod rebuild;
 mod runner;
@@ -15,6 +16,7 @@ use deadpool_postgres::Transaction;
 use crate::eventstore::{StoreError, StoredEvent};
 
 pub use context::RunnerOptions;
+pub use lag::{LagHistory, Sample};
 pub use rebuild::request_rebuild;
 pub use runner::Projector;
 pub use state::{

@@ -9,17 +9,22 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
 use super::error::ScimError;
+use super::extract::Body;
+use super::json::ScimJson;
+use super::read::Ctx;
 use super::schema::{self, ResourceType, GROUP_TYPE, USER_TYPE};
-use super::{wait, write, Body, Ctx, ScimJson, POSITION_HEADER};
+use super::wait::wait;
+use super::write;
+use crate::http::position::POSITION_HEADER;
 
 /// Whether the read models reached a Bulk request's writes before it answered.
 pub const WAIT_HEADER: &str = "portcullis-wait";
 const WAIT_COMPLETE: &str = "complete";
 const WAIT_TIMED_OUT: &str = "timed-out";
-use crate::app::AppState;
 use crate::eventstore::Position;
+use crate::http::AppState;
 
-use super::member as get;
+use super::json::member as get;
 
 /// Replaces `bulkId:x` strings with the ids they stand for.
 fn substitute(v: &Value, ids: &HashMap<String, String>) -> Result<Value, ScimError> {

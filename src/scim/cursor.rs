@@ -2,54 +2,24 @@
 //! nor alter one, and bound to the org, the resource type and the query that issued it.
 //!
 //! A cursor is base64url of `payload || tag`, the tag an HMAC-SHA256 (first 16 bytes) of the
-//! payload under the deployment's key (`scim.cursor_key`, made by the migration, the same on
-//! every node). The payload holds the keyset position (the sort value, `created_at` and id of
+//! payload under the deployment's signing key (`crate::signing`). The payload holds the keyset position (the sort value, `created_at` and id of
 //! the row next to the page's edge), the direction, the issue time and a hash of the query.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
+
+use crate::signing::{SigningKey, TAG_LEN};
 use uuid::Uuid;
 
 use super::error::ScimError;
 use super::schema::Kind;
 
 const VERSION: u8 = 1;
-const TAG_LEN: usize = 16;
 /// Far above any real cursor (sort values are bounded by the attribute limits), so a client
 /// cannot make the server decode megabytes.
 const MAX_ENCODED: usize = 4096;
-
-/// The deployment's cursor-signing key.
-#[derive(Clone)]
-pub struct CursorKey(Vec<u8>);
-
-impl std::fmt::Debug for CursorKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CursorKey(..)")
-    }
-}
-
-impl CursorKey {
-    pub fn new(secret: Vec<u8>) -> CursorKey {
-        CursorKey(secret)
-    }
-
-    /// The key the migration stored (a DBA rotates it with an UPDATE; cursors issued before
-    /// then are refused as invalid).
-    pub async fn load(client: &tokio_postgres::Client) -> Result<CursorKey, tokio_postgres::Error> {
-        let row = client
-            .query_one("SELECT secret FROM scim.cursor_key", &[])
-            .await?;
-        Ok(CursorKey(row.get(0)))
-    }
-
-    fn mac(&self) -> Hmac<Sha256> {
-        <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key length")
-    }
-}
 
 /// Which way a cursor pages from its position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +77,7 @@ fn invalid(detail: &str) -> ScimError {
     )
 }
 
-pub fn encode(key: &CursorKey, b: &Binding, c: &Cursor, now: DateTime<Utc>) -> String {
+pub fn encode(key: &SigningKey, b: &Binding, c: &Cursor, now: DateTime<Utc>) -> String {
     let mut p = Vec::with_capacity(96);
     p.push(VERSION);
     p.push(match c.direction {
@@ -124,16 +94,15 @@ pub fn encode(key: &CursorKey, b: &Binding, c: &Cursor, now: DateTime<Utc>) -> S
     } else {
         p.push(0);
     }
-    let mut mac = key.mac();
-    mac.update(&p);
-    p.extend_from_slice(&mac.finalize().into_bytes()[..TAG_LEN]);
+    let tag = key.sign(&p);
+    p.extend_from_slice(&tag);
     URL_SAFE_NO_PAD.encode(p)
 }
 
 /// Reads a cursor back: invalidCursor if it was not issued here for this query, expiredCursor
 /// if it is older than `timeout`.
 pub fn decode(
-    key: &CursorKey,
+    key: &SigningKey,
     b: &Binding,
     text: &str,
     now: DateTime<Utc>,
@@ -150,9 +119,7 @@ pub fn decode(
         return Err(invalid("the cursor is not one this server issued"));
     }
     let (p, tag) = raw.split_at(raw.len() - TAG_LEN);
-    let mut mac = key.mac();
-    mac.update(p);
-    if mac.verify_truncated_left(tag).is_err() || p[0] != VERSION {
+    if !key.verify(p, tag) || p[0] != VERSION {
         return Err(invalid("the cursor is not one this server issued"));
     }
     if p[2..10] != b.digest() {
@@ -226,7 +193,7 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_any_change() {
-        let key = CursorKey::new(b"k".repeat(32));
+        let key = SigningKey::new(b"k".repeat(32));
         let org = Uuid::new_v4();
         let now = Utc::now();
         let hour = Duration::from_secs(3600);
@@ -247,7 +214,7 @@ mod tests {
             assert_eq!(scim_type(e), "invalidCursor");
         }
         // Another key, org, type or query: invalid.
-        let other = CursorKey::new(b"j".repeat(32));
+        let other = SigningKey::new(b"j".repeat(32));
         assert!(decode(&other, &binding(org), &text, now, hour).is_err());
         let e = decode(&key, &binding(Uuid::new_v4()), &text, now, hour).unwrap_err();
         assert_eq!(scim_type(e), "invalidCursor");
@@ -265,7 +232,7 @@ mod tests {
 
     #[test]
     fn expires_after_the_timeout() {
-        let key = CursorKey::new(vec![7; 32]);
+        let key = SigningKey::new(vec![7; 32]);
         let org = Uuid::new_v4();
         let now = Utc::now();
         let text = encode(&key, &binding(org), &cursor(), now);

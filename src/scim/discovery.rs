@@ -7,9 +7,11 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use super::error::ScimError;
+use super::json::ScimJson;
+use super::params::MAX_RESULTS;
+use super::read::Ctx;
 use super::schema::{self, resource_types};
-use super::{Ctx, ScimJson, MAX_RESULTS};
-use crate::app::AppState;
+use crate::http::AppState;
 
 pub fn router(m: impl Fn(MethodRouter<AppState>) -> MethodRouter<AppState>) -> Router<AppState> {
     Router::new()

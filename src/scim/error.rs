@@ -138,6 +138,21 @@ impl ScimError {
 }
 
 /// Domain errors that are the client's doing become 4xx; the rest stay server errors.
+impl From<crate::http::auth::AuthError> for ScimError {
+    fn from(e: crate::http::auth::AuthError) -> ScimError {
+        match e {
+            crate::http::auth::AuthError::Unauthorized => ScimError::Unauthorized,
+            crate::http::auth::AuthError::Check(d) => ScimError::from(d),
+        }
+    }
+}
+
+impl From<crate::http::position::BadPosition> for ScimError {
+    fn from(e: crate::http::position::BadPosition) -> ScimError {
+        ScimError::syntax(e.to_string())
+    }
+}
+
 impl From<DomainError> for ScimError {
     fn from(e: DomainError) -> ScimError {
         match e {
@@ -170,10 +185,11 @@ impl From<DomainError> for ScimError {
 impl IntoResponse for ScimError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut res = (status, super::ScimJson(self.body())).into_response();
+        let mut res = (status, super::json::ScimJson(self.body())).into_response();
         if let ScimError::NotVisibleYet { position, .. } = &self {
             if let Ok(p) = HeaderValue::from_str(&position.to_string()) {
-                res.headers_mut().insert(super::POSITION_HEADER, p);
+                res.headers_mut()
+                    .insert(crate::http::position::POSITION_HEADER, p);
             }
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {

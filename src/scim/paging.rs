@@ -8,7 +8,7 @@ use super::error::ScimError;
 use super::read::{self, Ctx, ListQuery};
 use super::resource::Selection;
 use super::schema::{self, ResourceType};
-use crate::app::AppState;
+use crate::http::AppState;
 
 /// A checked cursor request: where the page starts (None: the first page).
 pub struct CursorRequest {

@@ -62,7 +62,7 @@ pub fn operations(body: &Value) -> Result<Vec<Value>, ScimError> {
     Ok(ops.clone())
 }
 
-use super::member as get;
+use super::json::member as get;
 
 /// The password a PATCH sets, found before applying it (hashing is slow; do it once).
 pub fn password_in(ops: &[Value]) -> Option<String> {

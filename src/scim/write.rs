@@ -10,9 +10,9 @@ use super::error::ScimError;
 use super::patch;
 use super::resource;
 use super::schema::{ResourceType, USER_TYPE};
-use crate::app::AppState;
 use crate::domain::group::{self, Kind, Member};
 use crate::domain::{user, verification, Doc, Written};
+use crate::http::AppState;
 
 /// A verified address that SCIM changed gets a new code when the org asks for that. The
 /// change itself is committed already; a failure here is logged, and the user can ask again.

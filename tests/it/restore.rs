@@ -3,7 +3,8 @@
 
 use std::process::Command;
 
-use portcullis::app::{AppState, StartError};
+use portcullis::app::StartError;
+use portcullis::http::AppState;
 use serde_json::json;
 
 use crate::scim::{Scim, USER};

@@ -13,9 +13,10 @@ pub mod pg;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use portcullis::app::{self, AppState};
+use portcullis::app;
 use portcullis::config::Config;
 use portcullis::eventstore::{EventStore, StoreOptions};
+use portcullis::http::AppState;
 use tokio::sync::oneshot;
 
 pub use pg::TestDb;

@@ -1,0 +1,160 @@
+//! Who is calling: bearer tokens, org tokens (the SCIM scope, for `/scim/v2/{org}` and
+//! `/api/v1/orgs/{org}`), and admins (the bootstrap token or an admin-scope API token, by
+//! bearer or the dashboard's cookie). Every failure looks the same to the caller, so nothing
+//! reveals whether an org or a token exists. Each surface turns [`AuthError`] into its own
+//! error body.
+
+use std::marker::PhantomData;
+
+use axum::extract::{FromRequestParts, RawPathParams};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use axum::response::IntoResponse;
+use base64::Engine;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use super::AppState;
+use crate::domain::token::{self, Scope};
+use crate::domain::DomainError;
+
+/// The dashboard's session cookie.
+pub const ADMIN_COOKIE: &str = "portcullis_admin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing, malformed or unknown bearer token")]
+    Unauthorized,
+    #[error("cannot check the token")]
+    Check(#[from] DomainError),
+}
+
+impl From<deadpool_postgres::PoolError> for AuthError {
+    fn from(e: deadpool_postgres::PoolError) -> AuthError {
+        AuthError::Check(DomainError::from(e))
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Checks that the request's bearer token is an org token (SCIM scope) of `org`.
+pub async fn check_org_token(
+    state: &AppState,
+    org: Uuid,
+    headers: &HeaderMap,
+) -> Result<(), AuthError> {
+    let presented = bearer(headers).ok_or(AuthError::Unauthorized)?;
+    let at = state.hub.generation("api_tokens");
+    match state
+        .tokens
+        .authenticate(&state.pool, presented, at)
+        .await?
+    {
+        Some(c) if c.org_id == org && c.scope == Scope::Scim => Ok(()),
+        _ => Err(AuthError::Unauthorized),
+    }
+}
+
+/// A caller holding an org token of the `{org}` in the route; `E` is the surface's error.
+pub struct OrgCaller<E> {
+    pub org: Uuid,
+    surface: PhantomData<fn() -> E>,
+}
+
+impl<E> FromRequestParts<AppState> for OrgCaller<E>
+where
+    E: From<AuthError> + IntoResponse,
+{
+    type Rejection = E;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, E> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| AuthError::Unauthorized)?;
+        let org: Uuid = params
+            .iter()
+            .find(|(k, _)| *k == "org")
+            .and_then(|(_, v)| v.parse().ok())
+            .ok_or(AuthError::Unauthorized)?;
+        check_org_token(state, org, &parts.headers).await?;
+        Ok(OrgCaller {
+            org,
+            surface: PhantomData,
+        })
+    }
+}
+
+/// Whether `presented` is the bootstrap token (compared in constant time) or an API token
+/// with the admin scope.
+pub async fn is_admin(state: &AppState, presented: Option<&str>) -> Result<bool, AuthError> {
+    let Some(presented) = presented.filter(|p| !p.is_empty()) else {
+        return Ok(false);
+    };
+    if let Some(expected) = &state.admin_token {
+        if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+            return Ok(true);
+        }
+    }
+    let client = state.pool.get().await?;
+    Ok(matches!(
+        token::authenticate(&client, presented).await?,
+        Some(caller) if caller.scope == Scope::Admin
+    ))
+}
+
+/// The dashboard cookie's value for an admin token.
+pub fn admin_cookie_value(token: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    let raw = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            c.trim()
+                .strip_prefix(&format!("{ADMIN_COOKIE}="))
+                .map(str::to_string)
+        })?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// The admin token of a request: `Authorization: Bearer`, else the dashboard's cookie.
+fn presented_admin_token(headers: &HeaderMap) -> Option<String> {
+    bearer(headers)
+        .map(str::to_string)
+        .or_else(|| cookie_token(headers))
+}
+
+/// An admin caller; `E` is the surface's error (a JSON 401, or the dashboard's redirect to
+/// its login form).
+pub struct Admin<E>(PhantomData<fn() -> E>);
+
+impl<E> FromRequestParts<AppState> for Admin<E>
+where
+    E: From<AuthError> + IntoResponse,
+{
+    type Rejection = E;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, E> {
+        let presented = presented_admin_token(&parts.headers);
+        if is_admin(state, presented.as_deref()).await? {
+            Ok(Admin(PhantomData))
+        } else {
+            Err(AuthError::Unauthorized.into())
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The floor under both HTTP surfaces (`api/` and `scim/`): the state every handler gets,
+//! who is calling (bearer, org tokens, admins), and the position headers. It imports neither
+//! surface; `app.rs` assembles them on top of it.
+
+pub mod auth;
+pub mod position;
+mod state;
+
+pub use state::AppState;
+pub(crate) use state::Sampler;

@@ -1,0 +1,50 @@
+//! What every handler of both surfaces gets: the pool, the store, the hub, the caches and
+//! settings. Built by `app.rs`.
+
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+
+use crate::config::ScimOptions;
+use crate::eventstore::EventStore;
+use crate::mail::MailWorker;
+use crate::projection::{ProgressHub, Projector};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: Pool,
+    pub store: EventStore,
+    pub hub: ProgressHub,
+    /// The projections this process runs (none when `Config::run_projections` is off).
+    pub projector: Option<Arc<Projector>>,
+    pub admin_token: Option<Arc<str>>,
+    pub scim: Arc<ScimOptions>,
+    /// Signs SCIM list cursors (the same key on every node: it is in the database).
+    pub cursor_key: Arc<crate::signing::SigningKey>,
+    pub tokens: Arc<crate::domain::token::TokenCache>,
+    pub clock: crate::clock::SharedClock,
+    pub verification: Arc<crate::domain::verification::Settings>,
+    /// The outbox worker (none when `Config::run_mail_worker` is off).
+    pub mail: Option<Arc<MailWorker>>,
+    /// Lag samples for the dashboard's chart.
+    pub lag_history: crate::projection::LagHistory,
+    pub(crate) _sampler: Arc<Sampler>,
+}
+
+/// Stops the lag sampler with the last clone of the state.
+pub(crate) struct Sampler(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl AppState {
+    /// Tells the local mail worker there is mail (other processes hear NOTIFY mail_outbox).
+    pub fn wake_mailer(&self) {
+        if let Some(m) = &self.mail {
+            m.wake();
+        }
+    }
+}

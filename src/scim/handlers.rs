@@ -1,0 +1,248 @@
+//! The SCIM endpoints on resources: one handler per action for every resource type (the
+//! type is the path's, see [`Resource`]), lists and searches, reads, writes and deletes.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::error::ScimError;
+use super::extract::{if_match, Body, MinPosition, Resource};
+use super::json::ScimJson;
+use super::params::{list_query, list_response, params, search_request, selection};
+use super::read::{self, Ctx, ListQuery};
+use super::resource::Selection;
+use super::schema::ResourceType;
+use super::wait::{wait_after_write, wait_for_read};
+use super::{paging, write};
+use crate::eventstore::Position;
+use crate::http::position::POSITION_HEADER;
+use crate::http::AppState;
+
+/// A resource response: ETag, Location (on create), Portcullis-Position (on writes).
+pub(super) fn resource_response(
+    status: StatusCode,
+    resource: Value,
+    version: i64,
+    location: Option<String>,
+    position: Option<Position>,
+) -> Response {
+    let mut res = (status, ScimJson(resource)).into_response();
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&read::etag(version)) {
+        h.insert(header::ETAG, v);
+    }
+    if let Some(l) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        h.insert(header::LOCATION, l);
+    }
+    if let Some(p) = position.and_then(|p| HeaderValue::from_str(&p.to_string()).ok()) {
+        h.insert(POSITION_HEADER, p);
+    }
+    res
+}
+
+pub(super) fn position_only(status: StatusCode, position: Position) -> Response {
+    let mut res = status.into_response();
+    if let Ok(p) = HeaderValue::from_str(&position.to_string()) {
+        res.headers_mut().insert(POSITION_HEADER, p);
+    }
+    res
+}
+
+/// `GET /{resource}`: a list, by index or by cursor.
+pub async fn list(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Resource(rt): Resource,
+    min: MinPosition,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ScimError> {
+    let lq = list_query(|k| params(&q, k).map(Value::String))?;
+    one_type(&state, ctx, rt, min.position, lq, selection(rt, &q)).await
+}
+
+/// A list of one type, by index or by cursor.
+async fn one_type(
+    state: &AppState,
+    ctx: Ctx,
+    rt: &'static ResourceType,
+    min: Option<Position>,
+    lq: ListQuery,
+    sel: Selection,
+) -> Result<Response, ScimError> {
+    let cursor = match &lq.cursor {
+        Some(token) => Some(paging::check(state, &ctx, rt, &lq, token)?),
+        None => None,
+    };
+    wait_for_read(state, min).await?;
+    let client = state.pool.get().await?;
+    let body = match cursor {
+        Some(c) => paging::list(state, &client, &ctx, rt, &lq, &sel, &c).await?,
+        None => list_response(read::list(&client, rt, &ctx, &lq, &sel).await?, &lq),
+    };
+    Ok(ScimJson(body).into_response())
+}
+
+/// `POST /{resource}/.search`: a SearchRequest on one type.
+pub async fn search(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Resource(rt): Resource,
+    min: MinPosition,
+    Body(body): Body,
+) -> Result<Response, ScimError> {
+    let (q, attrs, excluded) = search_request(&body)?;
+    let sel = Selection::parse(rt, attrs.as_deref(), excluded.as_deref());
+    one_type(&state, ctx, rt, min.position, q, sel).await
+}
+
+/// `POST /.search`: users and groups together.
+pub async fn search_all(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    min: MinPosition,
+    Body(body): Body,
+) -> Result<Response, ScimError> {
+    let (q, attrs, excluded) = search_request(&body)?;
+    if q.cursor.is_some() {
+        return Err(ScimError::value(
+            "cursor paging is per resource type: search /Users/.search or /Groups/.search",
+        ));
+    }
+    wait_for_read(&state, min.position).await?;
+    let client = state.pool.get().await?;
+    let page = read::list_all(&client, &ctx, &q, attrs.as_deref(), excluded.as_deref()).await?;
+    Ok(ScimJson(list_response(page, &q)).into_response())
+}
+
+/// `GET /{resource}/{id}` (304 on a matching If-None-Match).
+pub async fn get_one(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Resource(rt): Resource,
+    Path((_, id)): Path<(String, String)>,
+    min: MinPosition,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ScimError> {
+    let not_found = || ScimError::NotFound(format!("{} {id} not found", rt.name));
+    let uid: Uuid = id.parse().map_err(|_| not_found())?;
+    wait_for_read(&state, min.position).await?;
+    let client = state.pool.get().await?;
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(v) = read::version(&client, rt, &ctx, uid).await? {
+            let tag = read::etag(v);
+            if inm.split(',').any(|t| t.trim() == tag || t.trim() == "*") {
+                let mut res = StatusCode::NOT_MODIFIED.into_response();
+                if let Ok(t) = HeaderValue::from_str(&tag) {
+                    res.headers_mut().insert(header::ETAG, t);
+                }
+                return Ok(res);
+            }
+        }
+    }
+    let (resource, version) = read::by_id(&client, rt, &ctx, uid, &selection(rt, &q))
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(resource_response(
+        StatusCode::OK,
+        resource,
+        version,
+        None,
+        None,
+    ))
+}
+
+/// After a write: wait for the read models, read the resource back, answer with it.
+async fn written(
+    state: &AppState,
+    ctx: &Ctx,
+    rt: &'static ResourceType,
+    w: crate::domain::Written,
+    status: StatusCode,
+    q: &HashMap<String, String>,
+) -> Result<Response, ScimError> {
+    wait_after_write(state, w.position).await?;
+    let client = state.pool.get().await?;
+    let (resource, version) = read::by_id(&client, rt, ctx, w.id, &selection(rt, q))
+        .await?
+        .ok_or_else(|| {
+            ScimError::NotFound(format!("{} {} was deleted meanwhile", rt.name, w.id))
+        })?;
+    if status == StatusCode::OK && params(q, "attributes").is_some_and(|a| a.trim().is_empty()) {
+        // PATCH with an empty `attributes`: the client asked for no body.
+        let mut res = position_only(StatusCode::NO_CONTENT, w.position);
+        if let Ok(t) = HeaderValue::from_str(&read::etag(version)) {
+            res.headers_mut().insert(header::ETAG, t);
+        }
+        return Ok(res);
+    }
+    let location =
+        (status == StatusCode::CREATED).then(|| format!("{}/{}/{}", ctx.base, rt.endpoint, w.id));
+    Ok(resource_response(
+        status,
+        resource,
+        version,
+        location,
+        Some(w.position),
+    ))
+}
+
+/// `POST /{resource}`.
+pub async fn create(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Resource(rt): Resource,
+    Query(q): Query<HashMap<String, String>>,
+    Body(body): Body,
+) -> Result<Response, ScimError> {
+    let w = write::create(&state, ctx.org, rt, &body).await?;
+    written(&state, &ctx, rt, w, StatusCode::CREATED, &q).await
+}
+
+/// `PUT /{resource}/{id}`.
+pub async fn replace(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Resource(rt): Resource,
+    Path((_, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    Body(body): Body,
+) -> Result<Response, ScimError> {
+    let w = write::replace(&state, ctx.org, rt, &id, if_match(&headers)?, &body).await?;
+    written(&state, &ctx, rt, w, StatusCode::OK, &q).await
+}
+
+/// `PATCH /{resource}/{id}`.
+pub async fn patch(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Resource(rt): Resource,
+    Path((_, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    Body(body): Body,
+) -> Result<Response, ScimError> {
+    let w = write::patch(&state, ctx.org, rt, &id, if_match(&headers)?, &body).await?;
+    written(&state, &ctx, rt, w, StatusCode::OK, &q).await
+}
+
+/// `DELETE /{resource}/{id}`.
+pub async fn delete(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Resource(rt): Resource,
+    Path((_, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ScimError> {
+    let w = write::delete(&state, ctx.org, rt, &id, if_match(&headers)?).await?;
+    wait_after_write(&state, w.position).await?;
+    Ok(position_only(StatusCode::NO_CONTENT, w.position))
+}

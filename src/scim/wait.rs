@@ -1,0 +1,36 @@
+//! Read-your-writes on the SCIM surface: what a request waits for before it answers.
+
+use super::error::ScimError;
+use crate::eventstore::Position;
+use crate::http::AppState;
+
+/// The read models SCIM answers from: every response waits for both.
+pub const READ_MODELS: [&str; 2] = ["users", "groups"];
+
+/// Waits until the read models reach `position` (503 after the configured timeout).
+pub async fn wait(state: &AppState, position: Option<Position>) -> Result<(), ScimError> {
+    if let Some(p) = position {
+        state
+            .hub
+            .wait_for_all(&READ_MODELS, p, state.scim.wait_timeout)
+            .await?;
+    }
+    Ok(())
+}
+
+/// What a read needs first: its Min-Position reached, and no read model it answers from
+/// half-built after a reset (a 503 with Retry-After then, never a partial answer).
+pub async fn wait_for_read(state: &AppState, position: Option<Position>) -> Result<(), ScimError> {
+    wait(state, position).await?;
+    match READ_MODELS.into_iter().find(|m| !state.hub.is_complete(m)) {
+        Some(model) => Err(ScimError::Incomplete(model)),
+        None => Ok(()),
+    }
+}
+
+pub async fn wait_after_write(state: &AppState, position: Position) -> Result<(), ScimError> {
+    match wait(state, Some(position)).await {
+        Err(ScimError::NotCaughtUp(error)) => Err(ScimError::NotVisibleYet { error, position }),
+        other => other,
+    }
+}
