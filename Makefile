@@ -16,6 +16,7 @@ bench:
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	python3 scripts/layers.py
 
 ci:
 	@bash .ci/run

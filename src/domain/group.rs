@@ -8,7 +8,7 @@ use deadpool_postgres::GenericClient;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{apply_change, check_version, diff, user, write, Doc, DomainError, Written};
+use super::{apply_change, check_version, diff, user, write_with, Doc, DomainError, Written};
 use crate::eventstore::{
     Aggregate, Append, EventStore, ExpectedVersion, NewEvent, StoredEvent, UniqueValue,
 };
@@ -259,7 +259,7 @@ pub async fn load(
     id: Uuid,
 ) -> Result<Option<Group>, DomainError> {
     let client = store.pool().get().await?;
-    let events = super::load_events(&client, &aggregate(id)).await?;
+    let events = super::load_events(&client, &aggregate(id), Some(snapshot_state)).await?;
     Ok(fold(&events).filter(|g| g.org_id == org_id))
 }
 
@@ -273,32 +273,38 @@ pub async fn update<E: From<DomainError>>(
     mut change: impl FnMut(&Group) -> Result<(Doc, Vec<Member>), E>,
 ) -> Result<Written, E> {
     let agg = aggregate(id);
-    let position = write(store, &agg, |events| -> Result<_, E> {
-        let group = fold(events)
-            .filter(|g| g.org_id == org_id)
-            .ok_or_else(|| DomainError::NotFound(format!("group {id}")))?;
-        check_version(&agg, if_match, group.version)?;
-        let (doc, members) = change(&group)?;
-        let name = validate(id, &doc, &members)?;
-        let (set, unset) = diff(&group.doc, &doc);
-        let mut append = Append::new(org_id, agg.clone(), ExpectedVersion::Exact(group.version));
-        if !set.is_empty() || !unset.is_empty() {
-            append = append.event(NewEvent::new(
-                CHANGED,
-                json!({ "set": set, "unset": unset }),
-            ));
-            if name.to_lowercase() != group.display_name().to_lowercase() {
-                append = append
-                    .release(UniqueValue::case_insensitive(
-                        DISPLAY_NAME,
-                        group.display_name(),
-                    ))
-                    .claim(UniqueValue::case_insensitive(DISPLAY_NAME, name));
+    let position = write_with(
+        store,
+        &agg,
+        Some(snapshot_state),
+        |events| -> Result<_, E> {
+            let group = fold(events)
+                .filter(|g| g.org_id == org_id)
+                .ok_or_else(|| DomainError::NotFound(format!("group {id}")))?;
+            check_version(&agg, if_match, group.version)?;
+            let (doc, members) = change(&group)?;
+            let name = validate(id, &doc, &members)?;
+            let (set, unset) = diff(&group.doc, &doc);
+            let mut append =
+                Append::new(org_id, agg.clone(), ExpectedVersion::Exact(group.version));
+            if !set.is_empty() || !unset.is_empty() {
+                append = append.event(NewEvent::new(
+                    CHANGED,
+                    json!({ "set": set, "unset": unset }),
+                ));
+                if name.to_lowercase() != group.display_name().to_lowercase() {
+                    append = append
+                        .release(UniqueValue::case_insensitive(
+                            DISPLAY_NAME,
+                            group.display_name(),
+                        ))
+                        .claim(UniqueValue::case_insensitive(DISPLAY_NAME, name));
+                }
             }
-        }
-        let append = member_events(append, &group.members, &members);
-        Ok((!append.events.is_empty()).then_some(append))
-    })
+            let append = member_events(append, &group.members, &members);
+            Ok((!append.events.is_empty()).then_some(append))
+        },
+    )
     .await?;
     Ok(Written { id, position })
 }
@@ -310,20 +316,25 @@ pub async fn remove(
     if_match: Option<u64>,
 ) -> Result<Written, DomainError> {
     let agg = aggregate(id);
-    let position = write(store, &agg, |events| -> Result<_, DomainError> {
-        let group = fold(events)
-            .filter(|g| g.org_id == org_id)
-            .ok_or_else(|| DomainError::NotFound(format!("group {id}")))?;
-        check_version(&agg, if_match, group.version)?;
-        Ok(Some(
-            Append::new(org_id, agg.clone(), ExpectedVersion::Exact(group.version))
-                .release(UniqueValue::case_insensitive(
-                    DISPLAY_NAME,
-                    group.display_name(),
-                ))
-                .event(NewEvent::new(REMOVED, json!({}))),
-        ))
-    })
+    let position = write_with(
+        store,
+        &agg,
+        Some(snapshot_state),
+        |events| -> Result<_, DomainError> {
+            let group = fold(events)
+                .filter(|g| g.org_id == org_id)
+                .ok_or_else(|| DomainError::NotFound(format!("group {id}")))?;
+            check_version(&agg, if_match, group.version)?;
+            Ok(Some(
+                Append::new(org_id, agg.clone(), ExpectedVersion::Exact(group.version))
+                    .release(UniqueValue::case_insensitive(
+                        DISPLAY_NAME,
+                        group.display_name(),
+                    ))
+                    .event(NewEvent::new(REMOVED, json!({}))),
+            ))
+        },
+    )
     .await?;
     Ok(Written { id, position })
 }

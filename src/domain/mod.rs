@@ -58,6 +58,19 @@ const ATTEMPTS: usize = 4;
 pub(crate) async fn write<E>(
     store: &EventStore,
     aggregate: &Aggregate,
+    decide: impl FnMut(&[StoredEvent]) -> Result<Option<Append>, E>,
+) -> Result<Position, E>
+where
+    E: From<DomainError>,
+{
+    write_with(store, aggregate, None, decide).await
+}
+
+/// [`write`] for an aggregate whose history is snapshotted with `snapshot`.
+pub(crate) async fn write_with<E>(
+    store: &EventStore,
+    aggregate: &Aggregate,
+    snapshot: Option<Snapshotter>,
     mut decide: impl FnMut(&[StoredEvent]) -> Result<Option<Append>, E>,
 ) -> Result<Position, E>
 where
@@ -67,7 +80,7 @@ where
     // Optimistic: most commands meet no competition.
     let events = {
         let client = store.pool().get().await.map_err(DomainError::from)?;
-        load_events(&client, aggregate).await?
+        load_events(&client, aggregate, snapshot).await?
     };
     let Some(append) = decide(&events)? else {
         return Ok(last(&events));
@@ -89,7 +102,7 @@ where
         )
         .await
         .map_err(DomainError::from)?;
-        let events = load_events(&tx, aggregate).await?;
+        let events = load_events(&tx, aggregate, snapshot).await?;
         let Some(append) = decide(&events)? else {
             return Ok(last(&events));
         };
@@ -174,16 +187,9 @@ pub(crate) fn check_storable(doc: &Doc, indexed: &[&'static str]) -> Result<(), 
 /// Events after a snapshot at which a command writes a new one.
 const SNAPSHOT_AFTER: usize = 200;
 
-/// How to snapshot an aggregate type whose histories grow long (its fold, as JSON), if at all.
-/// Folds an aggregate's events into the JSON state a snapshot keeps.
-type Snapshotter = fn(&[StoredEvent]) -> Option<Value>;
-
-fn snapshotter(aggregate_type: &str) -> Option<Snapshotter> {
-    match aggregate_type {
-        group::AGGREGATE => Some(group::snapshot_state),
-        _ => None,
-    }
-}
+/// How an aggregate type whose histories grow long is snapshotted: its events folded into
+/// the JSON state a snapshot keeps (None: nothing to keep). The type's module passes it.
+pub(crate) type Snapshotter = fn(&[StoredEvent]) -> Option<Value>;
 
 /// An aggregate's history as its fold needs it: every event, or for snapshotted types the
 /// snapshot (a `<type>.snapshot` pseudo-event) and the events after it. Writes a fresh
@@ -191,8 +197,9 @@ fn snapshotter(aggregate_type: &str) -> Option<Snapshotter> {
 pub(crate) async fn load_events<C: deadpool_postgres::GenericClient>(
     client: &C,
     aggregate: &Aggregate,
+    snapshot: Option<Snapshotter>,
 ) -> Result<Vec<StoredEvent>, DomainError> {
-    let Some(snap) = snapshotter(&aggregate.aggregate_type) else {
+    let Some(snap) = snapshot else {
         return Ok(eventstore::load(client, aggregate).await?);
     };
     let base = eventstore::snapshot(client, aggregate).await?;
