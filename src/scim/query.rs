@@ -8,7 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::filter::{AttrPath, Filter, Op};
-use super::schema::{self, Attr, ResourceType, Type};
+use super::schema::{self, Attr, Kind, ResourceType, Type};
 
 /// A bind parameter.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,16 +102,15 @@ pub struct Table {
 }
 
 pub fn table(rt: &ResourceType) -> Table {
-    if rt.name == "User" {
-        Table {
+    match rt.kind {
+        Kind::User => Table {
             from: "projections.users r",
             id: "r.user_id",
-        }
-    } else {
-        Table {
+        },
+        Kind::Group => Table {
             from: "projections.groups r",
             id: "r.group_id",
-        }
+        },
     }
 }
 
@@ -142,7 +141,7 @@ fn json_col(base: &str, attr: &'static Attr) -> Col {
 fn resolve(rt: &ResourceType, path: &AttrPath) -> Result<Col, String> {
     let r = rt.resolve(&path.full_attr()).ok_or_else(|| unknown(path))?;
     let attr = r.attr;
-    let is_user = rt.name == "User";
+    let is_user = rt.kind == Kind::User;
     let col = match (attr.name, r.extension) {
         ("id", None) => Col::Id(table(rt).id.into()),
         ("userName", None) => Col::Text {

@@ -11,7 +11,7 @@ use super::error::ScimError;
 use super::filter::{AttrPath, Filter};
 use super::query::{self, Param};
 use super::resource::Selection;
-use super::schema::{self, ResourceType, GROUP_TYPE, USER_TYPE};
+use super::schema::{self, Kind, ResourceType, GROUP_TYPE, USER_TYPE};
 
 /// The org and the base URL its resources live under (`http://host/scim/v2/{org}`).
 #[derive(Debug, Clone)]
@@ -86,7 +86,7 @@ const GROUP_MEMBERS: &str = "(SELECT jsonb_agg(jsonb_build_object('value', m.mem
 /// The columns to select: the row's own, then the computed attribute (or NULL when the
 /// response will not hold it).
 fn cols(rt: &ResourceType, sel: &Selection) -> String {
-    if rt.name == USER_TYPE.name {
+    if rt.kind == Kind::User {
         let groups = if sel.wants("groups") {
             USER_GROUPS
         } else {
@@ -115,7 +115,7 @@ fn render(
             let id: Uuid = row.get(0);
             let computed: Option<Value> = row.get(6);
             let mut out = Map::new();
-            if rt.name == USER_TYPE.name {
+            if rt.kind == Kind::User {
                 let Value::Object(doc) = row.get::<_, Value>(4) else {
                     return Value::Null;
                 };

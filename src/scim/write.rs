@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::error::ScimError;
 use super::patch;
 use super::resource;
-use super::schema::{ResourceType, USER_TYPE};
+use super::schema::{self, ResourceType};
 use crate::domain::group::{self, Kind, Member};
 use crate::domain::{user, verification, Doc, Written};
 use crate::http::AppState;
@@ -62,10 +62,6 @@ impl Target<'_> {
             e => e,
         }
     }
-}
-
-fn is_user(rt: &ResourceType) -> bool {
-    rt.name == USER_TYPE.name
 }
 
 fn parse_id(id: &str) -> Option<Uuid> {
@@ -174,13 +170,16 @@ pub async fn create(
     body: &Value,
 ) -> Result<Written, ScimError> {
     let input = resource::read(rt, body)?;
-    if is_user(rt) {
-        let hash = hash(input.password).await?;
-        Ok(user::create(&state.store, org, input.doc, hash).await?)
-    } else {
-        let known = resolve(state, org, input.doc.get("members"), None).await?;
-        let (doc, members) = split_members(input.doc, &[], &known)?;
-        Ok(group::create(&state.store, org, doc, members).await?)
+    match rt.kind {
+        schema::Kind::User => {
+            let hash = hash(input.password).await?;
+            Ok(user::create(&state.store, org, input.doc, hash).await?)
+        }
+        schema::Kind::Group => {
+            let known = resolve(state, org, input.doc.get("members"), None).await?;
+            let (doc, members) = split_members(input.doc, &[], &known)?;
+            Ok(group::create(&state.store, org, doc, members).await?)
+        }
     }
 }
 
@@ -201,24 +200,27 @@ pub async fn replace(
         ));
     }
     let missing = |e| target.missing(e);
-    if is_user(rt) {
-        let hash = hash(input.password).await?;
-        let doc = input.doc;
-        let updated = user::update(&state.store, org, uid, if_match, hash, |_| {
-            Ok::<_, ScimError>(doc.clone())
-        })
-        .await
-        .map_err(missing)?;
-        reverify(state, org, &updated).await;
-        Ok(updated.written)
-    } else {
-        let known = resolve(state, org, input.doc.get("members"), None).await?;
-        let doc = input.doc;
-        group::update(&state.store, org, uid, if_match, |g| {
-            split_members(doc.clone(), &g.members, &known)
-        })
-        .await
-        .map_err(missing)
+    match rt.kind {
+        schema::Kind::User => {
+            let hash = hash(input.password).await?;
+            let doc = input.doc;
+            let updated = user::update(&state.store, org, uid, if_match, hash, |_| {
+                Ok::<_, ScimError>(doc.clone())
+            })
+            .await
+            .map_err(missing)?;
+            reverify(state, org, &updated).await;
+            Ok(updated.written)
+        }
+        schema::Kind::Group => {
+            let known = resolve(state, org, input.doc.get("members"), None).await?;
+            let doc = input.doc;
+            group::update(&state.store, org, uid, if_match, |g| {
+                split_members(doc.clone(), &g.members, &known)
+            })
+            .await
+            .map_err(missing)
+        }
     }
 }
 
@@ -234,23 +236,26 @@ pub async fn patch(
     let uid = target.uuid()?;
     let ops = patch::operations(body)?;
     let missing = |e| target.missing(e);
-    if is_user(rt) {
-        let hash = hash(patch::password_in(&ops)).await?;
-        let updated = user::update(&state.store, org, uid, if_match, hash, |doc| {
-            patch::apply(rt, doc, id, &ops).map(|p| p.doc)
-        })
-        .await
-        .map_err(missing)?;
-        reverify(state, org, &updated).await;
-        Ok(updated.written)
-    } else {
-        let known = resolve(state, org, &ops, Some(uid)).await?;
-        group::update(&state.store, org, uid, if_match, |g| {
-            let patched = patch::apply(rt, &group_doc(g), id, &ops)?;
-            split_members(patched.doc, &g.members, &known)
-        })
-        .await
-        .map_err(missing)
+    match rt.kind {
+        schema::Kind::User => {
+            let hash = hash(patch::password_in(&ops)).await?;
+            let updated = user::update(&state.store, org, uid, if_match, hash, |doc| {
+                patch::apply(rt, doc, id, &ops).map(|p| p.doc)
+            })
+            .await
+            .map_err(missing)?;
+            reverify(state, org, &updated).await;
+            Ok(updated.written)
+        }
+        schema::Kind::Group => {
+            let known = resolve(state, org, &ops, Some(uid)).await?;
+            group::update(&state.store, org, uid, if_match, |g| {
+                let patched = patch::apply(rt, &group_doc(g), id, &ops)?;
+                split_members(patched.doc, &g.members, &known)
+            })
+            .await
+            .map_err(missing)
+        }
     }
 }
 
@@ -263,10 +268,9 @@ pub async fn delete(
 ) -> Result<Written, ScimError> {
     let target = Target { rt, id };
     let uid = target.uuid()?;
-    let r = if is_user(rt) {
-        user::remove(&state.store, org, uid, if_match).await
-    } else {
-        group::remove(&state.store, org, uid, if_match).await
+    let r = match rt.kind {
+        schema::Kind::User => user::remove(&state.store, org, uid, if_match).await,
+        schema::Kind::Group => group::remove(&state.store, org, uid, if_match).await,
     };
     r.map_err(|e| target.missing(e.into()))
 }
