@@ -10,6 +10,10 @@ mod paging;
 mod rebuild;
 mod report;
 mod scim;
+// The tests' SMTP sink (a real SMTP server in-process); the benchmark uses part of it.
+#[allow(dead_code)]
+#[path = "../../tests/it/support/smtp.rs"]
+mod smtp;
 mod statements;
 mod verification;
 mod waits;

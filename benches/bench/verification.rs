@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::smtp::SmtpSink;
 use portcullis::config::Config;
 use portcullis::domain::user;
-use portcullis::mail::sink::SmtpSink;
 use portcullis::mail::Mailer;
 use serde_json::json;
 

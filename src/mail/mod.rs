@@ -1,7 +1,6 @@
 //! Mail: templates from `templates/`, sending with lettre over SMTP (or to the log when no
-//! SMTP server is configured), the outbox worker, and a small SMTP sink for tests and trials.
+//! SMTP server is configured), and the outbox worker.
 
-pub mod sink;
 mod worker;
 
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::smtp::{Received, SmtpSink};
 use chrono::Duration as Span;
 use portcullis::clock::ManualClock;
-use portcullis::mail::sink::{Received, SmtpSink};
 use serde_json::{json, Value};
 
 use crate::scim::{org_with_token, Scim};
@@ -260,6 +260,13 @@ async fn expiry_single_use_attempt_and_resend_limits() {
     e.clock.advance(Span::seconds(1));
     assert_eq!(e.request(&user).await.0, 202);
     let second = code_of(&e.mail(2).await);
+    // The refused requests sent nothing: two mails to the address, not four.
+    assert!(
+        e.sink
+            .wait_for_to("lim@example.com", 2, Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(e.sink.count_to("lim@example.com"), 2);
     // A new request replaces the previous code.
     if first != second {
         assert_eq!(e.verify(&user, &first).await.0, 400, "the old code is void");

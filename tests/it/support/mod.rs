@@ -6,11 +6,9 @@
 //! from `PORTCULLIS_TEST_PG_IMAGE` (default `postgres:15`; `make test` builds a local image when
 //! none can be pulled).
 
-#![allow(dead_code)]
-
 pub mod pg;
+pub mod smtp;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use portcullis::app;
@@ -23,7 +21,6 @@ pub use pg::TestDb;
 
 /// The app, serving real HTTP on 127.0.0.1 with a port the OS chose.
 pub struct TestApp {
-    pub addr: SocketAddr,
     pub base: String,
     pub state: AppState,
     pub http: reqwest::Client,
@@ -47,7 +44,6 @@ impl TestApp {
             let _ = stopped.await;
         }));
         TestApp {
-            addr,
             base: format!("http://{addr}"),
             state,
             http: reqwest::Client::builder()

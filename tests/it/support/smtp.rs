@@ -92,10 +92,6 @@ impl SmtpSink {
         format!("smtp://{}", self.addr)
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Stops listening and cuts open connections: the server is down until
     /// [`SmtpSink::resume`].
     pub fn stop(&self) {
