@@ -16,9 +16,9 @@ use crate::projection::{ProgressHub, ProjectionError, Projector};
 pub enum StartError {
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("cannot start the projections: {0}")]
+    #[error("cannot start the projections")]
     Projection(#[from] ProjectionError),
-    #[error("mail: {0}")]
+    #[error("mail")]
     Mail(#[from] crate::mail::MailError),
     #[error(
         "the event log is {ahead} transaction ids ahead of this PostgreSQL cluster (restored \

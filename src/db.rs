@@ -12,15 +12,15 @@ mod embedded {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("invalid DATABASE_URL: {0}")]
+    #[error("invalid DATABASE_URL")]
     Url(#[source] tokio_postgres::Error),
-    #[error("cannot connect to the database: {0}")]
+    #[error("cannot connect to the database")]
     Connect(#[source] tokio_postgres::Error),
-    #[error("database: {0}")]
+    #[error("database")]
     Query(#[from] tokio_postgres::Error),
-    #[error("cannot build the connection pool: {0}")]
+    #[error("cannot build the connection pool")]
     Pool(#[from] deadpool_postgres::BuildError),
-    #[error("migration failed: {0}")]
+    #[error("migration failed")]
     Migrate(#[from] refinery::Error),
 }
 
@@ -77,7 +77,7 @@ pub async fn migrate(url: &str) -> Result<Vec<String>, DbError> {
     let (mut client, conn) = connect(url, "migrate").await?;
     let driver = tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "migration connection ended");
+            tracing::warn!(error = %crate::error_chain(&e), "migration connection ended");
         }
     });
     let result = async {

@@ -17,7 +17,6 @@ pub mod projections;
 pub mod scim;
 pub mod signing;
 
-/// An error and its causes, `: `-separated, for logs and the command line.
 /// Escapes text for HTML bodies and attribute values (mail templates, admin pages).
 pub fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -27,15 +26,14 @@ pub fn html_escape(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
+/// An error and its causes, `: `-separated, for logs, responses and the command line (each
+/// message says only its own part: the causes are its sources).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
-        let s_msg = s.to_string();
-        if !msg.contains(&s_msg) {
-            msg.push_str(": ");
-            msg.push_str(&s_msg);
-        }
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
         src = s.source();
     }
     msg

@@ -10,6 +10,17 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::AsyncMessage;
 
+/// Why a LISTEN connection ended.
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    #[error("connection error")]
+    Error(#[source] tokio_postgres::Error),
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("the connection task ended")]
+    TaskEnded,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenEvent {
     /// LISTEN is in place (first connect or reconnect): anything may have been missed.
@@ -54,19 +65,19 @@ async fn run(
                             }
                             Ok(_) => {}
                             Err(e) => {
-                                let _ = msg_tx.send(Err(e.to_string()));
+                                let _ = msg_tx.send(Err(Lost::Error(e)));
                                 return;
                             }
                         }
                     }
-                    let _ = msg_tx.send(Err("connection closed".into()));
+                    let _ = msg_tx.send(Err(Lost::Closed));
                 });
                 let listen: String = channels
                     .iter()
                     .map(|c| format!("LISTEN \"{c}\";"))
                     .collect();
                 if let Err(e) = client.batch_execute(&listen).await {
-                    tracing::warn!(purpose, error = %e, "LISTEN failed; reconnecting");
+                    tracing::warn!(purpose, error = %crate::error_chain(&e), "LISTEN failed; reconnecting");
                     driver.abort();
                 } else {
                     backoff.reset();
@@ -83,14 +94,16 @@ async fn run(
                                 }
                             }
                             Some(Err(e)) => break e,
-                            None => break "connection task ended".to_string(),
+                            None => break Lost::TaskEnded,
                         }
                     };
-                    tracing::warn!(purpose, reason = %reason, "listener connection lost; reconnecting");
+                    tracing::warn!(purpose, reason = %crate::error_chain(&reason), "listener connection lost; reconnecting");
                 }
                 drop(client);
             }
-            Err(e) => tracing::warn!(purpose, error = %e, "listener cannot connect; retrying"),
+            Err(e) => {
+                tracing::warn!(purpose, error = %crate::error_chain(&e), "listener cannot connect; retrying")
+            }
         }
         if tx.is_closed() {
             return;

@@ -6,6 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::domain::DomainError;
+use crate::eventstore::StoreError;
 use crate::projection::ProjectionError;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,21 +22,56 @@ pub enum ApiError {
     Conflict { code: &'static str, detail: String },
     #[error("too many requests; try again in {retry_after} s")]
     TooManyRequests { retry_after: i64 },
-    #[error("the read models did not catch up in time: {0}")]
+    #[error("the read models did not catch up in time")]
     NotCaughtUp(#[from] crate::projection::WaitError),
     #[error(transparent)]
     Projection(#[from] ProjectionError),
-    #[error("database pool: {0}")]
+    #[error("database pool")]
     Pool(#[from] deadpool_postgres::PoolError),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
-    Domain(#[from] crate::domain::DomainError),
+    Domain(crate::domain::DomainError),
+}
+
+/// Domain errors mean on this surface what they mean on SCIM's: the client's doing is a 4xx
+/// (404, 400, 412, 409, 413), the rest stays a server error.
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> ApiError {
+        match e {
+            DomainError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            DomainError::Invalid { field, reason } => ApiError::BadRequest {
+                code: "invalid",
+                detail: format!("invalid {field}: {reason}"),
+            },
+            DomainError::VersionMismatch { .. } => ApiError::PreconditionFailed(e.to_string()),
+            DomainError::Store(StoreError::AlreadyExists { constraint, value }) => {
+                ApiError::Conflict {
+                    code: "already_exists",
+                    detail: format!("{constraint} {value:?} is already taken"),
+                }
+            }
+            DomainError::Store(StoreError::Conflict { .. }) => ApiError::Conflict {
+                code: "conflict",
+                detail: "the resource kept changing under concurrent writes; try again".into(),
+            },
+            DomainError::Store(StoreError::PayloadTooLarge { size, limit, .. }) => {
+                ApiError::TooLarge(format!(
+                    "the resource is {size} bytes, over the limit of {limit} bytes"
+                ))
+            }
+            other => ApiError::Domain(other),
+        }
+    }
 }
 
 impl From<crate::http::auth::AuthError> for ApiError {
     fn from(e: crate::http::auth::AuthError) -> ApiError {
         match e {
             crate::http::auth::AuthError::Unauthorized => ApiError::Unauthorized,
-            crate::http::auth::AuthError::Check(d) => ApiError::Domain(d),
+            crate::http::auth::AuthError::Check(d) => ApiError::from(d),
         }
     }
 }
@@ -50,6 +87,10 @@ impl IntoResponse for ApiError {
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, *code),
             ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_soon"),
             ApiError::NotCaughtUp(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_caught_up"),
+            ApiError::PreconditionFailed(_) => {
+                (StatusCode::PRECONDITION_FAILED, "precondition_failed")
+            }
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let detail = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
@@ -58,7 +99,7 @@ impl IntoResponse for ApiError {
             "internal error; see the service log".to_string()
         } else {
             tracing::debug!(status = status.as_u16(), error = %crate::error_chain(&self), "request refused");
-            self.to_string()
+            crate::error_chain(&self)
         };
         let mut res = (status, Json(json!({"error": code, "detail": detail}))).into_response();
         if let ApiError::TooManyRequests { retry_after } = &self {
@@ -71,5 +112,39 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, "Bearer".parse().unwrap());
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eventstore::Aggregate;
+
+    fn status(e: DomainError) -> StatusCode {
+        ApiError::from(e).into_response().status()
+    }
+
+    #[test]
+    fn domain_errors_mean_what_they_mean_on_scim() {
+        assert_eq!(
+            status(DomainError::NotFound("user x".into())),
+            StatusCode::NOT_FOUND
+        );
+        let invalid = DomainError::Invalid {
+            field: "userName",
+            reason: "empty".into(),
+        };
+        assert_eq!(status(invalid), StatusCode::BAD_REQUEST);
+        let stale = DomainError::VersionMismatch {
+            aggregate: Aggregate::new("user", uuid::Uuid::nil()),
+            expected: 1,
+            actual: 2,
+        };
+        assert_eq!(status(stale), StatusCode::PRECONDITION_FAILED);
+        let taken = DomainError::Store(StoreError::AlreadyExists {
+            constraint: "user.user_name".into(),
+            value: "ann".into(),
+        });
+        assert_eq!(status(taken), StatusCode::CONFLICT);
     }
 }

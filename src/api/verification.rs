@@ -46,7 +46,7 @@ impl From<VerifyError> for ApiError {
                 code: "invalid_code",
                 detail: "the code is wrong, expired or already used".into(),
             },
-            VerifyError::Domain(d) => ApiError::Domain(d),
+            VerifyError::Domain(d) => ApiError::from(d),
         }
     }
 }

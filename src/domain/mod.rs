@@ -26,14 +26,24 @@ pub enum DomainError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("database pool: {0}")]
+    #[error("database pool")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database: {0}")]
+    #[error("database")]
     Db(#[from] tokio_postgres::Error),
-    #[error("the operating system's random number generator failed: {0}")]
-    Random(String),
-    #[error("password hashing failed: {0}")]
-    Hash(String),
+    #[error("the operating system's random number generator failed")]
+    Random(#[source] getrandom::Error),
+    #[error("hashing a secret failed")]
+    Hash(#[from] HashError),
+}
+
+/// Why hashing a password or code failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// password-hash's error (it is no `std::error::Error`, so it is shown, not chained).
+    #[error("argon2: {0}")]
+    Argon2(argon2::password_hash::Error),
+    #[error("the hashing task did not finish")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// What a command wrote: the id it created or changed and the position to wait for.
@@ -210,7 +220,7 @@ pub(crate) async fn load_events<C: deadpool_postgres::GenericClient>(
         if let (Some(state), Some(last)) = (snap(&events), events.last()) {
             // Only a cache: a failure here costs the next command some reading, nothing more.
             if let Err(e) = eventstore::save_snapshot(client, last, &state).await {
-                tracing::warn!(aggregate = %aggregate, error = %e, "could not save a snapshot");
+                tracing::warn!(aggregate = %aggregate, error = %crate::error_chain(&e), "could not save a snapshot");
             }
         }
     }

@@ -72,7 +72,7 @@ pub fn hash(token: &str) -> String {
 /// A new token: 32 bytes from the operating system's CSPRNG, base64url.
 fn generate() -> Result<String, DomainError> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| DomainError::Random(e.to_string()))?;
+    getrandom::fill(&mut bytes).map_err(DomainError::Random)?;
     Ok(format!(
         "{PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)

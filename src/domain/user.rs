@@ -86,15 +86,16 @@ pub async fn hash_password(password: String) -> Result<String, DomainError> {
     }
     tokio::task::spawn_blocking(move || {
         let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes).map_err(|e| DomainError::Random(e.to_string()))?;
-        let salt = SaltString::encode_b64(&bytes).map_err(|e| DomainError::Hash(e.to_string()))?;
+        getrandom::fill(&mut bytes).map_err(DomainError::Random)?;
+        let salt = SaltString::encode_b64(&bytes)
+            .map_err(|e| DomainError::Hash(super::HashError::Argon2(e)))?;
         argon2::Argon2::default()
             .hash_password(password.as_bytes(), &salt)
             .map(|h| h.to_string())
-            .map_err(|e| DomainError::Hash(e.to_string()))
+            .map_err(|e| DomainError::Hash(super::HashError::Argon2(e)))
     })
     .await
-    .map_err(|e| DomainError::Hash(e.to_string()))?
+    .map_err(|e| DomainError::Hash(super::HashError::Task(e)))?
 }
 
 fn password_event(hash: String) -> NewEvent {

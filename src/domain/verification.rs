@@ -173,7 +173,7 @@ pub fn fold(events: &[StoredEvent], max_failures: u32) -> State {
 }
 
 fn random(bytes: &mut [u8]) -> Result<(), DomainError> {
-    getrandom::fill(bytes).map_err(|e| DomainError::Random(e.to_string()))
+    getrandom::fill(bytes).map_err(DomainError::Random)
 }
 
 /// A code of CODE_LEN symbols, each 5 bits of OS randomness.
@@ -211,14 +211,15 @@ async fn hash_code(code: String) -> Result<String, DomainError> {
     let mut salt = [0u8; 16];
     random(&mut salt)?;
     tokio::task::spawn_blocking(move || {
-        let salt = SaltString::encode_b64(&salt).map_err(|e| DomainError::Hash(e.to_string()))?;
+        let salt = SaltString::encode_b64(&salt)
+            .map_err(|e| DomainError::Hash(super::HashError::Argon2(e)))?;
         code_hasher()
             .hash_password(code.as_bytes(), &salt)
             .map(|h| h.to_string())
-            .map_err(|e| DomainError::Hash(e.to_string()))
+            .map_err(|e| DomainError::Hash(super::HashError::Argon2(e)))
     })
     .await
-    .map_err(|e| DomainError::Hash(e.to_string()))?
+    .map_err(|e| DomainError::Hash(super::HashError::Task(e)))?
 }
 
 /// Compares in constant time (argon2's verification compares its outputs so).

@@ -21,9 +21,9 @@ pub enum StoreError {
     },
     #[error("invalid append: {0}")]
     Invalid(String),
-    #[error("database pool: {0}")]
+    #[error("database pool")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database: {0}")]
+    #[error("database")]
     Db(#[from] tokio_postgres::Error),
 }
 

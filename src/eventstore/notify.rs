@@ -6,6 +6,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::error::StoreError;
 use super::position::Position;
 
 /// The channel the append trigger (and the coalescer) NOTIFY with the newest position.
@@ -91,21 +92,21 @@ async fn coalesce(pool: Pool, shared: std::sync::Arc<Shared>) {
         tokio::time::sleep_until(last_sent + COALESCE_INTERVAL).await;
         let pos = *shared.latest.lock().unwrap_or_else(|e| e.into_inner());
         let sent = async {
-            let client = pool.get().await.map_err(|e| e.to_string())?;
+            let client = pool.get().await.map_err(StoreError::from)?;
             client
                 .execute(
                     "SELECT pg_notify($1, $2)",
                     &[&EVENTS_CHANNEL, &pos.to_string()],
                 )
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(StoreError::from)
         }
         .await;
         last_sent = Instant::now();
         match sent {
             Ok(_) => backoff = Duration::from_millis(50),
             Err(e) => {
-                tracing::warn!(error = %e, position = %pos, "could not send the coalesced wake-up; retrying");
+                tracing::warn!(error = %crate::error_chain(&e), position = %pos, "could not send the coalesced wake-up; retrying");
                 shared.pending.notify_one();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -10,14 +10,14 @@ pub use worker::{MailWorker, WorkerOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
-    #[error("invalid SMTP_URL: {0}")]
-    Url(String),
-    #[error("invalid address {0:?}: {1}")]
-    Address(String, String),
-    #[error("building the message: {0}")]
-    Build(String),
-    #[error("SMTP: {0}")]
-    Smtp(String),
+    #[error("invalid SMTP_URL")]
+    Url(#[source] lettre::transport::smtp::Error),
+    #[error("invalid address {0:?}")]
+    Address(String, #[source] lettre::address::AddressError),
+    #[error("building the message")]
+    Build(#[source] lettre::error::Error),
+    #[error("SMTP")]
+    Smtp(#[source] lettre::transport::smtp::Error),
 }
 
 /// A rendered mail.
@@ -77,14 +77,14 @@ impl Mailer {
     /// `smtp_url` like `smtp://user:pass@host:587?tls=required` (lettre's URL format);
     /// None logs the mail instead. Connections are pooled and reused between mails.
     pub fn new(smtp_url: Option<&str>, from: &str) -> Result<Mailer, MailError> {
-        let from: Mailbox = from.parse().map_err(|e: lettre::address::AddressError| {
-            MailError::Address(from.into(), e.to_string())
-        })?;
+        let from: Mailbox = from
+            .parse()
+            .map_err(|e: lettre::address::AddressError| MailError::Address(from.into(), e))?;
         Ok(match smtp_url.filter(|u| !u.trim().is_empty()) {
             None => Mailer::Log { from },
             Some(url) => Mailer::Smtp {
                 transport: AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                    .map_err(|e| MailError::Url(e.to_string()))?
+                    .map_err(MailError::Url)?
                     .timeout(Some(std::time::Duration::from_secs(30)))
                     .build(),
                 from,
@@ -110,9 +110,9 @@ impl Mailer {
             }
             Mailer::Smtp { transport, from } => (from, transport),
         };
-        let to_box: Mailbox = to.parse().map_err(|e: lettre::address::AddressError| {
-            MailError::Address(to.into(), e.to_string())
-        })?;
+        let to_box: Mailbox = to
+            .parse()
+            .map_err(|e: lettre::address::AddressError| MailError::Address(to.into(), e))?;
         let message = Message::builder()
             .from(from.clone())
             .to(to_box)
@@ -130,12 +130,12 @@ impl Mailer {
                             .body(mail.html.clone()),
                     ),
             )
-            .map_err(|e| MailError::Build(e.to_string()))?;
+            .map_err(MailError::Build)?;
         transport
             .send(message)
             .await
             .map(|_| ())
-            .map_err(|e| MailError::Smtp(crate::error_chain(&e)))
+            .map_err(MailError::Smtp)
     }
 }
 

@@ -157,7 +157,7 @@ async fn drain(ctx: &Ctx) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error
             let client = match ctx.pool.get().await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, "mail worker: no database connection");
+                    tracing::warn!(error = %crate::error_chain(&e), "mail worker: no database connection");
                     return Ok(Some(now + chrono::Duration::seconds(1)));
                 }
             };
@@ -221,7 +221,7 @@ async fn send_one(ctx: &Ctx, c: &Claimed) -> Result<(), tokio_postgres::Error> {
         Ok(c) => c,
         Err(e) => {
             // The lease runs out and the mail is sent again: at worst twice.
-            tracing::warn!(error = %e, "mail worker: no database connection after sending");
+            tracing::warn!(error = %crate::error_chain(&e), "mail worker: no database connection after sending");
             return Ok(());
         }
     };
@@ -240,7 +240,7 @@ async fn send_one(ctx: &Ctx, c: &Claimed) -> Result<(), tokio_postgres::Error> {
                         ctx.store.committed(&pushed);
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "mail worker: cannot record that the code was sent")
+                        tracing::warn!(error = %crate::error_chain(&e), "mail worker: cannot record that the code was sent")
                     }
                 }
             }
@@ -254,15 +254,22 @@ async fn send_one(ctx: &Ctx, c: &Claimed) -> Result<(), tokio_postgres::Error> {
             m.mail_failed.inc();
             if give_up {
                 m.mail_given_up.inc();
-                tracing::error!(error = %e, outbox_id = %c.id, failures, "mail worker: giving up on a mail");
+                tracing::error!(error = %crate::error_chain(&e), outbox_id = %c.id, failures, "mail worker: giving up on a mail");
             } else {
-                tracing::warn!(error = %e, outbox_id = %c.id, failures, %retry_at, "mail worker: sending failed; will retry");
+                tracing::warn!(error = %crate::error_chain(&e), outbox_id = %c.id, failures, %retry_at, "mail worker: sending failed; will retry");
             }
             client
                 .execute(
                     "UPDATE mail.outbox SET attempts = $2, last_error = $3, next_attempt_at = $4, \
                      failed_at = CASE WHEN $5::boolean THEN $6::timestamptz END WHERE id = $1",
-                    &[&c.id, &failures, &e.to_string(), &retry_at, &give_up, &now],
+                    &[
+                        &c.id,
+                        &failures,
+                        &crate::error_chain(&e),
+                        &retry_at,
+                        &give_up,
+                        &now,
+                    ],
                 )
                 .await?;
         }

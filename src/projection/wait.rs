@@ -92,7 +92,7 @@ impl ProgressHub {
                         match hub.reload(&pool).await {
                             Ok(()) => hub.inner.connects.send_modify(|n| *n += 1),
                             Err(e) => {
-                                tracing::warn!(error = %e, "progress hub could not reload positions")
+                                tracing::warn!(error = %crate::error_chain(&e), "progress hub could not reload positions")
                             }
                         }
                     }

@@ -210,7 +210,7 @@ pub async fn bulk(
     let outcome = match wait(&state, last).await {
         Ok(()) => WAIT_COMPLETE,
         Err(ScimError::NotCaughtUp(e)) => {
-            tracing::warn!(error = %e, "bulk: read models not caught up; results returned");
+            tracing::warn!(error = %crate::error_chain(&e), "bulk: read models not caught up; results returned");
             WAIT_TIMED_OUT
         }
         Err(e) => return Err(e),

@@ -30,7 +30,7 @@ pub enum ScimError {
     TooLarge(String),
     #[error("{0}")]
     NotImplemented(String),
-    #[error("the read models did not catch up in time: {0}")]
+    #[error("the read models did not catch up in time")]
     NotCaughtUp(#[from] WaitError),
     /// A write that is stored but not yet readable: the client gets its position, to read
     /// it later with Portcullis-Min-Position.
@@ -46,9 +46,9 @@ pub enum ScimError {
     Incomplete(&'static str),
     #[error(transparent)]
     Domain(DomainError),
-    #[error("database pool: {0}")]
+    #[error("database pool")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database: {0}")]
+    #[error("database")]
     Db(#[from] tokio_postgres::Error),
 }
 
@@ -110,7 +110,7 @@ impl ScimError {
         let detail = match status {
             StatusCode::SERVICE_UNAVAILABLE => {
                 tracing::warn!(error = %crate::error_chain(self), "SCIM request unavailable");
-                self.to_string()
+                crate::error_chain(self)
             }
             StatusCode::NOT_IMPLEMENTED => {
                 tracing::info!(error = %self, "SCIM request for an unimplemented feature");
@@ -137,7 +137,6 @@ impl ScimError {
     }
 }
 
-/// Domain errors that are the client's doing become 4xx; the rest stay server errors.
 impl From<crate::http::auth::AuthError> for ScimError {
     fn from(e: crate::http::auth::AuthError) -> ScimError {
         match e {
@@ -153,6 +152,7 @@ impl From<crate::http::position::BadPosition> for ScimError {
     }
 }
 
+/// Domain errors that are the client's doing become 4xx; the rest stay server errors.
 impl From<DomainError> for ScimError {
     fn from(e: DomainError) -> ScimError {
         match e {

@@ -23,7 +23,7 @@ async fn reverify(state: &AppState, org: Uuid, updated: &user::Updated) {
     let on = match crate::domain::org::settings(&state.store, org).await {
         Ok(s) => s.verify_email_on_change,
         Err(e) => {
-            tracing::warn!(error = %e, %org, "cannot read the organization's settings");
+            tracing::warn!(error = %crate::error_chain(&e), %org, "cannot read the organization's settings");
             return;
         }
     };
@@ -35,7 +35,7 @@ async fn reverify(state: &AppState, org: Uuid, updated: &user::Updated) {
     match verification::request(&state.store, clock, settings, org, user_id).await {
         Ok(_) => state.wake_mailer(),
         Err(e) => {
-            tracing::warn!(error = %e, %user_id, "no verification code after the address changed")
+            tracing::warn!(error = %crate::error_chain(&e), %user_id, "no verification code after the address changed")
         }
     }
 }
