@@ -193,24 +193,23 @@ pub async fn resolve_members<C: GenericClient>(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let stmt = client
-        .prepare_cached(
-            "SELECT aggregate_id, aggregate_type FROM eventstore.events \
-             WHERE aggregate_type IN ('user', 'group') AND aggregate_id = ANY($2) AND org_id = $1 \
-             GROUP BY aggregate_id, aggregate_type \
-             HAVING NOT bool_or(event_type IN ('user.removed', 'group.removed'))",
-        )
-        .await?;
-    let rows = client.query(&stmt, &[&org_id, &ids]).await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let kind = if r.get::<_, &str>(1) == user::AGGREGATE {
+    let found = crate::eventstore::existing(
+        client,
+        org_id,
+        &[user::AGGREGATE, AGGREGATE],
+        ids,
+        &[user::REMOVED, REMOVED],
+    )
+    .await?;
+    Ok(found
+        .into_iter()
+        .map(|(id, t)| {
+            let kind = if t == user::AGGREGATE {
                 Kind::User
             } else {
                 Kind::Group
             };
-            (r.get(0), kind)
+            (id, kind)
         })
         .collect())
 }

@@ -105,13 +105,9 @@ where
         attempt += 1;
         let mut client = store.pool().get().await.map_err(DomainError::from)?;
         let tx = client.transaction().await.map_err(DomainError::from)?;
-        // The same key eventstore.append locks, so the append below re-enters it.
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            &[&aggregate.to_string()],
-        )
-        .await
-        .map_err(DomainError::from)?;
+        eventstore::lock_aggregate(&tx, aggregate)
+            .await
+            .map_err(DomainError::from)?;
         let events = load_events(&tx, aggregate, snapshot).await?;
         let Some(append) = decide(&events)? else {
             return Ok(last(&events));

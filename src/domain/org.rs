@@ -84,12 +84,12 @@ pub async fn exists(store: &EventStore, id: Uuid) -> Result<bool, DomainError> {
 /// Every organization, oldest first, from the event log: (id, name).
 pub async fn list(store: &EventStore) -> Result<Vec<(Uuid, String)>, DomainError> {
     let client = store.pool().get().await?;
-    let rows = client
-        .query(
-            "SELECT aggregate_id, payload->>'name' FROM eventstore.events \
-             WHERE event_type = $1 ORDER BY tx, seq",
-            &[&ADDED],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(eventstore::load_of_type(&client, ADDED)
+        .await?
+        .into_iter()
+        .map(|e| {
+            let name = e.payload["name"].as_str().unwrap_or_default().to_string();
+            (e.aggregate.id, name)
+        })
+        .collect())
 }

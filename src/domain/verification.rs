@@ -273,12 +273,9 @@ pub async fn request(
     let agg = user::aggregate(user_id);
     let mut client = store.pool().get().await.map_err(DomainError::from)?;
     let tx = client.transaction().await.map_err(DomainError::from)?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-        &[&agg.to_string()],
-    )
-    .await
-    .map_err(DomainError::from)?;
+    eventstore::lock_aggregate(&tx, &agg)
+        .await
+        .map_err(DomainError::from)?;
     let events = eventstore::load(&tx, &agg).await?;
     let state = fold(&events, settings.max_failures);
     let Some(u) = state.user.as_ref().filter(|u| u.org_id == org_id) else {
@@ -308,21 +305,18 @@ pub async fn request(
         }),
     ));
     let pushed = store.push_in(&tx, &[append]).await?;
-    tx.execute(
-        "INSERT INTO mail.outbox (id, org_id, user_id, request_id, kind, to_address, secret, \
-         next_attempt_at, created_at) VALUES ($1, $2, $3, $4, 'email_verification', $5, $6, $7, $7)",
-        &[
-            &Uuid::new_v4(),
-            &org_id,
-            &user_id,
-            &request_id,
-            &email,
-            &json!({"code": code, "token": token, "name": greeting_name(&u.doc)}),
-            &now,
-        ],
-    )
-    .await
-    .map_err(DomainError::from)?;
+    let mail = crate::mail::outbox::Verification {
+        org_id,
+        user_id,
+        request_id,
+        to: &email,
+        code: &code,
+        token: &token,
+        name: &greeting_name(&u.doc),
+    };
+    crate::mail::outbox::enqueue_verification(&tx, &mail, now)
+        .await
+        .map_err(DomainError::from)?;
     tx.commit().await.map_err(DomainError::from)?;
     store.committed(&pushed);
     Ok(Requested {

@@ -9,14 +9,14 @@ mod store;
 mod types;
 
 pub use error::StoreError;
-pub use notify::{NotifyMode, EVENTS_CHANNEL};
+pub use notify::EVENTS_CHANNEL;
 pub use position::{ParsePositionError, Position};
 pub use read::{
-    event_at, head, load, load_after, load_version, positions_ahead, read_after, read_batch,
-    save_snapshot, snapshot,
+    event_at, existing, head, load, load_after, load_of_type, load_version, lock_aggregate,
+    positions_ahead, read_after, read_batch, save_snapshot, snapshot,
 };
 pub use store::EventStore;
 pub use types::{
-    Aggregate, Append, Batch, EventFilter, ExpectedVersion, NewEvent, Pushed, StoreOptions,
-    StoredEvent, UniqueValue,
+    Aggregate, Append, Batch, EventFilter, ExpectedVersion, NewEvent, NotifyMode, Pushed,
+    StoreOptions, StoredEvent, UniqueValue,
 };

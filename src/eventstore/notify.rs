@@ -8,24 +8,13 @@ use tokio::time::Instant;
 
 use super::error::StoreError;
 use super::position::Position;
+use super::types::NotifyMode;
 
 /// The channel the append trigger (and the coalescer) NOTIFY with the newest position.
 pub const EVENTS_CHANNEL: &str = "eventstore_events";
 
 /// At most one cross-process wake-up per this interval in coalesced mode.
 const COALESCE_INTERVAL: Duration = Duration::from_millis(5);
-
-/// How the service's own appends wake readers in other processes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum NotifyMode {
-    /// The append trigger NOTIFYs in every writing transaction. Simple, but every such commit
-    /// takes a cluster-wide lock through its WAL flush.
-    Trigger,
-    /// Appends opt out of the trigger; this process wakes its own readers at once and sends
-    /// one NOTIFY per few milliseconds for everyone else.
-    #[default]
-    Coalesced,
-}
 
 pub(crate) struct Waker {
     local: watch::Sender<Position>,

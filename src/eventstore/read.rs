@@ -2,6 +2,7 @@
 
 use deadpool_postgres::GenericClient;
 use serde_json::{json, Value};
+use uuid::Uuid;
 
 use super::error::StoreError;
 use super::position::Position;
@@ -223,4 +224,57 @@ pub async fn load<C: GenericClient>(
         .query(&stmt, &[&aggregate.aggregate_type, &aggregate.id])
         .await?;
     Ok(rows.iter().map(|r| StoredEvent::from_row(r, 0)).collect())
+}
+
+/// Every committed event of one type, in log order (for small, whole-log listings such as
+/// the organizations).
+pub async fn load_of_type<C: GenericClient>(
+    client: &C,
+    event_type: &str,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "{SELECT_EVENTS} WHERE event_type = $1 ORDER BY tx, seq"
+        ))
+        .await?;
+    let rows = client.query(&stmt, &[&event_type]).await?;
+    Ok(rows.iter().map(|r| StoredEvent::from_row(r, 0)).collect())
+}
+
+/// Which of `ids` are aggregates of one of `types` in `org_id` whose history holds none of
+/// the `ending` event types (they exist now), with their type.
+pub async fn existing<C: GenericClient>(
+    client: &C,
+    org_id: Uuid,
+    types: &[&str],
+    ids: &[Uuid],
+    ending: &[&str],
+) -> Result<Vec<(Uuid, String)>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT aggregate_id, aggregate_type FROM eventstore.events \
+             WHERE org_id = $1 AND aggregate_type = ANY($2) AND aggregate_id = ANY($3) \
+             GROUP BY aggregate_id, aggregate_type \
+             HAVING NOT bool_or(event_type = ANY($4))",
+        )
+        .await?;
+    let rows = client
+        .query(&stmt, &[&org_id, &types, &ids, &ending])
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Takes the aggregate's write lock for the rest of `tx`: the key eventstore.append takes
+/// for an expected version, so a push in the same transaction re-enters it and writers of
+/// one aggregate take turns.
+pub async fn lock_aggregate<C: GenericClient>(
+    tx: &C,
+    aggregate: &Aggregate,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&aggregate.to_string()],
+    )
+    .await?;
+    Ok(())
 }

@@ -10,12 +10,12 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::error::StoreError;
-use super::notify::{NotifyMode, Waker};
+use super::notify::Waker;
 use super::position::Position;
 use super::read::load_version;
 use super::types::{
-    valid_aggregate_type, valid_event_type, Append, ExpectedVersion, Pushed, StoreOptions,
-    UniqueValue,
+    valid_aggregate_type, valid_event_type, Append, ExpectedVersion, NotifyMode, Pushed,
+    StoreOptions, UniqueValue,
 };
 
 /// Appends events and wakes readers. Cheap to clone; clones share the wake-up machinery.

@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::notify::NotifyMode;
 use super::position::Position;
 
 /// Identifies one aggregate: its type (`user`, `group`, ...) and id.
@@ -207,6 +206,18 @@ impl Batch {
             last
         }
     }
+}
+
+/// How the service's own appends wake readers in other processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum NotifyMode {
+    /// The append trigger NOTIFYs in every writing transaction. Simple, but every such commit
+    /// takes a cluster-wide lock through its WAL flush.
+    Trigger,
+    /// Appends opt out of the trigger; this process wakes its own readers at once and sends
+    /// one NOTIFY per few milliseconds for everyone else.
+    #[default]
+    Coalesced,
 }
 
 /// Which events `read_after` returns; every part left `None` matches all.

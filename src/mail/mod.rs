@@ -1,6 +1,7 @@
 //! Mail: templates from `templates/`, sending with lettre over SMTP (or to the log when no
 //! SMTP server is configured), and the outbox worker.
 
+pub mod outbox;
 mod worker;
 
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
