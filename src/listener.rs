@@ -10,6 +10,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::AsyncMessage;
 
+use crate::backoff::Backoff;
+
 /// Why a LISTEN connection ended.
 #[derive(Debug, thiserror::Error)]
 enum Lost {
@@ -109,56 +111,5 @@ async fn run(
             return;
         }
         tokio::time::sleep(backoff.next_delay()).await;
-    }
-}
-
-/// Exponential backoff with jitter (each delay is drawn from the upper half of its cap), so many processes reconnecting at once spread out.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Backoff {
-            base,
-            max,
-            attempt: 0,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let cap = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(16))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let millis = cap.as_millis().max(1) as u64;
-        Duration::from_millis(rand::random_range(millis / 2..=millis))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap_with_jitter() {
-        let mut b = Backoff::new(Duration::from_millis(10), Duration::from_millis(100));
-        let first = b.next_delay();
-        assert!(first >= Duration::from_millis(5) && first <= Duration::from_millis(10));
-        for _ in 0..10 {
-            b.next_delay();
-        }
-        let late = b.next_delay();
-        assert!(late >= Duration::from_millis(50) && late <= Duration::from_millis(100));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(10));
     }
 }

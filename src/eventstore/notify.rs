@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use super::error::StoreError;
 use super::position::Position;
 use super::types::NotifyMode;
+use crate::backoff::Backoff;
 
 /// The channel the append trigger (and the coalescer) NOTIFY with the newest position.
 pub const EVENTS_CHANNEL: &str = "eventstore_events";
@@ -74,7 +75,7 @@ impl Drop for Waker {
 /// the interval (appends meanwhile ride along), retries with backoff when the database fails.
 async fn coalesce(pool: Pool, shared: std::sync::Arc<Shared>) {
     let mut last_sent = Instant::now() - COALESCE_INTERVAL;
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     loop {
         shared.pending.notified().await;
         // A deliberate rate limit, not a wait for state.
@@ -93,12 +94,11 @@ async fn coalesce(pool: Pool, shared: std::sync::Arc<Shared>) {
         .await;
         last_sent = Instant::now();
         match sent {
-            Ok(_) => backoff = Duration::from_millis(50),
+            Ok(_) => backoff.reset(),
             Err(e) => {
                 tracing::warn!(error = %crate::error_chain(&e), position = %pos, "could not send the coalesced wake-up; retrying");
                 shared.pending.notify_one();
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

@@ -56,8 +56,7 @@ impl Default for WorkerOptions {
 impl WorkerOptions {
     /// The delay after the `failures`-th failure.
     pub fn backoff(&self, failures: i32) -> Duration {
-        let factor = 2u32.saturating_pow(failures.clamp(1, 30) as u32 - 1);
-        self.retry_base.saturating_mul(factor).min(self.retry_max)
+        crate::backoff::Backoff::new(self.retry_base, self.retry_max).nth(failures.max(1) as u32)
     }
 }
 

@@ -54,10 +54,7 @@ impl Default for RunnerOptions {
 
 impl RunnerOptions {
     pub(super) fn retry_delay(&self, failures: i32) -> Duration {
-        let exp = failures.clamp(1, 20) as u32 - 1;
-        self.retry_base
-            .saturating_mul(1u32 << exp)
-            .min(self.retry_max)
+        crate::backoff::Backoff::new(self.retry_base, self.retry_max).nth(failures.max(1) as u32)
     }
 }
 

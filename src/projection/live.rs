@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use super::context::{Inner, RemoteWake};
 use super::{FailureClass, ProjectionError};
+use crate::backoff::Backoff;
 use crate::eventstore::{self, EventFilter, Position, StoredEvent};
-use crate::listener::Backoff;
 
 pub(super) async fn run(inner: Arc<Inner>, mut remote: watch::Receiver<RemoteWake>) {
     let mut local = inner.store.subscribe();

@@ -13,8 +13,8 @@ use deadpool_postgres::{Pool, Transaction};
 use super::context::{Inner, Progress};
 use super::failures::isolate;
 use super::{FailureClass, Projection, ProjectionError};
+use crate::backoff::Backoff;
 use crate::eventstore::{self, EventFilter, Position};
-use crate::listener::Backoff;
 
 /// Woken when a rebuild is asked for.
 pub(crate) const CHANNEL: &str = "projection_rebuild";

@@ -18,8 +18,9 @@ use super::failures::{forget_failures, isolate, runnable, Failure};
 use super::state::{self, register, RetryReport};
 use super::wait::ProgressHub;
 use super::{FailureClass, Projection, ProjectionError};
+use crate::backoff::Backoff;
 use crate::eventstore::{self, EventFilter, EventStore, Position, StoredEvent, EVENTS_CHANNEL};
-use crate::listener::{self, Backoff, ListenEvent};
+use crate::listener::{self, ListenEvent};
 
 /// Runs a set of projections until stopped or dropped.
 pub struct Projector {
