@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -52,7 +53,8 @@ impl AppState {
         let hub = ProgressHub::start(&cfg.database_url, pool.clone()).await?;
         let lag_history = crate::projection::LagHistory::default();
         let sampler = Sampler(lag_history.start_sampling(pool.clone()));
-        let mailer = Mailer::new(cfg.smtp_url.as_deref(), &cfg.mail_from)?;
+        let smtp_url = cfg.smtp_url.as_ref().map(|u| u.expose_secret());
+        let mailer = Mailer::new(smtp_url, &cfg.mail_from)?;
         if mailer.is_log() {
             tracing::warn!(
                 "SMTP_URL is not set: mails, verification codes included, go to the log"
@@ -88,7 +90,7 @@ impl AppState {
             store,
             hub,
             projector,
-            admin_token: cfg.admin_token.as_deref().map(Arc::from),
+            admin_token: cfg.admin_token.clone().map(Arc::new),
             scim: Arc::new(cfg.scim.clone()),
             cursor_key: Arc::new(cursor_key),
             tokens: Arc::default(),

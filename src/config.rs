@@ -1,6 +1,7 @@
 //! Configuration: command-line flags, each with an environment variable (README, configuration).
 //! The README's configuration table lists the same variables.
 
+use secrecy::SecretString;
 use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand};
@@ -340,9 +341,9 @@ pub struct Config {
     pub runner: RunnerOptions,
     pub thresholds: Thresholds,
     pub scim: ScimOptions,
-    pub admin_token: Option<String>,
-    /// SMTP server; None logs mail.
-    pub smtp_url: Option<String>,
+    pub admin_token: Option<SecretString>,
+    /// SMTP server (its URL may hold a password); None logs mail.
+    pub smtp_url: Option<SecretString>,
     pub mail_from: String,
     pub mail: crate::mail::WorkerOptions,
     /// Run the mail worker in this process.
@@ -354,17 +355,17 @@ pub struct Config {
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Secrets stay out of logs: the URL may hold a password, the token is one.
+        // The clock has no Debug; the secrets print redacted.
         f.debug_struct("Config")
             .field("pool_size", &self.pool_size)
             .field("store", &self.store)
             .field("run_projections", &self.run_projections)
             .field("thresholds", &self.thresholds)
             .field("scim", &self.scim)
-            .field("smtp_url", &self.smtp_url.as_ref().map(|_| "<set>"))
+            .field("smtp_url", &self.smtp_url)
             .field("mail", &self.mail)
             .field("verification", &self.verification)
-            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("admin_token", &self.admin_token)
             .finish_non_exhaustive()
     }
 }
@@ -424,7 +425,12 @@ impl From<&ServeArgs> for Config {
                 per_projection: p.projection_lag.clone().unwrap_or_default(),
             },
             scim: a.scim.options(),
-            smtp_url: a.mail.smtp_url.clone().filter(|u| !u.trim().is_empty()),
+            smtp_url: a
+                .mail
+                .smtp_url
+                .clone()
+                .filter(|u| !u.trim().is_empty())
+                .map(SecretString::from),
             mail_from: a.mail.mail_from.clone(),
             mail: crate::mail::WorkerOptions {
                 public_url: a
@@ -444,7 +450,11 @@ impl From<&ServeArgs> for Config {
                 ..Default::default()
             },
             clock: std::sync::Arc::new(crate::clock::SystemClock),
-            admin_token: a.admin_token.clone().filter(|t| !t.is_empty()),
+            admin_token: a
+                .admin_token
+                .clone()
+                .filter(|t| !t.is_empty())
+                .map(SecretString::from),
         }
     }
 }
@@ -484,5 +494,18 @@ mod tests {
             "users=lots"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_secrets() {
+        let mut c = Config::new("postgres://localhost/x");
+        c.admin_token = Some("pca_the-admin-token".into());
+        c.smtp_url = Some("smtp://user:hunter2@mail.example:587".into());
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("the-admin-token") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(shown.contains("REDACTED"), "{shown}");
     }
 }

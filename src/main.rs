@@ -16,6 +16,7 @@ use portcullis::http::AppState;
 use portcullis::projection::ProgressHub;
 use portcullis::projection::{self, Projection};
 use portcullis::{db, error_chain};
+use secrecy::ExposeSecret;
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -127,7 +128,7 @@ async fn run(cmd: Command) -> Result<(), BoxError> {
                 "token {} ({scope}) for organization {org}; shown once, keep it safe",
                 issued.written.id
             );
-            println!("{}", issued.token);
+            println!("{}", issued.token.expose_secret());
             Ok(())
         }
         Command::Tokens(TokensCommand::Revoke { db, id }) => {

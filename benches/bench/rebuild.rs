@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portcullis::config::Config;
+use secrecy::ExposeSecret;
 use serde_json::json;
 
 use crate::report::Report;
@@ -32,7 +33,7 @@ pub async fn run(server_url: &str, out: &mut Report) {
         .await
         .unwrap();
     let base = Arc::new(format!("http://{}/scim/v2/{}", served.addr, served.org));
-    let auth = Arc::new(format!("Bearer {}", served.token.token));
+    let auth = Arc::new(format!("Bearer {}", served.token.token.expose_secret()));
     let http = reqwest::Client::new();
     let acked = Arc::new(AtomicI64::new(USERS));
     let (reads, wrong, done) = (

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use portcullis::config::Config;
 use portcullis::domain::{group, user};
 use portcullis::eventstore::{Append, ExpectedVersion, NewEvent, UniqueValue};
+use secrecy::ExposeSecret;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -82,7 +83,7 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
     let (state, addr, org_id) = (served.state.clone(), served.addr, served.org);
     let issued = &served.token;
     let store = state.store.clone();
-    let tok = issued.token.clone();
+    let tok = issued.token.expose_secret().to_string();
 
     // 100k users, written as the domain writes them but 500 to a push, then projected.
     let setup = Instant::now();

@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use portcullis::config::Config;
+use secrecy::ExposeSecret;
 use serde_json::json;
 
 use crate::report::Report;
@@ -31,7 +32,7 @@ pub async fn run(server_url: &str, out: &mut Report) {
         .await
         .unwrap();
     let base = format!("http://{}/scim/v2/{}", served.addr, served.org);
-    let auth = format!("Bearer {}", served.token.token);
+    let auth = format!("Bearer {}", served.token.token.expose_secret());
     let http = reqwest::Client::new();
     let create = |n: usize| {
         let body = json!({

@@ -11,6 +11,7 @@ use crate::smtp::SmtpSink;
 use portcullis::config::Config;
 use portcullis::domain::user;
 use portcullis::mail::Mailer;
+use secrecy::ExposeSecret;
 use serde_json::json;
 
 use crate::report::Report;
@@ -44,7 +45,7 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
     let sink = Arc::new(SmtpSink::start().await.unwrap());
     let mut cfg = Config::new(url.clone());
     cfg.pool_size = 32;
-    cfg.smtp_url = Some(sink.url());
+    cfg.smtp_url = Some(sink.url().into());
     cfg.verification.resend_after = chrono::Duration::zero();
     let served = crate::Served::start(&cfg).await;
     let (state, addr, org_id) = (served.state.clone(), served.addr, served.org);
@@ -70,7 +71,7 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
         .unwrap();
 
     let http = reqwest::Client::new();
-    let auth = format!("Bearer {}", issued.token);
+    let auth = format!("Bearer {}", issued.token.expose_secret());
     let start = Instant::now();
     let tasks: Vec<_> = users
         .iter()

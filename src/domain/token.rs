@@ -80,18 +80,10 @@ fn generate() -> Result<String, DomainError> {
 }
 
 /// A token just issued. The plain token exists only here: show it once.
+#[derive(Debug)]
 pub struct Issued {
     pub written: Written,
-    pub token: String,
-}
-
-impl fmt::Debug for Issued {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Issued")
-            .field("written", &self.written)
-            .field("token", &"<secret>")
-            .finish()
-    }
+    pub token: secrecy::SecretString,
 }
 
 pub async fn issue(
@@ -125,7 +117,7 @@ pub async fn issue(
             id,
             position: pushed.last(),
         },
-        token,
+        token: token.into(),
     })
 }
 

@@ -11,6 +11,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use base64::Engine;
+use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -99,7 +100,11 @@ pub async fn is_admin(state: &AppState, presented: Option<&str>) -> Result<bool,
         return Ok(false);
     };
     if let Some(expected) = &state.admin_token {
-        if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+        if bool::from(
+            presented
+                .as_bytes()
+                .ct_eq(expected.expose_secret().as_bytes()),
+        ) {
             return Ok(true);
         }
     }

@@ -17,7 +17,8 @@ pub struct AppState {
     pub hub: ProgressHub,
     /// The projections this process runs (none when `Config::run_projections` is off).
     pub projector: Option<Arc<Projector>>,
-    pub admin_token: Option<Arc<str>>,
+    /// The bootstrap admin token (PORTCULLIS_ADMIN_TOKEN).
+    pub admin_token: Option<Arc<secrecy::SecretString>>,
     pub scim: Arc<ScimOptions>,
     /// Signs SCIM list cursors (the same key on every node: it is in the database).
     pub cursor_key: Arc<crate::signing::SigningKey>,

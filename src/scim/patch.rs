@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use secrecy::SecretString;
 use serde_json::{Map, Value};
 
 use super::error::ScimError;
@@ -19,18 +20,10 @@ enum Kind {
 }
 
 /// The outcome of a PATCH: the new document and a new password, if one was set.
+#[derive(Debug)]
 pub struct Patched {
     pub doc: Doc,
-    pub password: Option<String>,
-}
-
-impl std::fmt::Debug for Patched {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Patched")
-            .field("doc", &self.doc)
-            .field("password", &self.password.as_ref().map(|_| "<secret>"))
-            .finish()
-    }
+    pub password: Option<SecretString>,
 }
 
 /// Checks the PatchOp body and returns its operations (before any state is loaded, so a
@@ -65,7 +58,7 @@ pub fn operations(body: &Value) -> Result<Vec<Value>, ScimError> {
 use super::json::member as get;
 
 /// The password a PATCH sets, found before applying it (hashing is slow; do it once).
-pub fn password_in(ops: &[Value]) -> Option<String> {
+pub fn password_in(ops: &[Value]) -> Option<SecretString> {
     let mut found = None;
     for op in ops {
         let Some(o) = op.as_object() else { continue };
@@ -75,11 +68,11 @@ pub fn password_in(ops: &[Value]) -> Option<String> {
             .filter(|p| !p.trim().is_empty());
         let value = get(o, "value");
         match (path, value) {
-            (Some(p), Some(Value::String(s))) if is_password(p) => found = Some(s.clone()),
+            (Some(p), Some(Value::String(s))) if is_password(p) => found = Some(s.as_str().into()),
             (None, Some(Value::Object(m))) => {
                 for (k, v) in m {
                     if let (true, Value::String(s)) = (is_password(k), v) {
-                        found = Some(s.clone());
+                        found = Some(s.as_str().into());
                     }
                 }
             }
@@ -137,7 +130,7 @@ pub fn apply(
 struct Patcher<'a> {
     rt: &'static ResourceType,
     doc: Doc,
-    password: Option<String>,
+    password: Option<SecretString>,
     id: &'a str,
 }
 
@@ -193,7 +186,7 @@ impl Patcher<'_> {
             return match (kind, value) {
                 (Kind::Remove, _) => Err(ScimError::mutability("password cannot be removed")),
                 (_, Value::String(s)) => {
-                    self.password = Some(s.clone());
+                    self.password = Some(s.as_str().into());
                     Ok(())
                 }
                 _ => Err(ScimError::value("password must be a string")),
@@ -677,6 +670,7 @@ fn compare(sub: &Attr, have: Option<&Value>, op: Op, want: &Value) -> Result<boo
 mod tests {
     use super::super::schema::{ENTERPRISE, GROUP_TYPE, USER_TYPE};
     use super::*;
+    use secrecy::ExposeSecret;
     use serde_json::json;
 
     fn doc(v: Value) -> Doc {
@@ -858,15 +852,14 @@ mod tests {
             json!([{"op": "replace", "path": "", "value": {"password": "p1"}}]),
         ] {
             assert_eq!(
-                password_in(ops.as_array().unwrap()).as_deref(),
+                password_in(ops.as_array().unwrap())
+                    .as_ref()
+                    .map(|p| p.expose_secret()),
                 Some("p1"),
                 "{ops}"
             );
         }
-        assert_eq!(
-            password_in(&[json!({"op": "replace", "path": "title", "value": "p1"})]),
-            None
-        );
+        assert!(password_in(&[json!({"op": "replace", "path": "title", "value": "p1"})]).is_none());
     }
 
     #[test]

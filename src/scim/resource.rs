@@ -1,6 +1,7 @@
 //! Resources in and out: request bodies read case-insensitively into canonical documents
 //! (types checked, readOnly values dropped), and `attributes` / `excludedAttributes`.
 
+use secrecy::SecretString;
 use serde_json::{Map, Value};
 
 use super::error::ScimError;
@@ -9,23 +10,13 @@ use super::schema::{self, Attr, Kind, Mutability, ResourceType, Type};
 use crate::domain::Doc;
 
 /// A request body read against a resource type.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Input {
     pub doc: Doc,
     /// The write-only password, if the body set one.
-    pub password: Option<String>,
+    pub password: Option<SecretString>,
     /// The `id` the body carried (ignored, except that PATCH checks it names the resource).
     pub id: Option<String>,
-}
-
-impl std::fmt::Debug for Input {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Input")
-            .field("doc", &self.doc)
-            .field("password", &self.password.as_ref().map(|_| "<secret>"))
-            .field("id", &self.id)
-            .finish()
-    }
 }
 
 /// Reads a whole resource (POST, PUT, a no-path PATCH value).
@@ -92,7 +83,7 @@ pub fn read(rt: &ResourceType, body: &Value) -> Result<Input, ScimError> {
         match attr.name {
             "id" => input.id = value.as_str().map(str::to_string),
             "password" => match value {
-                Value::String(p) => input.password = Some(p.clone()),
+                Value::String(p) => input.password = Some(p.as_str().into()),
                 Value::Null => {}
                 _ => return Err(ScimError::value("password must be a string")),
             },
@@ -364,6 +355,7 @@ fn remove_path(v: &mut Value, path: &[String]) {
 mod tests {
     use super::super::schema::{ENTERPRISE, GROUP_TYPE, USER_TYPE};
     use super::*;
+    use secrecy::ExposeSecret;
     use serde_json::json;
 
     #[test]
@@ -391,7 +383,10 @@ mod tests {
                 ENTERPRISE: {"manager": {"value": "271"}, "employeeNumber": "7"}
             })
         );
-        assert_eq!(input.password.as_deref(), Some("s3cret"));
+        assert_eq!(
+            input.password.as_ref().map(|p| p.expose_secret()),
+            Some("s3cret")
+        );
         assert_eq!(input.id.as_deref(), Some("x"));
     }
 

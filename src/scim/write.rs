@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -68,9 +69,11 @@ fn parse_id(id: &str) -> Option<Uuid> {
     id.parse().ok()
 }
 
-async fn hash(password: Option<String>) -> Result<Option<String>, ScimError> {
+async fn hash(password: Option<SecretString>) -> Result<Option<String>, ScimError> {
     match password {
-        Some(p) => Ok(Some(user::hash_password(p).await?)),
+        Some(p) => Ok(Some(
+            user::hash_password(p.expose_secret().to_string()).await?,
+        )),
         None => Ok(None),
     }
 }

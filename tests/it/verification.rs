@@ -25,7 +25,7 @@ async fn env_with(max_attempts: i32) -> Env {
     let sink = SmtpSink::start().await.unwrap();
     let clock = ManualClock::default();
     let mut cfg = db.config();
-    cfg.smtp_url = Some(sink.url());
+    cfg.smtp_url = Some(sink.url().into());
     cfg.clock = Arc::new(clock.clone());
     cfg.mail.max_attempts = max_attempts;
     cfg.mail.public_url = "http://portcullis.test".into();

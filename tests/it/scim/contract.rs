@@ -1,4 +1,5 @@
 use reqwest::Method;
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use super::{ids, into_resp, Scim, ENTERPRISE, USER};
@@ -261,7 +262,7 @@ async fn bearer_tokens_and_tenants() {
         .await
         .unwrap();
     send(
-        Some(&format!("Bearer {}", admin.token)),
+        Some(&format!("Bearer {}", admin.token.expose_secret())),
         Method::GET,
         a.url("/Users"),
     )

@@ -17,6 +17,7 @@ use std::time::Duration;
 use portcullis::domain::{org, token};
 use reqwest::header::HeaderMap;
 use reqwest::Method;
+use secrecy::ExposeSecret;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -85,7 +86,7 @@ pub async fn org_with_token(app: &TestApp) -> (Uuid, String) {
         )
         .await
         .unwrap();
-    (org.id, issued.token)
+    (org.id, issued.token.expose_secret().to_string())
 }
 
 impl Scim {
