@@ -17,15 +17,7 @@ pub mod projection;
 pub mod projections;
 pub mod scim;
 pub mod signing;
-
-/// Escapes text for HTML bodies and attribute values (mail templates, admin pages).
-pub fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
+pub mod templates;
 
 /// An error and its causes, `: `-separated, for logs, responses and the command line (each
 /// message says only its own part: the causes are its sources).

@@ -120,7 +120,8 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
         "ABCD2345",
         "http://x/verify-email?user=u&token=t",
         "1 hour",
-    );
+    )
+    .expect("the template renders");
     let sent = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let tasks: Vec<_> = (0..USERS)

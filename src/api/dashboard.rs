@@ -8,16 +8,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::error::ApiError;
 use crate::http::auth::{self, Admin, AuthError, ADMIN_COOKIE};
 use crate::http::AppState;
 use crate::projection::{self, HealthReport};
-
-const PAGE: &str = include_str!("../../templates/dashboard.html");
-const FORM: &str = include_str!("../../templates/admin_form.html");
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -67,30 +64,42 @@ fn same_origin(headers: &HeaderMap) -> bool {
         .is_some_and(|(_, rest)| rest.trim_end_matches('/') == host)
 }
 
-fn form_page(
-    status: StatusCode,
-    title: &str,
-    message: &str,
-    action: &str,
-    fields: &str,
-    button: &str,
+/// What a form page says: its title, an error or a message, where it posts, and whether it
+/// asks for the admin token.
+#[derive(Serialize)]
+struct FormPage<'a> {
+    title: &'a str,
+    error: Option<&'a str>,
+    message: Option<&'a str>,
+    action: &'a str,
+    token_field: bool,
+    button: &'a str,
     back: bool,
-) -> Response {
-    let html = FORM
-        .replace("{{title}}", &crate::html_escape(title))
-        .replace("{{message}}", message)
-        .replace("{{action}}", &crate::html_escape(action))
-        .replace("{{fields}}", fields)
-        .replace("{{button}}", &crate::html_escape(button))
-        .replace(
-            "{{back}}",
-            if back {
-                "<p><a href=\"/admin/projections\">Back</a></p>"
-            } else {
-                ""
-            },
-        );
-    (status, no_store(Html(html).into_response())).into_response()
+}
+
+fn form_page(status: StatusCode, form: &FormPage) -> Response {
+    match crate::templates::render("admin_form.html", form) {
+        Ok(html) => (status, no_store(Html(html).into_response())).into_response(),
+        Err(e) => page_failed(e),
+    }
+}
+
+/// A template that does not render is a bug: a 500 with the cause in the log.
+fn page_failed(e: minijinja::Error) -> Response {
+    tracing::error!(error = %crate::error_chain(&e), "page template failed");
+    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+}
+
+fn login_page(error: Option<&str>) -> FormPage<'_> {
+    FormPage {
+        title: "Portcullis admin",
+        error,
+        message: None,
+        action: "/admin/login",
+        token_field: true,
+        button: "Log in",
+        back: false,
+    }
 }
 
 fn no_store(mut res: Response) -> Response {
@@ -99,19 +108,8 @@ fn no_store(mut res: Response) -> Response {
     res
 }
 
-const TOKEN_FIELD: &str = "<label for=\"token\">Admin token</label>\
-    <input type=\"password\" id=\"token\" name=\"token\" autocomplete=\"current-password\" required autofocus>";
-
 async fn login_form() -> Response {
-    form_page(
-        StatusCode::OK,
-        "Portcullis admin",
-        "",
-        "/admin/login",
-        TOKEN_FIELD,
-        "Log in",
-        false,
-    )
+    form_page(StatusCode::OK, &login_page(None))
 }
 
 #[derive(Deserialize)]
@@ -146,12 +144,7 @@ async fn login(
         }
         Ok(false) => form_page(
             StatusCode::UNAUTHORIZED,
-            "Portcullis admin",
-            "<p class=\"error\">That token is not an admin token.</p>",
-            "/admin/login",
-            TOKEN_FIELD,
-            "Log in",
-            false,
+            &login_page(Some("That token is not an admin token.")),
         ),
         Err(e) => ApiError::from(e).into_response(),
     }
@@ -169,36 +162,44 @@ async fn logout(headers: HeaderMap) -> Response {
     res
 }
 
-fn rows(h: &HealthReport) -> String {
+/// A projection's row on the dashboard, formatted for display.
+#[derive(Serialize)]
+struct Row<'a> {
+    name: &'a str,
+    status: &'a str,
+    position: &'a str,
+    events_behind: i64,
+    seconds_behind: String,
+    failed: i64,
+    dead_lettered: i64,
+    updated_at: String,
+    rebuild: Option<RebuildRow>,
+}
+
+#[derive(Serialize)]
+struct RebuildRow {
+    events_behind: i64,
+    eta: Option<String>,
+}
+
+fn rows(h: &HealthReport) -> Vec<Row<'_>> {
     h.projections
         .iter()
-        .map(|p| {
-            let n = crate::html_escape(&p.name);
-            let rebuild = p
-                .rebuild
-                .as_ref()
-                .map(|r| {
-                    let eta = r.eta_seconds.map(|s| format!(", about {s:.0} s")).unwrap_or_default();
-                    format!(" <span class=\"rebuild\">rebuilding: {} events to go{eta}</span>", r.events_behind)
-                })
-                .unwrap_or_default();
-            format!(
-                "<tr class=\"{status}\" data-name=\"{n}\"><td>{n}</td><td class=\"status\">{status}{rebuild}</td>\
-                 <td>{pos}</td><td>{eb}</td><td>{sb:.1}</td><td>{f}</td><td>{d}</td><td>{u}</td>\
-                 <td class=\"actions\"><a href=\"/admin/projections/{n}/retry-failed\">retry failed</a>\
-                 <a href=\"/admin/projections/{n}/rebuild\">rebuild</a>\
-                 <a href=\"/admin/projections/{n}/reset\">reset</a></td></tr>",
-                status = crate::html_escape(&p.status),
-                pos = crate::html_escape(&p.position),
-                eb = p.events_behind,
-                sb = p.seconds_behind,
-                f = p.failed,
-                d = p.dead_lettered,
-                u = p.updated_at.to_rfc3339(),
-            )
+        .map(|p| Row {
+            name: &p.name,
+            status: &p.status,
+            position: &p.position,
+            events_behind: p.events_behind,
+            seconds_behind: format!("{:.1}", p.seconds_behind),
+            failed: p.failed,
+            dead_lettered: p.dead_lettered,
+            updated_at: p.updated_at.to_rfc3339(),
+            rebuild: p.rebuild.as_ref().map(|r| RebuildRow {
+                events_behind: r.events_behind,
+                eta: r.eta_seconds.map(|s| format!("{s:.0}")),
+            }),
         })
-        .collect::<Vec<_>>()
-        .join("\n")
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -213,15 +214,19 @@ async fn dashboard(
 ) -> Result<Response, ApiError> {
     let client = state.pool.get().await?;
     let h = projection::health(&client).await?;
-    let notice = n
-        .notice
-        .map(|m| format!("<p class=\"notice\">{}</p>", crate::html_escape(&m)))
-        .unwrap_or_default();
-    let html = PAGE
-        .replace("{{rows}}", &rows(&h))
-        .replace("{{notice}}", &notice)
-        .replace("{{horizon}}", &format!("{:.1}", h.horizon_age_seconds))
-        .replace("{{updated}}", &chrono::Utc::now().to_rfc3339());
+    let page = crate::templates::render(
+        "dashboard.html",
+        serde_json::json!({
+            "projections": rows(&h),
+            "notice": n.notice,
+            "horizon": format!("{:.1}", h.horizon_age_seconds),
+            "updated": chrono::Utc::now().to_rfc3339(),
+        }),
+    );
+    let html = match page {
+        Ok(html) => html,
+        Err(e) => return Ok(page_failed(e)),
+    };
     Ok(no_store(Html(html).into_response()))
 }
 
@@ -249,20 +254,23 @@ async fn confirm(_: AdminPage, Path((name, action)): Path<(String, String)>) -> 
         return (StatusCode::NOT_FOUND, "no such projection or action").into_response();
     };
     let warning = if action == "reset" {
-        "<p>Its read model is emptied and rebuilt from the first event. Reads answer 503 until it has caught up. <em>Rebuild</em> does the same without downtime.</p>"
+        "Its read model is emptied and rebuilt from the first event. Reads answer 503 until it has caught up. Rebuild does the same without downtime."
     } else if action == "rebuild" {
-        "<p>A new copy of its read model is built beside the live one and swapped in when it has caught up. Reads and writes go on meanwhile.</p>"
+        "A new copy of its read model is built beside the live one and swapped in when it has caught up. Reads and writes go on meanwhile."
     } else {
-        "<p>Its dead-lettered events are applied again; those that still fail stay dead-lettered.</p>"
+        "Its dead-lettered events are applied again; those that still fail stay dead-lettered."
     };
     form_page(
         StatusCode::OK,
-        &format!("{verb} {name}?"),
-        warning,
-        &format!("/admin/projections/{name}/{action}"),
-        "",
-        &format!("{verb} {name}"),
-        true,
+        &FormPage {
+            title: &format!("{verb} {name}?"),
+            error: None,
+            message: Some(warning),
+            action: &format!("/admin/projections/{name}/{action}"),
+            token_field: false,
+            button: &format!("{verb} {name}"),
+            back: true,
+        },
     )
 }
 

@@ -131,12 +131,15 @@ struct LinkQuery {
     token: Option<String>,
 }
 
-const PAGE: &str = include_str!("../../templates/verify_email_page.html");
-
 fn page(status: StatusCode, title: &str, message: &str) -> Response {
-    let html = PAGE
-        .replace("{{title}}", title)
-        .replace("{{message}}", message);
+    let context = json!({"title": title, "message": message});
+    let html = match crate::templates::render("verify_email_page.html", context) {
+        Ok(html) => html,
+        Err(e) => {
+            tracing::error!(error = %crate::error_chain(&e), "page template failed");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
     let mut res = (status, Html(html)).into_response();
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -19,6 +19,8 @@ pub enum MailError {
     Build(#[source] lettre::error::Error),
     #[error("SMTP")]
     Smtp(#[source] lettre::transport::smtp::Error),
+    #[error("rendering the mail")]
+    Template(#[from] minijinja::Error),
 }
 
 /// A rendered mail.
@@ -29,38 +31,24 @@ pub struct Rendered {
     pub html: String,
 }
 
-const VERIFICATION_TXT: &str = include_str!("../../templates/email_verification.txt");
-const VERIFICATION_HTML: &str = include_str!("../../templates/email_verification.html");
-
-fn fill(template: &str, values: &[(&str, &str)], escape: bool) -> String {
-    let mut out = template.to_string();
-    for (k, v) in values {
-        let v = if escape {
-            crate::html_escape(v)
-        } else {
-            v.to_string()
-        };
-        out = out.replace(&format!("{{{{{k}}}}}"), &v);
-    }
-    out
-}
-
 /// The verification mail: the first line of the text template is its subject.
-pub fn verification(name: &str, email: &str, code: &str, link: &str, valid_for: &str) -> Rendered {
-    let values = [
-        ("name", name),
-        ("email", email),
-        ("code", code),
-        ("link", link),
-        ("valid_for", valid_for),
-    ];
-    let text = fill(VERIFICATION_TXT, &values, false);
+pub fn verification(
+    name: &str,
+    email: &str,
+    code: &str,
+    link: &str,
+    valid_for: &str,
+) -> Result<Rendered, MailError> {
+    let values = serde_json::json!({
+        "name": name, "email": email, "code": code, "link": link, "valid_for": valid_for,
+    });
+    let text = crate::templates::render("email_verification.txt", &values)?;
     let (subject, body) = text.split_once('\n').unwrap_or(("", &text));
-    Rendered {
+    Ok(Rendered {
         subject: subject.trim_start_matches("Subject:").trim().to_string(),
         text: body.trim_start().to_string(),
-        html: fill(VERIFICATION_HTML, &values, true),
-    }
+        html: crate::templates::render("email_verification.html", &values)?,
+    })
 }
 
 /// Where mail goes.
@@ -152,7 +140,8 @@ mod tests {
             "ABCD2345",
             "http://h/verify-email?user=1&token=t",
             "1 hour",
-        );
+        )
+        .unwrap();
         assert_eq!(m.subject, "Your verification code: ABCD2345");
         assert!(
             m.text.contains("Hello <Ann>,")
@@ -161,7 +150,7 @@ mod tests {
         assert!(m.html.contains("Hello &lt;Ann&gt;,"));
         assert!(m
             .html
-            .contains("href=\"http://h/verify-email?user=1&amp;token=t\""));
+            .contains("href=\"http:&#x2f;&#x2f;h&#x2f;verify-email?user=1&amp;token=t\""));
         assert!(!m.text.contains("{{") && !m.html.contains("{{"));
     }
 }

@@ -214,8 +214,10 @@ async fn send_one(ctx: &Ctx, c: &Claimed) -> Result<(), tokio_postgres::Error> {
     let name = Some(s("name"))
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| c.to.clone());
-    let mail = super::verification(&name, &c.to, &s("code"), &link, &ctx.opts.valid_for);
-    let sent = ctx.mailer.send(&c.to, &mail).await;
+    let sent = match super::verification(&name, &c.to, &s("code"), &link, &ctx.opts.valid_for) {
+        Ok(mail) => ctx.mailer.send(&c.to, &mail).await,
+        Err(e) => Err(e),
+    };
     let mut client = match ctx.pool.get().await {
         Ok(c) => c,
         Err(e) => {
