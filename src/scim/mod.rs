@@ -10,6 +10,7 @@ mod extract;
 pub mod filter;
 mod handlers;
 mod json;
+mod keyset;
 mod paging;
 mod params;
 pub mod patch;

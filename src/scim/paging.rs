@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use super::cursor::{self, Binding, Cursor, Direction};
 use super::error::ScimError;
-use super::read::{self, Ctx, ListQuery};
+use super::read::{Ctx, ListQuery};
 use super::resource::Selection;
 use super::schema::{self, ResourceType};
 use crate::http::AppState;
@@ -60,7 +60,7 @@ pub async fn list(
     sel: &Selection,
     req: &CursorRequest,
 ) -> Result<Value, ScimError> {
-    let page = read::list_by_cursor(client, rt, ctx, q, sel, req.from.as_ref()).await?;
+    let page = super::keyset::list_by_cursor(client, rt, ctx, q, sel, req.from.as_ref()).await?;
     let b = binding(ctx, rt, &req.shape);
     let now = state.clock.now();
     let sign =

@@ -22,58 +22,87 @@ pub fn params(q: &HashMap<String, String>, name: &str) -> Option<String> {
         .map(|(_, v)| v.clone())
 }
 
+/// An integer parameter: a JSON number or a numeric string (absent or empty: None).
+fn int(name: &str, v: Option<Value>) -> Result<Option<i64>, ScimError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| ScimError::value(format!("{name} must be an integer"))),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| ScimError::value(format!("{name} must be an integer, not {s:?}"))),
+        Some(other) => Err(ScimError::value(format!(
+            "{name} must be an integer, not {other}"
+        ))),
+    }
+}
+
+/// A string parameter (absent or empty: None).
+fn text(name: &str, v: Option<Value>) -> Result<Option<String>, ScimError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ScimError::syntax(format!(
+            "{name} must be a string, not {other}"
+        ))),
+    }
+}
+
+/// `sortOrder`: ascending (the default) or descending.
+fn descending(v: Option<String>) -> Result<bool, ScimError> {
+    match v.map(|s| s.to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(s) if s == "ascending" => Ok(false),
+        Some(s) if s == "descending" => Ok(true),
+        Some(s) => Err(ScimError::value(format!(
+            "sortOrder must be ascending or descending, not {s:?}"
+        ))),
+    }
+}
+
+/// The page size: clamped for index paging; with a cursor (RFC 9865) out of range is
+/// invalidCount, and startIndex may not come with it.
+fn page_size(
+    cursor: Option<&String>,
+    count: Option<i64>,
+    start_index: Option<i64>,
+) -> Result<i64, ScimError> {
+    match (cursor, count) {
+        (None, c) => Ok(c.unwrap_or(MAX_RESULTS).clamp(0, MAX_RESULTS)),
+        (Some(_), _) if start_index.is_some() => Err(ScimError::value(
+            "startIndex and cursor are two ways of paging: send one of them",
+        )),
+        (Some(_), None) => Ok(MAX_RESULTS),
+        (Some(_), Some(c)) if (0..=MAX_RESULTS).contains(&c) => Ok(c),
+        (Some(_), Some(c)) => Err(ScimError::bad(
+            "invalidCount",
+            format!(
+                "count {c} is out of range: with a cursor it is 0 to {MAX_RESULTS} (maxPageSize)"
+            ),
+        )),
+    }
+}
+
 /// Builds a list query from query parameters or a SearchRequest body (same names).
 pub fn list_query(get: impl Fn(&str) -> Option<Value>) -> Result<ListQuery, ScimError> {
-    let int = |name: &str| -> Result<Option<i64>, ScimError> {
-        match get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_i64()
-                .map(Some)
-                .ok_or_else(|| ScimError::value(format!("{name} must be an integer"))),
-            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-            Some(Value::String(s)) => s
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| ScimError::value(format!("{name} must be an integer, not {s:?}"))),
-            Some(other) => Err(ScimError::value(format!(
-                "{name} must be an integer, not {other}"
-            ))),
-        }
-    };
-    let text = |name: &str| -> Result<Option<String>, ScimError> {
-        match get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(ScimError::syntax(format!(
-                "{name} must be a string, not {other}"
-            ))),
-        }
-    };
-    let filter = match text("filter")? {
+    let filter = match text("filter", get("filter"))? {
         Some(f) => Some(filter::parse(&f).map_err(ScimError::filter)?),
         None => None,
     };
-    let sort_by = match text("sortBy")? {
+    let sort_by = match text("sortBy", get("sortBy"))? {
         Some(s) => Some(
             filter::AttrPath::parse(s.trim())
                 .map_err(|e| ScimError::value(format!("sortBy: {e}")))?,
         ),
         None => None,
     };
-    let descending = match text("sortOrder")?.map(|s| s.to_ascii_lowercase()) {
-        None => false,
-        Some(s) if s == "ascending" => false,
-        Some(s) if s == "descending" => true,
-        Some(s) => {
-            return Err(ScimError::value(format!(
-                "sortOrder must be ascending or descending, not {s:?}"
-            )))
-        }
-    };
-    let count = int("count")?;
+    let descending = descending(text("sortOrder", get("sortOrder"))?)?;
     let cursor = match get("cursor") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.trim().to_string()),
@@ -84,25 +113,8 @@ pub fn list_query(get: impl Fn(&str) -> Option<Value>) -> Result<ListQuery, Scim
             ))
         }
     };
-    let start_index = int("startIndex")?;
-    let count = match (&cursor, count) {
-        (None, c) => c.unwrap_or(MAX_RESULTS).clamp(0, MAX_RESULTS),
-        (Some(_), _) if start_index.is_some() => {
-            return Err(ScimError::value(
-                "startIndex and cursor are two ways of paging: send one of them",
-            ))
-        }
-        (Some(_), None) => MAX_RESULTS,
-        (Some(_), Some(c)) if (0..=MAX_RESULTS).contains(&c) => c,
-        (Some(_), Some(c)) => {
-            return Err(ScimError::bad(
-                "invalidCount",
-                format!(
-                "count {c} is out of range: with a cursor it is 0 to {MAX_RESULTS} (maxPageSize)"
-            ),
-            ))
-        }
-    };
+    let start_index = int("startIndex", get("startIndex"))?;
+    let count = page_size(cursor.as_ref(), int("count", get("count"))?, start_index)?;
     Ok(ListQuery {
         filter,
         sort_by,

@@ -6,7 +6,6 @@ use postgres_types::ToSql;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::cursor::{self, Cursor, Direction};
 use super::error::ScimError;
 use super::filter::{AttrPath, Filter};
 use super::query::{self, Param};
@@ -85,7 +84,7 @@ const GROUP_MEMBERS: &str = "(SELECT jsonb_agg(jsonb_build_object('value', m.mem
 
 /// The columns to select: the row's own, then the computed attribute (or NULL when the
 /// response will not hold it).
-fn cols(rt: &ResourceType, sel: &Selection) -> String {
+pub(super) fn cols(rt: &ResourceType, sel: &Selection) -> String {
     if rt.kind == Kind::User {
         let groups = if sel.wants("groups") {
             USER_GROUPS
@@ -104,98 +103,121 @@ fn cols(rt: &ResourceType, sel: &Selection) -> String {
 }
 
 /// Rows of one resource type (selected with [`cols`]), rendered with what `sel` keeps.
-fn render(
+pub(super) fn render(
     rt: &'static ResourceType,
     ctx: &Ctx,
     rows: &[tokio_postgres::Row],
     sel: &Selection,
 ) -> Vec<Value> {
     rows.iter()
-        .map(|row| {
+        .filter_map(|row| {
             let id: Uuid = row.get(0);
             let computed: Option<Value> = row.get(6);
-            let mut out = Map::new();
-            if rt.kind == Kind::User {
-                let Value::Object(doc) = row.get::<_, Value>(4) else {
-                    return Value::Null;
-                };
-                let mut schemas = vec![schema::USER];
-                if doc.contains_key(schema::ENTERPRISE) {
-                    schemas.push(schema::ENTERPRISE);
-                }
-                out.insert("schemas".into(), json!(schemas));
-                out.insert("id".into(), json!(id));
-                out.extend(doc);
-                let verified: Option<String> = row.get(7);
-                if let Some(Value::Array(emails)) = out.get_mut("emails") {
-                    for e in emails.iter_mut().filter_map(Value::as_object_mut) {
-                        let is = match (e.get("value").and_then(Value::as_str), &verified) {
-                            (Some(v), Some(x)) => v.eq_ignore_ascii_case(x),
-                            _ => false,
-                        };
-                        // Only a verified address says so: a client that never sent
-                        // `verified` gets back what it wrote.
-                        if is {
-                            e.insert("verified".into(), Value::Bool(true));
-                        } else {
-                            e.remove("verified");
-                        }
-                    }
-                }
-                if let Some(Value::Array(groups)) = computed {
-                    let groups = groups
-                        .into_iter()
-                        .map(|g| {
-                            let gid = g["value"].as_str().unwrap_or_default().to_string();
-                            json!({
-                                "value": gid,
-                                "$ref": format!("{}/Groups/{gid}", ctx.base),
-                                "display": g["display"],
-                                "type": if g["direct"] == true { "direct" } else { "indirect" },
-                            })
-                        })
-                        .collect();
-                    out.insert("groups".into(), Value::Array(groups));
-                }
-            } else {
-                out.insert("schemas".into(), json!([schema::GROUP]));
-                out.insert("id".into(), json!(id));
-                out.insert("displayName".into(), json!(row.get::<_, String>(4)));
-                if let Some(x) = row.get::<_, Option<String>>(5) {
-                    out.insert("externalId".into(), json!(x));
-                }
-                if sel.wants("members") {
-                    let display = sel.names(&["members", "display"]);
-                    let members: Vec<Value> = match computed {
-                        Some(Value::Array(m)) => m
-                            .into_iter()
-                            .map(|m| {
-                                let mid = m["value"].as_str().unwrap_or_default().to_string();
-                                let endpoint = if m["type"] == "Group" {
-                                    "Groups"
-                                } else {
-                                    "Users"
-                                };
-                                let mut o = json!({
-                                    "value": mid,
-                                    "$ref": format!("{}/{endpoint}/{mid}", ctx.base),
-                                    "type": m["type"],
-                                });
-                                if display {
-                                    o["display"] = m["display"].clone();
-                                }
-                                o
-                            })
-                            .collect(),
-                        _ => Vec::new(),
-                    };
-                    out.insert("members".into(), Value::Array(members));
-                }
-            }
+            let mut out = match rt.kind {
+                Kind::User => user_attributes(ctx, id, row, computed)?,
+                Kind::Group => group_attributes(ctx, id, row, computed, sel),
+            };
             out.insert("meta".into(), meta(rt, ctx, id, row));
-            sel.apply(Value::Object(out))
+            Some(sel.apply(Value::Object(out)))
         })
         .collect()
+}
+
+/// A user's attributes: its document, `verified` on the verified address, its groups.
+fn user_attributes(
+    ctx: &Ctx,
+    id: Uuid,
+    row: &tokio_postgres::Row,
+    computed: Option<Value>,
+) -> Option<Map<String, Value>> {
+    let mut out = Map::new();
+    let Value::Object(doc) = row.get::<_, Value>(4) else {
+        return None;
+    };
+    let mut schemas = vec![schema::USER];
+    if doc.contains_key(schema::ENTERPRISE) {
+        schemas.push(schema::ENTERPRISE);
+    }
+    out.insert("schemas".into(), json!(schemas));
+    out.insert("id".into(), json!(id));
+    out.extend(doc);
+    let verified: Option<String> = row.get(7);
+    if let Some(Value::Array(emails)) = out.get_mut("emails") {
+        for e in emails.iter_mut().filter_map(Value::as_object_mut) {
+            let is = match (e.get("value").and_then(Value::as_str), &verified) {
+                (Some(v), Some(x)) => v.eq_ignore_ascii_case(x),
+                _ => false,
+            };
+            // Only a verified address says so: a client that never sent
+            // `verified` gets back what it wrote.
+            if is {
+                e.insert("verified".into(), Value::Bool(true));
+            } else {
+                e.remove("verified");
+            }
+        }
+    }
+    if let Some(Value::Array(groups)) = computed {
+        let groups = groups
+            .into_iter()
+            .map(|g| {
+                let gid = g["value"].as_str().unwrap_or_default().to_string();
+                json!({
+                    "value": gid,
+                    "$ref": format!("{}/Groups/{gid}", ctx.base),
+                    "display": g["display"],
+                    "type": if g["direct"] == true { "direct" } else { "indirect" },
+                })
+            })
+            .collect();
+        out.insert("groups".into(), Value::Array(groups));
+    }
+    Some(out)
+}
+
+/// A group's attributes: displayName, externalId and (when selected) its members.
+fn group_attributes(
+    ctx: &Ctx,
+    id: Uuid,
+    row: &tokio_postgres::Row,
+    computed: Option<Value>,
+    sel: &Selection,
+) -> Map<String, Value> {
+    let mut out = Map::new();
+    out.insert("schemas".into(), json!([schema::GROUP]));
+    out.insert("id".into(), json!(id));
+    out.insert("displayName".into(), json!(row.get::<_, String>(4)));
+    if let Some(x) = row.get::<_, Option<String>>(5) {
+        out.insert("externalId".into(), json!(x));
+    }
+    if sel.wants("members") {
+        let display = sel.names(&["members", "display"]);
+        let members: Vec<Value> = match computed {
+            Some(Value::Array(m)) => m
+                .into_iter()
+                .map(|m| {
+                    let mid = m["value"].as_str().unwrap_or_default().to_string();
+                    let endpoint = if m["type"] == "Group" {
+                        "Groups"
+                    } else {
+                        "Users"
+                    };
+                    let mut o = json!({
+                        "value": mid,
+                        "$ref": format!("{}/{endpoint}/{mid}", ctx.base),
+                        "type": m["type"],
+                    });
+                    if display {
+                        o["display"] = m["display"].clone();
+                    }
+                    o
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        out.insert("members".into(), Value::Array(members));
+    }
+    out
 }
 
 /// One resource by id, with its version (None: not in this org).
@@ -250,7 +272,7 @@ pub async fn version<C: GenericClient>(
 pub const PREPARED_PER_CONNECTION: usize = 64;
 
 /// Runs client-shaped SQL through the connection's bounded statement cache.
-async fn run(
+pub(super) async fn run(
     client: &deadpool_postgres::Client,
     sql: &str,
     params: &[Param],
@@ -266,13 +288,13 @@ async fn run(
 
 /// A compiled list query for one resource type: its WHERE, ORDER BY and parameters.
 pub struct Plan {
-    rt: &'static ResourceType,
-    where_sql: String,
-    order: String,
+    pub(super) rt: &'static ResourceType,
+    pub(super) where_sql: String,
+    pub(super) order: String,
     /// The `sortBy` expression and its SQL type (the order is then it, created_at, id).
-    sort: Option<(String, &'static str)>,
-    descending: bool,
-    params: Vec<Param>,
+    pub(super) sort: Option<(String, &'static str)>,
+    pub(super) descending: bool,
+    pub(super) params: Vec<Param>,
 }
 
 pub fn plan(rt: &'static ResourceType, ctx: &Ctx, q: &ListQuery) -> Result<Plan, ScimError> {
@@ -366,156 +388,6 @@ impl Plan {
             .collect();
         Ok((render(self.rt, ctx, &rows, sel), total))
     }
-}
-
-/// A cursor-paged list's page: the resources, the total, and where the pages before and
-/// after it start (None: there is none).
-pub struct CursorPage {
-    pub total: i64,
-    pub resources: Vec<Value>,
-    pub next: Option<cursor::Position>,
-    pub previous: Option<cursor::Position>,
-}
-
-impl Plan {
-    /// The condition "beyond `at` in `dir`" of this plan's order, on an index where the
-    /// order has one (created_at, id). Nulls of `sortBy` sort last in both directions.
-    fn keyset(&self, dir: Direction, at: &cursor::Position, params: &mut Vec<Param>) -> String {
-        let id = query::table(self.rt).id;
-        let mut bind = |p: Param| {
-            params.push(p);
-            format!("${}", params.len())
-        };
-        let (c, i) = (bind(Param::Time(at.created_at)), bind(Param::Uuid(at.id)));
-        let tie_op = if dir == Direction::After { ">" } else { "<" };
-        let tie = format!("(r.created_at, {id}) {tie_op} ({c}, {i})");
-        let Some((e, ty)) = &self.sort else {
-            return tie;
-        };
-        match (&at.sort, dir) {
-            (Some(v), _) => {
-                let v = format!("{}::{ty}", bind(Param::Text(v.clone())));
-                let ahead = (dir == Direction::After) != self.descending;
-                let op = if ahead { ">" } else { "<" };
-                let nulls = if dir == Direction::After {
-                    format!(" OR {e} IS NULL")
-                } else {
-                    String::new()
-                };
-                format!("({e} {op} {v} OR ({e} = {v} AND {tie}){nulls})")
-            }
-            (None, Direction::After) => format!("({e} IS NULL AND {tie})"),
-            (None, Direction::Before) => format!("({e} IS NOT NULL OR ({e} IS NULL AND {tie}))"),
-        }
-    }
-
-    /// The order read backwards (for a previousCursor page, reversed again after reading).
-    fn reverse_order(&self) -> String {
-        let id = query::table(self.rt).id;
-        let tie = format!("r.created_at DESC, {id} DESC");
-        match &self.sort {
-            None => tie,
-            Some((e, _)) => {
-                let dir = if self.descending { "ASC" } else { "DESC" };
-                format!("{e} {dir} NULLS FIRST, {tie}")
-            }
-        }
-    }
-
-    fn position(&self, row: &tokio_postgres::Row) -> cursor::Position {
-        cursor::Position {
-            sort: row.get(row.len() - 2),
-            created_at: row.get(2),
-            id: row.get(0),
-        }
-    }
-
-    /// A page of `limit` rows beyond `from` (the first page when None), and the total, in
-    /// one statement: a keyset read, so the cost does not grow with how far the client is.
-    pub async fn cursor_page(
-        &self,
-        client: &deadpool_postgres::Client,
-        ctx: &Ctx,
-        from: Option<&Cursor>,
-        limit: i64,
-        sel: &Selection,
-    ) -> Result<CursorPage, ScimError> {
-        let table = query::table(self.rt).from;
-        let mut params = self.params.clone();
-        let dir = from.map_or(Direction::After, |c| c.direction);
-        let (cond, order) = match from {
-            None => (String::new(), self.order.clone()),
-            Some(c) if dir == Direction::After => (
-                format!(" AND {}", self.keyset(dir, &c.at, &mut params)),
-                self.order.clone(),
-            ),
-            Some(c) => (
-                format!(" AND {}", self.keyset(dir, &c.at, &mut params)),
-                self.reverse_order(),
-            ),
-        };
-        params.push(Param::Int(limit + 1));
-        let sort_key = self
-            .sort
-            .as_ref()
-            .map_or("NULL::text".to_string(), |(e, _)| format!("({e})::text"));
-        let sql = format!(
-            "WITH total AS (SELECT count(*) AS n FROM {table} WHERE {w}) \
-             SELECT p.*, total.n FROM total LEFT JOIN LATERAL \
-             (SELECT {cols}, {sort_key} AS sort_key FROM {table} WHERE {w}{cond} \
-              ORDER BY {order} LIMIT ${}) p ON true",
-            params.len(),
-            w = self.where_sql,
-            cols = cols(self.rt, sel),
-        );
-        let rows = run(client, &sql, &params).await?;
-        let total = rows.first().map_or(0, |r| r.get(r.len() - 1));
-        let mut rows: Vec<_> = rows
-            .into_iter()
-            .filter(|r| r.get::<_, Option<Uuid>>(0).is_some())
-            .collect();
-        let more = rows.len() as i64 > limit;
-        rows.truncate(limit.max(0) as usize);
-        if dir == Direction::Before {
-            rows.reverse();
-        }
-        let edge = |r: Option<&tokio_postgres::Row>| r.map(|r| self.position(r));
-        let (first, last) = (edge(rows.first()), edge(rows.last()));
-        let (previous, next) = match (from, dir) {
-            (None, _) => (None, last.filter(|_| more)),
-            // Paging on: the rows behind are there unless the cursor's own row was the first.
-            (Some(c), Direction::After) => (first.or(Some(c.at.clone())), last.filter(|_| more)),
-            (Some(c), Direction::Before) => (first.filter(|_| more), last.or(Some(c.at.clone()))),
-        };
-        Ok(CursorPage {
-            total,
-            resources: render(self.rt, ctx, &rows, sel),
-            next,
-            previous,
-        })
-    }
-}
-
-/// A cursor-paged list of one resource type, from `from` (the first page when None).
-pub async fn list_by_cursor(
-    client: &deadpool_postgres::Client,
-    rt: &'static ResourceType,
-    ctx: &Ctx,
-    q: &ListQuery,
-    sel: &Selection,
-    from: Option<&Cursor>,
-) -> Result<CursorPage, ScimError> {
-    let plan = plan(rt, ctx, q)?;
-    let sel = &sel.clone().for_list(rt);
-    if q.count <= 0 {
-        return Ok(CursorPage {
-            total: plan.count(client).await?,
-            resources: Vec::new(),
-            next: None,
-            previous: None,
-        });
-    }
-    plan.cursor_page(client, ctx, from, q.count, sel).await
 }
 
 /// A list of one resource type.
