@@ -336,49 +336,7 @@ impl Compiler {
 
     fn compare(&mut self, col: Col, p: &AttrPath, op: Op, v: &Value) -> Result<String, String> {
         match col {
-            Col::Text { expr, ci } => {
-                let s = match v {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    Value::Null => {
-                        return Err(format!(
-                            "{p}: compare with null is not supported; use pr or not (... pr)"
-                        ))
-                    }
-                    other => return Err(format!("{p} is a string; {other} is not")),
-                };
-                let like = |s: &str| {
-                    s.replace('\\', "\\\\")
-                        .replace('%', "\\%")
-                        .replace('_', "\\_")
-                };
-                let lhs = if ci {
-                    format!("lower({expr})")
-                } else {
-                    expr.clone()
-                };
-                let wrap = |b: String| if ci { format!("lower({b})") } else { b };
-                Ok(match op {
-                    Op::Eq => format!("{lhs} = {}", wrap(self.bind(Param::Text(s)))),
-                    Op::Ne => format!("{lhs} IS DISTINCT FROM {}", wrap(self.bind(Param::Text(s)))),
-                    Op::Co => format!(
-                        "{lhs} LIKE {}",
-                        wrap(self.bind(Param::Text(format!("%{}%", like(&s)))))
-                    ),
-                    Op::Sw => format!(
-                        "{lhs} LIKE {}",
-                        wrap(self.bind(Param::Text(format!("{}%", like(&s)))))
-                    ),
-                    Op::Ew => format!(
-                        "{lhs} LIKE {}",
-                        wrap(self.bind(Param::Text(format!("%{}", like(&s)))))
-                    ),
-                    Op::Gt => format!("{lhs} > {}", wrap(self.bind(Param::Text(s)))),
-                    Op::Ge => format!("{lhs} >= {}", wrap(self.bind(Param::Text(s)))),
-                    Op::Lt => format!("{lhs} < {}", wrap(self.bind(Param::Text(s)))),
-                    Op::Le => format!("{lhs} <= {}", wrap(self.bind(Param::Text(s)))),
-                })
-            }
+            Col::Text { expr, ci } => self.compare_text(&expr, ci, p, op, v),
             Col::Id(expr) => {
                 let id = v.as_str().and_then(|s| s.parse::<Uuid>().ok());
                 match (op, id) {
@@ -397,39 +355,8 @@ impl Compiler {
                     ),
                 }
             }
-            Col::Bool(expr) => {
-                let b = match v {
-                    Value::Bool(b) => *b,
-                    Value::String(s) if s.eq_ignore_ascii_case("true") => true,
-                    Value::String(s) if s.eq_ignore_ascii_case("false") => false,
-                    other => return Err(format!("{p} is a boolean; {other} is not")),
-                };
-                match op {
-                    Op::Eq => Ok(format!("{expr} = {}", self.bind(Param::Bool(b)))),
-                    Op::Ne => Ok(format!(
-                        "{expr} IS DISTINCT FROM {}",
-                        self.bind(Param::Bool(b))
-                    )),
-                    _ => Err(format!("{p} is a boolean: only eq, ne and pr apply")),
-                }
-            }
-            Col::Time(expr) => {
-                let t = v
-                    .as_str()
-                    .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-                    .ok_or_else(|| format!("{p} is a dateTime; {v} is not (RFC 3339)"))?
-                    .with_timezone(&Utc);
-                let sql_op = match op {
-                    Op::Eq => "=",
-                    Op::Ne => "<>",
-                    Op::Gt => ">",
-                    Op::Ge => ">=",
-                    Op::Lt => "<",
-                    Op::Le => "<=",
-                    _ => return Err(format!("{p} is a dateTime: co, sw and ew do not apply")),
-                };
-                Ok(format!("{expr} {sql_op} {}", self.bind(Param::Time(t))))
-            }
+            Col::Bool(expr) => self.compare_bool(&expr, p, op, v),
+            Col::Time(expr) => self.compare_time(&expr, p, op, v),
             Col::Multi { from, elem } => {
                 let sub = p.sub.as_deref().unwrap_or("value");
                 let c = element(&elem, sub)?;
@@ -443,6 +370,104 @@ impl Compiler {
                 self.compare(json_col(&json, s), p, op, v)
             }
         }
+    }
+
+    fn compare_text(
+        &mut self,
+        expr: &str,
+        ci: bool,
+        p: &AttrPath,
+        op: Op,
+        v: &Value,
+    ) -> Result<String, String> {
+        let s = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Null => {
+                return Err(format!(
+                    "{p}: compare with null is not supported; use pr or not (... pr)"
+                ))
+            }
+            other => return Err(format!("{p} is a string; {other} is not")),
+        };
+        let like = |s: &str| {
+            s.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        };
+        let lhs = if ci {
+            format!("lower({expr})")
+        } else {
+            expr.to_string()
+        };
+        let wrap = |b: String| if ci { format!("lower({b})") } else { b };
+        Ok(match op {
+            Op::Eq => format!("{lhs} = {}", wrap(self.bind(Param::Text(s)))),
+            Op::Ne => format!("{lhs} IS DISTINCT FROM {}", wrap(self.bind(Param::Text(s)))),
+            Op::Co => format!(
+                "{lhs} LIKE {}",
+                wrap(self.bind(Param::Text(format!("%{}%", like(&s)))))
+            ),
+            Op::Sw => format!(
+                "{lhs} LIKE {}",
+                wrap(self.bind(Param::Text(format!("{}%", like(&s)))))
+            ),
+            Op::Ew => format!(
+                "{lhs} LIKE {}",
+                wrap(self.bind(Param::Text(format!("%{}", like(&s)))))
+            ),
+            Op::Gt => format!("{lhs} > {}", wrap(self.bind(Param::Text(s)))),
+            Op::Ge => format!("{lhs} >= {}", wrap(self.bind(Param::Text(s)))),
+            Op::Lt => format!("{lhs} < {}", wrap(self.bind(Param::Text(s)))),
+            Op::Le => format!("{lhs} <= {}", wrap(self.bind(Param::Text(s)))),
+        })
+    }
+
+    fn compare_bool(
+        &mut self,
+        expr: &str,
+        p: &AttrPath,
+        op: Op,
+        v: &Value,
+    ) -> Result<String, String> {
+        let b = match v {
+            Value::Bool(b) => *b,
+            Value::String(s) if s.eq_ignore_ascii_case("true") => true,
+            Value::String(s) if s.eq_ignore_ascii_case("false") => false,
+            other => return Err(format!("{p} is a boolean; {other} is not")),
+        };
+        match op {
+            Op::Eq => Ok(format!("{expr} = {}", self.bind(Param::Bool(b)))),
+            Op::Ne => Ok(format!(
+                "{expr} IS DISTINCT FROM {}",
+                self.bind(Param::Bool(b))
+            )),
+            _ => Err(format!("{p} is a boolean: only eq, ne and pr apply")),
+        }
+    }
+
+    fn compare_time(
+        &mut self,
+        expr: &str,
+        p: &AttrPath,
+        op: Op,
+        v: &Value,
+    ) -> Result<String, String> {
+        let t = v
+            .as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .ok_or_else(|| format!("{p} is a dateTime; {v} is not (RFC 3339)"))?
+            .with_timezone(&Utc);
+        let sql_op = match op {
+            Op::Eq => "=",
+            Op::Ne => "<>",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            _ => return Err(format!("{p} is a dateTime: co, sw and ew do not apply")),
+        };
+        Ok(format!("{expr} {sql_op} {}", self.bind(Param::Time(t))))
     }
 }
 
