@@ -14,6 +14,7 @@ mod keyset;
 mod paging;
 mod params;
 pub mod patch;
+mod patch_ops;
 pub mod query;
 mod read;
 pub mod resource;
