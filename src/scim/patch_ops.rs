@@ -61,76 +61,11 @@ pub(super) fn whole(
 ) -> Result<(), ScimError> {
     let key = attr.name;
     match kind {
-        Kind::Remove if attr.multi && !value.is_null() => {
-            // Entra ID: remove only the listed values.
-            let listed: Vec<Value> = match value {
-                Value::Array(a) => a.clone(),
-                v => vec![v.clone()],
-            };
-            // Hashed, so removing thousands of members from a large group stays linear.
-            let by_value: HashSet<String> = listed.iter().filter_map(value_key).collect();
-            let whole_values: Vec<&Value> =
-                listed.iter().filter(|l| value_key(l).is_none()).collect();
-            if let Some(Value::Array(items)) = c.get_mut(key) {
-                items.retain(|i| {
-                    let listed_by_value = value_key(i).is_some_and(|k| by_value.contains(&k));
-                    !listed_by_value && !whole_values.contains(&i)
-                });
-                if items.is_empty() {
-                    c.remove(key);
-                }
-            }
-        }
+        Kind::Remove if attr.multi && !value.is_null() => remove_listed(c, key, value),
         Kind::Remove => {
             c.remove(key);
         }
-        Kind::Add if attr.multi => {
-            let Some(Value::Array(new)) = coerce(attr, value, label)? else {
-                return Ok(());
-            };
-            let items = c
-                .entry(key.to_string())
-                .or_insert_with(|| Value::Array(Vec::new()));
-            if !items.is_array() {
-                *items = Value::Array(Vec::new());
-            }
-            let items = items.as_array_mut().unwrap();
-            if new.iter().any(is_primary) {
-                demote_primaries(items);
-            }
-            // Values identified by `value` are found through a hash of them, so adding a
-            // thousand members to a group of 100k is linear, not quadratic.
-            let mut at: HashMap<String, usize> = HashMap::new();
-            if attr.has_value_sub() {
-                for (i, item) in items.iter().enumerate() {
-                    if let Some(k) = value_key(item) {
-                        at.entry(k).or_insert(i);
-                    }
-                }
-            }
-            for n in new {
-                let found = match value_key(&n) {
-                    Some(k) if attr.has_value_sub() => at.get(&k).copied(),
-                    _ if attr.has_value_sub() => None,
-                    _ => items.iter().position(|i| same_value(attr, i, &n)),
-                };
-                match found {
-                    // Re-adding a member is a no-op; re-adding an email updates its fields.
-                    Some(_) if attr.name == "members" => {}
-                    Some(i) => {
-                        if let (Some(e), Value::Object(n)) = (items[i].as_object_mut(), n) {
-                            e.extend(n);
-                        }
-                    }
-                    None => {
-                        if let Some(k) = value_key(&n).filter(|_| attr.has_value_sub()) {
-                            at.insert(k, items.len());
-                        }
-                        items.push(n);
-                    }
-                }
-            }
-        }
+        Kind::Add if attr.multi => add_values(c, attr, value, label)?,
         Kind::Add | Kind::Replace if attr.ty == Type::Complex && !attr.multi => {
             // Sub-attributes not named are left as they are (RFC 7644 §3.5.2.3).
             match coerce(attr, value, label)? {
@@ -157,6 +92,86 @@ pub(super) fn whole(
                 c.remove(key);
             }
         },
+    }
+    Ok(())
+}
+
+/// Entra ID's `remove` with a value: only the listed values go (by `value` when they have
+/// one, hashed, so removing thousands of members from a large group stays linear).
+fn remove_listed(c: &mut Map<String, Value>, key: &str, value: &Value) {
+    // Entra ID: remove only the listed values.
+    let listed: Vec<Value> = match value {
+        Value::Array(a) => a.clone(),
+        v => vec![v.clone()],
+    };
+    // Hashed, so removing thousands of members from a large group stays linear.
+    let by_value: HashSet<String> = listed.iter().filter_map(value_key).collect();
+    let whole_values: Vec<&Value> = listed.iter().filter(|l| value_key(l).is_none()).collect();
+    if let Some(Value::Array(items)) = c.get_mut(key) {
+        items.retain(|i| {
+            let listed_by_value = value_key(i).is_some_and(|k| by_value.contains(&k));
+            !listed_by_value && !whole_values.contains(&i)
+        });
+        if items.is_empty() {
+            c.remove(key);
+        }
+    }
+}
+
+/// `add` to a multi-valued attribute: new values are appended, known ones updated (members
+/// are found through a hash of their values, so adding a thousand to a group of 100k is
+/// linear).
+fn add_values(
+    c: &mut Map<String, Value>,
+    attr: &'static Attr,
+    value: &Value,
+    label: &str,
+) -> Result<(), ScimError> {
+    let key = attr.name;
+    let Some(Value::Array(new)) = coerce(attr, value, label)? else {
+        return Ok(());
+    };
+    let items = c
+        .entry(key.to_string())
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !items.is_array() {
+        *items = Value::Array(Vec::new());
+    }
+    let items = items.as_array_mut().unwrap();
+    if new.iter().any(is_primary) {
+        demote_primaries(items);
+    }
+    // Values identified by `value` are found through a hash of them, so adding a
+    // thousand members to a group of 100k is linear, not quadratic.
+    let mut at: HashMap<String, usize> = HashMap::new();
+    if attr.has_value_sub() {
+        for (i, item) in items.iter().enumerate() {
+            if let Some(k) = value_key(item) {
+                at.entry(k).or_insert(i);
+            }
+        }
+    }
+    for n in new {
+        let found = match value_key(&n) {
+            Some(k) if attr.has_value_sub() => at.get(&k).copied(),
+            _ if attr.has_value_sub() => None,
+            _ => items.iter().position(|i| same_value(attr, i, &n)),
+        };
+        match found {
+            // Re-adding a member is a no-op; re-adding an email updates its fields.
+            Some(_) if attr.name == "members" => {}
+            Some(i) => {
+                if let (Some(e), Value::Object(n)) = (items[i].as_object_mut(), n) {
+                    e.extend(n);
+                }
+            }
+            None => {
+                if let Some(k) = value_key(&n).filter(|_| attr.has_value_sub()) {
+                    at.insert(k, items.len());
+                }
+                items.push(n);
+            }
+        }
     }
     Ok(())
 }
