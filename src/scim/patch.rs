@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use super::error::ScimError;
 use super::filter::{self, PatchPath};
 use super::patch_ops::{filtered, sub_of_all, whole, Kind};
-use super::schema::{Mutability, ResourceType};
+use super::schema::{Attr, Mutability, ResourceType};
 use crate::domain::Doc;
 
 /// The outcome of a PATCH: the new document and a new password, if one was set.
@@ -150,23 +150,8 @@ impl Patcher<'_> {
 
     fn op(&mut self, kind: Kind, path: &str, value: &Value) -> Result<(), ScimError> {
         let rt = self.rt;
-        // A whole extension: apply each of its attributes.
         if let Some((urn, _)) = rt.extension(path.trim()) {
-            if kind == Kind::Remove {
-                self.doc.remove(urn);
-                return Ok(());
-            }
-            let map = value
-                .as_object()
-                .ok_or_else(|| ScimError::value(format!("{urn} takes an object")))?;
-            for (k, v) in map {
-                // Clients echo the extension's `schemas` inside it; it names nothing.
-                if k.eq_ignore_ascii_case("schemas") {
-                    continue;
-                }
-                self.op(kind, &format!("{urn}:{k}"), v)?;
-            }
-            return Ok(());
+            return self.whole_extension(kind, urn, value);
         }
         let pp = filter::parse_path(path).map_err(ScimError::path)?;
         let resolved = rt
@@ -186,45 +171,15 @@ impl Patcher<'_> {
         if attr.mutability == Mutability::ReadOnly || attr.name == "schemas" {
             return Err(ScimError::mutability(format!("{} is read-only", attr.name)));
         }
-        let sub = match &pp.attr.sub {
-            Some(s) => Some(attr.sub_attr(s).ok_or_else(|| {
-                ScimError::path(format!("{} has no sub-attribute {s:?}", attr.name))
-            })?),
-            None => None,
-        };
-        let sub_after = match &pp.sub_after_filter {
-            Some(s) => Some(attr.sub_attr(s).ok_or_else(|| {
-                ScimError::path(format!("{} has no sub-attribute {s:?}", attr.name))
-            })?),
-            None => None,
-        };
-        for s in sub.iter().chain(sub_after.iter()) {
-            if s.mutability == Mutability::ReadOnly {
-                return Err(ScimError::mutability(format!(
-                    "{}.{} is read-only",
-                    attr.name, s.name
-                )));
-            }
-        }
+        let sub = writable_sub(attr, pp.attr.sub.as_deref())?;
+        let sub_after = writable_sub(attr, pp.sub_after_filter.as_deref())?;
         if pp.filter.is_some() && !attr.multi {
             return Err(ScimError::path(format!(
                 "{} is single-valued: a value filter does not apply",
                 attr.name
             )));
         }
-        let container: &mut Map<String, Value> = match resolved.extension {
-            Some(urn) => {
-                let e = self
-                    .doc
-                    .entry(urn.to_string())
-                    .or_insert_with(|| Value::Object(Map::new()));
-                if !e.is_object() {
-                    *e = Value::Object(Map::new());
-                }
-                e.as_object_mut().unwrap()
-            }
-            None => &mut self.doc,
-        };
+        let container = container(&mut self.doc, resolved.extension);
         let label = pp.attr.to_string();
         match (&pp, sub, sub_after) {
             (PatchPath { filter: None, .. }, None, _) => {
@@ -253,6 +208,58 @@ impl Patcher<'_> {
         }
         Ok(())
     }
+}
+
+impl Patcher<'_> {
+    /// A path naming a whole extension: each of its attributes, as its own operation.
+    fn whole_extension(&mut self, kind: Kind, urn: &str, value: &Value) -> Result<(), ScimError> {
+        if kind == Kind::Remove {
+            self.doc.remove(urn);
+            return Ok(());
+        }
+        let map = value
+            .as_object()
+            .ok_or_else(|| ScimError::value(format!("{urn} takes an object")))?;
+        for (k, v) in map {
+            // Clients echo the extension's `schemas` inside it; it names nothing.
+            if k.eq_ignore_ascii_case("schemas") {
+                continue;
+            }
+            self.op(kind, &format!("{urn}:{k}"), v)?;
+        }
+        Ok(())
+    }
+}
+
+/// The sub-attribute a path names, if any: it must exist and not be read-only.
+fn writable_sub(
+    attr: &'static Attr,
+    name: Option<&str>,
+) -> Result<Option<&'static Attr>, ScimError> {
+    let Some(s) = name else { return Ok(None) };
+    let sub = attr
+        .sub_attr(s)
+        .ok_or_else(|| ScimError::path(format!("{} has no sub-attribute {s:?}", attr.name)))?;
+    if sub.mutability == Mutability::ReadOnly {
+        return Err(ScimError::mutability(format!(
+            "{}.{} is read-only",
+            attr.name, sub.name
+        )));
+    }
+    Ok(Some(sub))
+}
+
+/// The object an attribute lives in: the document, or its extension's object (made when
+/// missing).
+fn container<'d>(doc: &'d mut Doc, extension: Option<&str>) -> &'d mut Map<String, Value> {
+    let Some(urn) = extension else { return doc };
+    let e = doc
+        .entry(urn.to_string())
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !e.is_object() {
+        *e = Value::Object(Map::new());
+    }
+    e.as_object_mut().expect("made an object above")
 }
 
 #[cfg(test)]
