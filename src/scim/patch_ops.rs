@@ -282,59 +282,8 @@ pub(super) fn filtered(
                 }
             }
         }
-        (_, Some(sub)) => {
-            let v = coerce(sub, value, label)?;
-            if v == Some(Value::Bool(true)) && sub.name == "primary" {
-                demote_primaries(&mut items);
-            }
-            if hits.is_empty() {
-                let mut o = entra_new_value(attr, f).ok_or_else(|| {
-                    ScimError::bad(
-                        "noTarget",
-                        format!("no value of {} matches the filter", attr.name),
-                    )
-                })?;
-                if let Some(v) = v.clone() {
-                    o.insert(sub.name.to_string(), v);
-                }
-                let new = coerce(attr, &Value::Object(o), label)?;
-                if let Some(Value::Array(new)) = new {
-                    items.extend(new);
-                }
-            }
-            for &i in &hits {
-                if let Some(o) = items[i].as_object_mut() {
-                    match &v {
-                        Some(v) => o.insert(sub.name.to_string(), v.clone()),
-                        None => o.remove(sub.name),
-                    };
-                }
-            }
-        }
-        (_, None) => {
-            let Some(Value::Array(new)) = coerce(attr, value, label)? else {
-                return Err(ScimError::value(format!("{label}: a value is required")));
-            };
-            if new.iter().any(is_primary) {
-                demote_primaries(&mut items);
-            }
-            if hits.is_empty() {
-                if kind == Kind::Replace {
-                    return Err(ScimError::bad(
-                        "noTarget",
-                        format!("no value of {} matches the filter", attr.name),
-                    ));
-                }
-                items.extend(new);
-            } else {
-                let patch = new.into_iter().next().unwrap_or(Value::Null);
-                for &i in &hits {
-                    if let (Some(o), Some(p)) = (items[i].as_object_mut(), patch.as_object()) {
-                        o.extend(p.clone());
-                    }
-                }
-            }
-        }
+        (_, Some(sub)) => set_sub_of_hits(&mut items, &hits, attr, f, sub, value, label)?,
+        (_, None) => set_hits(&mut items, &hits, attr, kind, value, label)?,
     }
     items.retain(|i| i.as_object().is_some_and(|o| !o.is_empty()));
     if items.iter().filter(|i| is_primary(i)).count() > 1 {
@@ -346,6 +295,82 @@ pub(super) fn filtered(
         c.remove(attr.name);
     } else {
         c.insert(attr.name.to_string(), Value::Array(items));
+    }
+    Ok(())
+}
+
+/// add / replace of a sub-attribute in the values a filter selected; none selected is
+/// noTarget, except in Entra ID's shape, which creates the value.
+fn set_sub_of_hits(
+    items: &mut Vec<Value>,
+    hits: &[usize],
+    attr: &'static Attr,
+    f: &Filter,
+    sub: &'static Attr,
+    value: &Value,
+    label: &str,
+) -> Result<(), ScimError> {
+    let v = coerce(sub, value, label)?;
+    if v == Some(Value::Bool(true)) && sub.name == "primary" {
+        demote_primaries(items);
+    }
+    if hits.is_empty() {
+        let mut o = entra_new_value(attr, f).ok_or_else(|| {
+            ScimError::bad(
+                "noTarget",
+                format!("no value of {} matches the filter", attr.name),
+            )
+        })?;
+        if let Some(v) = v.clone() {
+            o.insert(sub.name.to_string(), v);
+        }
+        let new = coerce(attr, &Value::Object(o), label)?;
+        if let Some(Value::Array(new)) = new {
+            items.extend(new);
+        }
+    }
+    for &i in hits {
+        if let Some(o) = items[i].as_object_mut() {
+            match &v {
+                Some(v) => o.insert(sub.name.to_string(), v.clone()),
+                None => o.remove(sub.name),
+            };
+        }
+    }
+    Ok(())
+}
+
+/// add / replace of whole values in the values a filter selected (their fields merged);
+/// `add` with none selected appends, `replace` is noTarget.
+fn set_hits(
+    items: &mut Vec<Value>,
+    hits: &[usize],
+    attr: &'static Attr,
+    kind: Kind,
+    value: &Value,
+    label: &str,
+) -> Result<(), ScimError> {
+    let Some(Value::Array(new)) = coerce(attr, value, label)? else {
+        return Err(ScimError::value(format!("{label}: a value is required")));
+    };
+    if new.iter().any(is_primary) {
+        demote_primaries(items);
+    }
+    if hits.is_empty() {
+        if kind == Kind::Replace {
+            return Err(ScimError::bad(
+                "noTarget",
+                format!("no value of {} matches the filter", attr.name),
+            ));
+        }
+        items.extend(new);
+    } else {
+        let patch = new.into_iter().next().unwrap_or(Value::Null);
+        for &i in hits {
+            if let (Some(o), Some(p)) = (items[i].as_object_mut(), patch.as_object()) {
+                o.extend(p.clone());
+            }
+        }
     }
     Ok(())
 }
