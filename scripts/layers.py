@@ -5,7 +5,9 @@
   `self::` naming an item of another file, or a parent's code calling into a child module
   (its `mod` and `pub use` lines are a facade, not a dependency);
 - the floors import downwards only: the event store nothing of the projection runtime, the
-  domain nothing of HTTP, the read models nothing of SCIM, and so on (FORBIDDEN below).
+  domain nothing of HTTP, the read models nothing of SCIM, and so on (FORBIDDEN below);
+- sizes a reader can hold: no file over MAX_FILE lines and no function over MAX_FN lines,
+  tests aside.
 
 Prints what is wrong and exits 1, or prints a one-line summary.
 """
@@ -28,6 +30,29 @@ FORBIDDEN = [
     ("api", ["scim", "app"]),
     ("scim", ["api", "app"]),
 ]
+
+
+MAX_FILE = 600
+MAX_FN = 80
+
+
+def sizes(mods):
+    """Files and functions over the limits (code before `#[cfg(test)]` only)."""
+    out = []
+    fn = re.compile(r"^(\s*)(?:pub(?:\([a-z]+\))? )?(?:async )?fn (\w+)")
+    for m, src in sorted(mods.items()):
+        lines = without_tests(src).split("\n")
+        if len(lines) - 1 > MAX_FILE:
+            out.append(f"{m}: {len(lines) - 1} lines, over {MAX_FILE}")
+        for k, line in enumerate(lines):
+            hit = fn.match(line)
+            if not hit:
+                continue
+            close = hit.group(1) + "}"
+            end = next((e for e in range(k + 1, len(lines)) if lines[e] == close), None)
+            if end is not None and end - k + 1 > MAX_FN:
+                out.append(f"{m}::{hit.group(2)}: {end - k + 1} lines, over {MAX_FN}")
+    return out
 
 
 def modules():
@@ -149,10 +174,14 @@ def main():
             for t in sorted(targets):
                 if any(under(t, b) for b in banned):
                     problems.append(f"{m} imports {t}: {layer} must not depend on it")
+    problems.extend(sizes(mods))
     if problems:
         print("\n".join(problems))
         sys.exit(1)
-    print(f"layers: {len(mods)} files, {sum(len(t) for t in graph.values())} imports, no circles")
+    print(
+        f"layers: {len(mods)} files, {sum(len(t) for t in graph.values())} imports, no circles, "
+        f"no file over {MAX_FILE} lines, no function over {MAX_FN}"
+    )
 
 
 if __name__ == "__main__":

@@ -42,40 +42,8 @@ async fn main() -> ExitCode {
 
 async fn run(cmd: Command) -> Result<(), BoxError> {
     match cmd {
-        Command::Migrate(a) => {
-            let applied = db::migrate(&a.database_url).await?;
-            if applied.is_empty() {
-                println!(
-                    "database is up to date ({} migrations)",
-                    db::embedded_migrations().len()
-                );
-            } else {
-                for m in &applied {
-                    println!("applied {m}");
-                }
-            }
-            Ok(())
-        }
-        Command::Serve(a) => {
-            let applied = db::migrate(&a.db.database_url).await?;
-            for m in &applied {
-                tracing::info!(migration = %m, "applied migration");
-            }
-            let cfg = Config::from(&*a);
-            if cfg.admin_token.is_none() {
-                tracing::warn!(
-                    "PORTCULLIS_ADMIN_TOKEN is not set: the admin endpoints answer 401 to everyone"
-                );
-            }
-            let state = AppState::start(&cfg).await?;
-            let listener = TcpListener::bind(a.listen)
-                .await
-                .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
-            tracing::info!(address = %listener.local_addr()?, "portcullis is serving");
-            app::serve(listener, state, shutdown_signal()).await?;
-            tracing::info!("stopped");
-            Ok(())
-        }
+        Command::Migrate(a) => migrate(&a.database_url).await,
+        Command::Serve(a) => serve(&a).await,
         Command::Projections(p) => projections(p).await,
         Command::Orgs(OrgsCommand::Create { db, name, no_wait }) => {
             let store = store(&db)?;
@@ -139,6 +107,44 @@ async fn run(cmd: Command) -> Result<(), BoxError> {
             Ok(())
         }
     }
+}
+
+/// `portcullis migrate`: applies what is pending and says what it did.
+async fn migrate(database_url: &str) -> Result<(), BoxError> {
+    let applied = db::migrate(database_url).await?;
+    if applied.is_empty() {
+        println!(
+            "database is up to date ({} migrations)",
+            db::embedded_migrations().len()
+        );
+    } else {
+        for m in &applied {
+            println!("applied {m}");
+        }
+    }
+    Ok(())
+}
+
+/// `portcullis serve`: migrates, starts the service and serves until SIGINT/SIGTERM.
+async fn serve(a: &portcullis::config::ServeArgs) -> Result<(), BoxError> {
+    let applied = db::migrate(&a.db.database_url).await?;
+    for m in &applied {
+        tracing::info!(migration = %m, "applied migration");
+    }
+    let cfg = Config::from(a);
+    if cfg.admin_token.is_none() {
+        tracing::warn!(
+            "PORTCULLIS_ADMIN_TOKEN is not set: the admin endpoints answer 401 to everyone"
+        );
+    }
+    let state = AppState::start(&cfg).await?;
+    let listener = TcpListener::bind(a.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "portcullis is serving");
+    app::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 fn store(db: &DbArgs) -> Result<EventStore, BoxError> {

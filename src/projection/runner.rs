@@ -240,31 +240,54 @@ async fn run(inner: Arc<Inner>, index: usize, mut remote: watch::Receiver<Remote
             }
         }
         let deadline = Instant::now() + wake_in;
-        loop {
-            tokio::select! {
-                changed = remote.changed() => {
-                    if changed.is_err() {
-                        // The listener is gone (shutting down): the timers still apply.
-                        tokio::time::sleep_until(deadline).await;
-                        break;
-                    }
-                    let w = *remote.borrow_and_update();
-                    if w.connects != connects {
-                        // Wake-ups were lost while the listener reconnected: catch up.
-                        connects = w.connects;
-                        catch_up = true;
-                        break;
-                    }
-                    // Only a newer position: the live round follows those.
+        if sleep_until_woken(
+            &mut remote,
+            &mut connects,
+            &poke,
+            &mut commits,
+            behind,
+            deadline,
+        )
+        .await
+        {
+            catch_up = true;
+        }
+    }
+}
+
+/// Sleeps until a poke, the deadline (a backoff or the fallback tick), a commit of this
+/// process when `behind`, or a listener reconnect; true for a reconnect (wake-ups may have
+/// been lost meanwhile: catch up). A newer position alone does not wake: the live round
+/// follows those.
+async fn sleep_until_woken(
+    remote: &mut watch::Receiver<RemoteWake>,
+    connects: &mut u64,
+    poke: &Notify,
+    commits: &mut watch::Receiver<u64>,
+    behind: bool,
+    deadline: Instant,
+) -> bool {
+    loop {
+        tokio::select! {
+            changed = remote.changed() => {
+                if changed.is_err() {
+                    // The listener is gone (shutting down): the timers still apply.
+                    tokio::time::sleep_until(deadline).await;
+                    return false;
                 }
-                _ = poke.notified() => break,
-                changed = commits.changed(), if behind => {
-                    let _ = changed;
-                    break;
+                let w = *remote.borrow_and_update();
+                if w.connects != *connects {
+                    *connects = w.connects;
+                    return true;
                 }
-                // A backoff or the fallback tick; never a wait for state that has a signal.
-                _ = tokio::time::sleep_until(deadline) => break,
             }
+            _ = poke.notified() => return false,
+            changed = commits.changed(), if behind => {
+                let _ = changed;
+                return false;
+            }
+            // A backoff or the fallback tick; never a wait for state that has a signal.
+            _ = tokio::time::sleep_until(deadline) => return false,
         }
     }
 }

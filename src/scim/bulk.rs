@@ -140,11 +140,8 @@ async fn one(
     })
 }
 
-pub async fn bulk(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    Body(body): Body,
-) -> Result<Response, ScimError> {
+/// The BulkRequest's operations (within maxOperations) and its failOnErrors.
+fn request<'b>(state: &AppState, body: &'b Value) -> Result<(&'b [Value], Option<u64>), ScimError> {
     let obj = body
         .as_object()
         .ok_or_else(|| ScimError::syntax("a BulkRequest must be an object"))?;
@@ -166,6 +163,15 @@ pub async fn bulk(
                 .ok_or_else(|| ScimError::value("failOnErrors must be a positive integer"))?,
         ),
     };
+    Ok((ops, fail_on_errors))
+}
+
+pub async fn bulk(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Body(body): Body,
+) -> Result<Response, ScimError> {
+    let (ops, fail_on_errors) = request(&state, &body)?;
     let mut ids: HashMap<String, String> = HashMap::new();
     let mut results = Vec::new();
     let mut errors = 0u64;
