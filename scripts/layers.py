@@ -20,12 +20,12 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 
 # (module prefix, module prefixes it must not import)
 FORBIDDEN = [
-    ("eventstore", ["projection", "projections", "domain", "http", "api", "scim", "app", "mail"]),
-    ("projection", ["projections", "domain", "http", "api", "scim", "app"]),
-    ("projections", ["http", "api", "scim", "app"]),
-    ("domain", ["http", "api", "scim", "app", "projection"]),
+    ("eventstore", ["runtime", "read_models", "domain", "http", "api", "scim", "app", "mail"]),
+    ("runtime", ["read_models", "domain", "http", "api", "scim", "app"]),
+    ("read_models", ["http", "api", "scim", "app"]),
+    ("domain", ["http", "api", "scim", "app", "runtime"]),
     ("http", ["api", "scim", "app"]),
-    ("metrics", ["eventstore", "projection", "projections", "domain", "http", "api", "scim", "app"]),
+    ("metrics", ["eventstore", "runtime", "read_models", "domain", "http", "api", "scim", "app"]),
     ("mail", ["http", "api", "scim", "app"]),
     ("api", ["scim", "app"]),
     ("scim", ["api", "app"]),

@@ -11,7 +11,7 @@ use crate::db::{self, DbError};
 use crate::eventstore::EventStore;
 use crate::http::{AppState, Sampler};
 use crate::mail::{MailWorker, Mailer};
-use crate::projection::{ProgressHub, ProjectionError, Projector};
+use crate::runtime::{ProgressHub, ProjectionError, Projector};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -51,7 +51,7 @@ impl AppState {
                 .map_err(StartError::CursorKey)?
         };
         let hub = ProgressHub::start(&cfg.database_url, pool.clone()).await?;
-        let lag_history = crate::projection::LagHistory::default();
+        let lag_history = crate::runtime::LagHistory::default();
         let sampler = Sampler(lag_history.start_sampling(pool.clone()));
         let smtp_url = cfg.smtp_url.as_ref().map(|u| u.expose_secret());
         let mailer = Mailer::new(smtp_url, &cfg.mail_from)?;
@@ -77,7 +77,7 @@ impl AppState {
                     pool.clone(),
                     store.clone(),
                     hub.clone(),
-                    crate::projections::all(),
+                    crate::read_models::all(),
                     cfg.runner.clone(),
                 )
                 .await?,
@@ -106,44 +106,8 @@ impl AppState {
 pub fn router(state: AppState) -> axum::Router {
     crate::api::router()
         .merge(crate::scim::router(&state))
-        .layer(axum::middleware::from_fn(track))
+        .layer(axum::middleware::from_fn(crate::http::telemetry::track))
         .with_state(state)
-}
-
-/// Every request: a span (method, route, status, duration) and the HTTP metrics, labelled
-/// by the route pattern (never the raw path, which would hold ids).
-async fn track(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use tracing::Instrument;
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        // `/scim/v2/:org/Users`: braces inside label values trip up some Prometheus parsers.
-        .map(|p| p.as_str().replace('{', ":").replace('}', ""))
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().clone();
-    let span = tracing::info_span!(
-        "request",
-        %method,
-        route = %route,
-        status = tracing::field::Empty,
-        ms = tracing::field::Empty
-    );
-    let started = std::time::Instant::now();
-    let res = next.run(req).instrument(span.clone()).await;
-    let elapsed = started.elapsed();
-    let status = res.status().as_u16().to_string();
-    span.record("status", status.as_str());
-    span.record("ms", elapsed.as_secs_f64() * 1000.0);
-    span.in_scope(|| tracing::debug!("request served"));
-    let m = crate::metrics::metrics();
-    m.http_requests.with_label_values(&[&route, &status]).inc();
-    m.http_seconds
-        .with_label_values(&[&route, &status])
-        .observe(elapsed.as_secs_f64());
-    res
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then finishes in-flight requests.

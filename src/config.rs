@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use clap::{Args, Parser, Subcommand};
 
 use crate::eventstore::{NotifyMode, StoreOptions};
-use crate::projection::{RunnerOptions, Thresholds};
+use crate::runtime::{RunnerOptions, Thresholds};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -203,7 +203,7 @@ pub struct ProjectionArgs {
     pub stall_seconds: f64,
     /// Lag thresholds for single projections, overriding the two above for them:
     /// `name=events:seconds,...`, e.g. `users=500:10,event_counts=100000:600`.
-    #[arg(long, env = "PORTCULLIS_PROJECTION_LAG", value_parser = crate::projection::parse_lag_overrides)]
+    #[arg(long, env = "PORTCULLIS_PROJECTION_LAG", value_parser = crate::runtime::parse_lag_overrides)]
     pub projection_lag: Option<std::vec::Vec<(String, i64, f64)>>,
     /// Failures after which an event is dead-lettered (skipped; the projection is degraded).
     #[arg(

@@ -13,8 +13,8 @@ use portcullis::config::{
 use portcullis::domain::{org, token};
 use portcullis::eventstore::{EventStore, Position, StoreOptions};
 use portcullis::http::AppState;
-use portcullis::projection::ProgressHub;
-use portcullis::projection::{self, Projection};
+use portcullis::runtime::ProgressHub;
+use portcullis::runtime::{self, Projection};
 use portcullis::{db, error_chain};
 use secrecy::ExposeSecret;
 
@@ -172,7 +172,7 @@ async fn wait_applied(db: &DbArgs, store: &EventStore, projection: &str, positio
 }
 
 fn find(name: &str) -> Result<Arc<dyn Projection>, BoxError> {
-    let all = portcullis::projections::all();
+    let all = portcullis::read_models::all();
     let names: Vec<&str> = all.iter().map(|p| p.name()).collect();
     all.iter()
         .find(|p| p.name() == name)
@@ -194,7 +194,7 @@ async fn projections(cmd: ProjectionsCommand) -> Result<(), BoxError> {
     match cmd {
         ProjectionsCommand::Status { db, json } => {
             let pool = pool(&db)?;
-            let report = projection::health(&pool.get().await?).await?;
+            let report = runtime::health(&pool.get().await?).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 return Ok(());
@@ -232,7 +232,7 @@ async fn projections(cmd: ProjectionsCommand) -> Result<(), BoxError> {
         }
         ProjectionsCommand::Rebuild { db, name } => {
             let p = find(&name)?;
-            projection::request_rebuild(&pool(&db)?, p.name()).await?;
+            runtime::request_rebuild(&pool(&db)?, p.name()).await?;
             println!(
                 "rebuild of {name} requested: the running service builds a new copy and swaps it in \
                  when it has caught up (see `portcullis projections status`)"
@@ -241,7 +241,7 @@ async fn projections(cmd: ProjectionsCommand) -> Result<(), BoxError> {
         }
         ProjectionsCommand::Reset { db, name } => {
             let p = find(&name)?;
-            projection::reset(&pool(&db)?, &*p).await?;
+            runtime::reset(&pool(&db)?, &*p).await?;
             println!(
                 "reset {name}: its read model is empty and is being rebuilt by the running service"
             );
@@ -249,7 +249,7 @@ async fn projections(cmd: ProjectionsCommand) -> Result<(), BoxError> {
         }
         ProjectionsCommand::RetryFailed { db, name } => {
             let p = find(&name)?;
-            let r = projection::retry_failed(&pool(&db)?, &*p, &SystemClock).await?;
+            let r = runtime::retry_failed(&pool(&db)?, &*p, &SystemClock).await?;
             println!(
                 "{name}: {} dead-lettered event(s) applied, {} still failing",
                 r.applied, r.still_failing
@@ -258,7 +258,7 @@ async fn projections(cmd: ProjectionsCommand) -> Result<(), BoxError> {
         }
         ProjectionsCommand::Acknowledge { db, name } => {
             find(&name)?;
-            let n = projection::acknowledge_failed(&pool(&db)?, &name, &SystemClock).await?;
+            let n = runtime::acknowledge_failed(&pool(&db)?, &name, &SystemClock).await?;
             println!("{name}: {n} dead-lettered event(s) acknowledged");
             Ok(())
         }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portcullis::eventstore::{EventStore, StoreOptions};
-use portcullis::projection::{ProgressHub, Projection, Projector, RunnerOptions};
-use portcullis::projections::{Groups, Users};
+use portcullis::read_models::{Groups, Users};
+use portcullis::runtime::{ProgressHub, Projection, Projector, RunnerOptions};
 
 use crate::report::Report;
 

@@ -12,7 +12,7 @@ use deadpool_postgres::Transaction;
 use portcullis::eventstore::{
     Aggregate, Append, EventStore, ExpectedVersion, NewEvent, Position, StoreOptions, StoredEvent,
 };
-use portcullis::projection::{ProgressHub, Projection, Projector, ReduceError, RunnerOptions};
+use portcullis::runtime::{ProgressHub, Projection, Projector, ReduceError, RunnerOptions};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -96,7 +96,7 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
     let hub = ProgressHub::start(&url, pool.clone()).await.unwrap();
     // Four projections that all consume the writes: the real event_counts and three like it.
     let mut projections: Vec<Arc<dyn Projection>> =
-        vec![Arc::new(portcullis::projections::EventCounts)];
+        vec![Arc::new(portcullis::read_models::EventCounts)];
     projections.extend(
         COUNTERS
             .iter()

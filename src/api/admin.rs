@@ -6,7 +6,7 @@ use axum::{Json, Router};
 
 use super::error::ApiError;
 use crate::http::AppState;
-use crate::projection::{self, HealthReport};
+use crate::runtime::{self, HealthReport};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/v1/admin/projections/health", get(projections_health))
@@ -20,5 +20,5 @@ async fn projections_health(
     State(state): State<AppState>,
 ) -> Result<Json<HealthReport>, ApiError> {
     let client = state.pool.get().await?;
-    Ok(Json(projection::health(&client).await?))
+    Ok(Json(runtime::health(&client).await?))
 }

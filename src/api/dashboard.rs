@@ -14,7 +14,7 @@ use serde_json::json;
 use super::error::ApiError;
 use crate::http::auth::{self, Admin, AuthError, ADMIN_COOKIE};
 use crate::http::AppState;
-use crate::projection::{self, HealthReport};
+use crate::runtime::{self, HealthReport};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -213,7 +213,7 @@ async fn dashboard(
     Query(n): Query<Notice>,
 ) -> Result<Response, ApiError> {
     let client = state.pool.get().await?;
-    let h = projection::health(&client).await?;
+    let h = runtime::health(&client).await?;
     let page = crate::templates::render(
         "dashboard.html",
         serde_json::json!({
@@ -232,7 +232,7 @@ async fn dashboard(
 
 async fn data(_: Admin<ApiError>, State(state): State<AppState>) -> Result<Response, ApiError> {
     let client = state.pool.get().await?;
-    let h = projection::health(&client).await?;
+    let h = runtime::health(&client).await?;
     let body = json!({"health": h, "history": state.lag_history.samples()});
     Ok(no_store(Json(body).into_response()))
 }
@@ -249,7 +249,7 @@ fn action_name(action: &str) -> Option<&'static str> {
 async fn confirm(_: AdminPage, Path((name, action)): Path<(String, String)>) -> Response {
     let (Some(verb), true) = (
         action_name(&action),
-        crate::projections::by_name(&name).is_some(),
+        crate::read_models::by_name(&name).is_some(),
     ) else {
         return (StatusCode::NOT_FOUND, "no such projection or action").into_response();
     };
@@ -283,7 +283,7 @@ async fn act(
     if !same_origin(&headers) {
         return Ok(StatusCode::FORBIDDEN.into_response());
     }
-    let p = crate::projections::by_name(&name)
+    let p = crate::read_models::by_name(&name)
         .ok_or_else(|| ApiError::NotFound(format!("no projection {name:?}")))?;
     let notice = match action.as_str() {
         // Through this process's projector when it runs one: it rewinds the hub (so no
@@ -292,7 +292,7 @@ async fn act(
             match &state.projector {
                 Some(projector) => projector.reset(p.name()).await?,
                 None => {
-                    projection::reset(&state.pool, &*p).await?;
+                    runtime::reset(&state.pool, &*p).await?;
                     state.hub.rewound(p.name());
                 }
             }
@@ -301,14 +301,14 @@ async fn act(
         "rebuild" => {
             match &state.projector {
                 Some(projector) => projector.rebuild(p.name()).await?,
-                None => projection::request_rebuild(&state.pool, p.name()).await?,
+                None => runtime::request_rebuild(&state.pool, p.name()).await?,
             }
             format!("{name} is being rebuilt beside the live model")
         }
         "retry-failed" => {
             let r = match &state.projector {
                 Some(projector) => projector.retry_failed(p.name()).await?,
-                None => projection::retry_failed(&state.pool, &*p, &*state.clock).await?,
+                None => runtime::retry_failed(&state.pool, &*p, &*state.clock).await?,
             };
             format!(
                 "{name}: {} event(s) applied, {} still failing",

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::domain::DomainError;
 use crate::eventstore::StoreError;
-use crate::projection::ProjectionError;
+use crate::runtime::ProjectionError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -23,7 +23,7 @@ pub enum ApiError {
     #[error("too many requests; try again in {retry_after} s")]
     TooManyRequests { retry_after: i64 },
     #[error("the read models did not catch up in time")]
-    NotCaughtUp(#[from] crate::projection::WaitError),
+    NotCaughtUp(#[from] crate::runtime::WaitError),
     #[error(transparent)]
     Projection(#[from] ProjectionError),
     #[error("database pool")]

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use crate::http::AppState;
-use crate::projection;
+use crate::runtime;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -19,7 +19,7 @@ pub fn router() -> Router<AppState> {
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let client = state.pool.get().await?;
-    let health = projection::health(&client).await?;
+    let health = runtime::health(&client).await?;
     let gauges: Vec<_> = health
         .projections
         .iter()
@@ -68,7 +68,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 }
                 Err(e) => reasons.push(format!("cannot read the migration history: {e}")),
             }
-            match projection::health(&client).await {
+            match runtime::health(&client).await {
                 Ok(h) => {
                     for p in &h.projections {
                         match p.status.as_str() {

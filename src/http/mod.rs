@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod position;
 mod state;
+pub mod telemetry;
 
 pub use state::AppState;
 pub(crate) use state::Sampler;

@@ -8,7 +8,7 @@ use deadpool_postgres::Pool;
 use crate::config::ScimOptions;
 use crate::eventstore::EventStore;
 use crate::mail::MailWorker;
-use crate::projection::{ProgressHub, Projector};
+use crate::runtime::{ProgressHub, Projector};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -28,7 +28,7 @@ pub struct AppState {
     /// The outbox worker (none when `Config::run_mail_worker` is off).
     pub mail: Option<Arc<MailWorker>>,
     /// Lag samples for the dashboard's chart.
-    pub lag_history: crate::projection::LagHistory,
+    pub lag_history: crate::runtime::LagHistory,
     pub(crate) _sampler: Arc<Sampler>,
 }
 

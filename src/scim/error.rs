@@ -7,7 +7,7 @@ use serde_json::json;
 use super::schema;
 use crate::domain::DomainError;
 use crate::eventstore::StoreError;
-use crate::projection::WaitError;
+use crate::runtime::WaitError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScimError {

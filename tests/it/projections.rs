@@ -8,7 +8,7 @@ use portcullis::eventstore::{
     Aggregate, Append, EventStore, ExpectedVersion, NewEvent, NotifyMode, Position, StoreOptions,
     StoredEvent,
 };
-use portcullis::projection::{
+use portcullis::runtime::{
     self, ProgressHub, Projection, Projector, ReduceError, RunnerOptions, WaitError,
 };
 use serde_json::{json, Value};
@@ -300,7 +300,7 @@ async fn exactly_once_when_reducers_fail_at_random_after_writing() {
         .await
         .unwrap();
     assert_exactly_once(&db, "random").await;
-    let failed = projection::failed_events(&node.store.pool().get().await.unwrap(), "random")
+    let failed = runtime::failed_events(&node.store.pool().get().await.unwrap(), "random")
         .await
         .unwrap();
     assert!(
@@ -337,7 +337,7 @@ async fn a_runner_aborted_mid_batch_leaves_nothing_half_applied() {
     // What is visible is exactly what the committed position covers: none of the aborted
     // batch's rows, and the position stops short of the blocking event.
     let c = db.client().await;
-    let state = projection::state(&c_pool(&node).await, "abort")
+    let state = runtime::state(&c_pool(&node).await, "abort")
         .await
         .unwrap()
         .unwrap();
@@ -505,7 +505,7 @@ async fn wait_for_position_returns_on_commit_and_times_out_with_a_typed_error() 
         .await
         .unwrap();
     assert!(reached >= pos);
-    let state = projection::state(&c_pool(&node).await, "waits")
+    let state = runtime::state(&c_pool(&node).await, "waits")
         .await
         .unwrap()
         .unwrap();
@@ -581,7 +581,7 @@ async fn a_poison_event_is_dead_lettered_and_retry_failed_reapplies_it() {
     let failed = |count: i32| {
         let pool = pool.clone();
         async move {
-            let f = projection::failed_events(&pool.get().await.unwrap(), "poison")
+            let f = runtime::failed_events(&pool.get().await.unwrap(), "poison")
                 .await
                 .unwrap();
             (f.len() == 1 && f[0].failure_count == count).then(|| f[0].clone())
@@ -594,7 +594,7 @@ async fn a_poison_event_is_dead_lettered_and_retry_failed_reapplies_it() {
     assert!(f.dead_lettered_at.is_none());
     assert!(node.hub.current("poison") < poison);
     let c = pool.get().await.unwrap();
-    let h = projection::health(&c).await.unwrap();
+    let h = runtime::health(&c).await.unwrap();
     let mine = h.projections.iter().find(|p| p.name == "poison").unwrap();
     assert_eq!((mine.status.as_str(), mine.failed), ("degraded", 1));
 
@@ -610,7 +610,7 @@ async fn a_poison_event_is_dead_lettered_and_retry_failed_reapplies_it() {
         .wait_for_position("poison", after, WAIT)
         .await
         .unwrap();
-    let h = projection::health(&c).await.unwrap();
+    let h = runtime::health(&c).await.unwrap();
     let mine = h.projections.iter().find(|p| p.name == "poison").unwrap();
     assert_eq!(
         (mine.status.as_str(), mine.dead_lettered, mine.failed),
@@ -638,11 +638,11 @@ async fn a_poison_event_is_dead_lettered_and_retry_failed_reapplies_it() {
     faults.poison_fixed.store(true, Ordering::SeqCst);
     let r = projector.retry_failed("poison").await.unwrap();
     assert_eq!((r.applied, r.still_failing), (1, 0));
-    assert!(projection::failed_events(&c, "poison")
+    assert!(runtime::failed_events(&c, "poison")
         .await
         .unwrap()
         .is_empty());
-    let h = projection::health(&c).await.unwrap();
+    let h = runtime::health(&c).await.unwrap();
     assert_eq!(
         h.projections
             .iter()
@@ -679,7 +679,7 @@ async fn a_transient_error_is_retried_and_never_dead_lettered() {
     })
     .await;
     let c = c_pool(&node).await;
-    assert!(projection::failed_events(&c, "transient")
+    assert!(runtime::failed_events(&c, "transient")
         .await
         .unwrap()
         .is_empty());
@@ -705,7 +705,7 @@ async fn reset_rebuilds_the_same_read_model() {
     let projector = node
         .projector(
             &db,
-            portcullis::projections::all(),
+            portcullis::read_models::all(),
             RunnerOptions::default(),
         )
         .await;
@@ -751,7 +751,7 @@ async fn reset_rebuilds_the_same_read_model() {
         .await
         .unwrap();
     assert_eq!(snapshot(c).await, live);
-    let state = projection::state(&c_pool(&node).await, "event_counts")
+    let state = runtime::state(&c_pool(&node).await, "event_counts")
         .await
         .unwrap()
         .unwrap();
@@ -779,13 +779,13 @@ async fn lag_and_state_follow_the_log() {
     }
     let c = c_pool(&node).await;
     let lag = eventually("the horizon to pass the writes", WAIT, || async {
-        let l = projection::lag(&c, "lagging").await.unwrap();
+        let l = runtime::lag(&c, "lagging").await.unwrap();
         (l.events == 5).then_some(l)
     })
     .await;
     assert!(lag.seconds >= 0.0);
     // The thresholds of the configuration decide the status column.
-    let thresholds = |lag_events, stall_seconds| projection::Thresholds {
+    let thresholds = |lag_events, stall_seconds| runtime::Thresholds {
         lag_events,
         lag_seconds: 1000.0,
         stall_seconds,
@@ -797,8 +797,8 @@ async fn lag_and_state_follow_the_log() {
     assert_eq!(health_status(&c, "lagging").await, "lagging");
     thresholds(2, 0.0).store(&c).await.unwrap();
     assert_eq!(health_status(&c, "lagging").await, "stalled");
-    projection::Thresholds::default().store(&c).await.unwrap();
-    assert!(projection::last_event_timestamp(&c, "lagging")
+    runtime::Thresholds::default().store(&c).await.unwrap();
+    assert!(runtime::last_event_timestamp(&c, "lagging")
         .await
         .unwrap()
         .is_none());
@@ -814,20 +814,20 @@ async fn lag_and_state_follow_the_log() {
         .wait_for_position("lagging", last, WAIT)
         .await
         .unwrap();
-    let l = projection::lag(&c, "lagging").await.unwrap();
+    let l = runtime::lag(&c, "lagging").await.unwrap();
     assert_eq!((l.events, l.seconds), (0, 0.0));
-    let s = projection::state(&c, "lagging").await.unwrap().unwrap();
+    let s = runtime::state(&c, "lagging").await.unwrap().unwrap();
     assert_eq!(s.events_applied, 5);
     assert_eq!(s.last_aggregate_type.as_deref(), Some("ledger"));
     assert!(s.event_timestamp.is_some());
-    assert!(projection::states(&c)
+    assert!(runtime::states(&c)
         .await
         .unwrap()
         .iter()
         .any(|s| s.name == "lagging"));
     assert!(matches!(
-        projection::lag(&c, "nope").await,
-        Err(portcullis::projection::ProjectionError::Unknown(_))
+        runtime::lag(&c, "nope").await,
+        Err(portcullis::runtime::ProjectionError::Unknown(_))
     ));
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use portcullis::eventstore::{
     Aggregate, Append, EventStore, ExpectedVersion, NewEvent, NotifyMode, Position, StoreOptions,
 };
-use portcullis::projection::{ProgressHub, Projector, RunnerOptions};
+use portcullis::runtime::{ProgressHub, Projector, RunnerOptions};
 use rand::seq::IndexedRandom;
 use rand::{Rng, RngExt, SeedableRng};
 use serde_json::{json, Value};
@@ -236,7 +236,7 @@ async fn project_into(db: &TestDb, events: &[Ev], batch: i64) -> Vec<String> {
     let store = EventStore::new(pool.clone(), opts);
     let last = push_all(&store, events).await;
     let hub = ProgressHub::start(&db.url, pool.clone()).await.unwrap();
-    let all = portcullis::projections::all();
+    let all = portcullis::read_models::all();
     let names: Vec<&str> = all.iter().map(|p| p.name()).collect();
     let runner = RunnerOptions {
         live_batch: batch,
@@ -355,8 +355,8 @@ async fn retry_failed_reapplies_in_log_order_and_never_resurrects_a_removed_user
         .unwrap();
     let pool = portcullis::db::pool(&db.url, 2).unwrap();
     let clock = portcullis::clock::SystemClock;
-    let users = portcullis::projections::Users;
-    let r = portcullis::projection::retry_failed(&pool, &users, &clock)
+    let users = portcullis::read_models::Users;
+    let r = portcullis::runtime::retry_failed(&pool, &users, &clock)
         .await
         .unwrap();
     assert_eq!((r.applied, r.still_failing), (3, 0));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis::eventstore::{EventStore, NotifyMode, StoreOptions};
-use portcullis::projection::{ProgressHub, Projector, RunnerOptions};
+use portcullis::runtime::{ProgressHub, Projector, RunnerOptions};
 use serde_json::json;
 
 use crate::scim::{Scim, USER};
@@ -112,7 +112,7 @@ async fn process(db: &TestDb, batch: i64) -> (Projector, ProgressHub) {
         pool,
         store,
         hub.clone(),
-        portcullis::projections::all(),
+        portcullis::read_models::all(),
         opts,
     )
     .await

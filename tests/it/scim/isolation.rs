@@ -97,7 +97,7 @@ async fn a_bad_event_of_one_org_is_dead_lettered_at_once_and_another_org_writes_
         assert_eq!(r.status, 201, "{:#}", r.body);
     }
     let c = s.app.state.store.pool().get().await.unwrap();
-    let f = portcullis::projection::failed_events(&c, "users")
+    let f = portcullis::runtime::failed_events(&c, "users")
         .await
         .unwrap();
     assert_eq!(f.len(), 1, "{f:?}");

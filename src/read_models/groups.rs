@@ -10,7 +10,7 @@ use super::rows::{self, to_load, Changes, Rows};
 use super::text;
 use crate::domain::{apply_change, group, user};
 use crate::eventstore::StoredEvent;
-use crate::projection::{Projection, ReduceError};
+use crate::runtime::{Projection, ReduceError};
 
 /// Groups and their direct members (projections.groups, projections.group_members).
 /// Consumes user.removed too: a deleted user leaves every group.

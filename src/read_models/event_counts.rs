@@ -5,7 +5,7 @@ use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
 use crate::eventstore::StoredEvent;
-use crate::projection::{Projection, ReduceError};
+use crate::runtime::{Projection, ReduceError};
 
 /// Events per organization and type (projections.event_counts).
 pub struct EventCounts;

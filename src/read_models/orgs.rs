@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::rows::{self, to_load};
 use crate::domain::org;
 use crate::eventstore::StoredEvent;
-use crate::projection::{Projection, ReduceError};
+use crate::runtime::{Projection, ReduceError};
 
 /// The organizations (projections.orgs).
 pub struct Orgs;

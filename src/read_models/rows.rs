@@ -8,7 +8,7 @@ use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
 use crate::eventstore::StoredEvent;
-use crate::projection::ReduceError;
+use crate::runtime::ReduceError;
 
 struct Slot<V> {
     /// The row is in the table (loaded before the batch).

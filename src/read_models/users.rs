@@ -8,7 +8,7 @@ use super::rows::{self, to_load, Changes, Rows};
 use super::text;
 use crate::domain::{apply_change, user, verification};
 use crate::eventstore::StoredEvent;
-use crate::projection::{Projection, ReduceError};
+use crate::runtime::{Projection, ReduceError};
 
 /// Users and their email addresses (projections.users, projections.user_emails).
 pub struct Users;

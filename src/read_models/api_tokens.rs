@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use crate::domain::token;
 use crate::eventstore::StoredEvent;
-use crate::projection::{Projection, ReduceError};
+use crate::runtime::{Projection, ReduceError};
 
 /// API tokens by hash, for authentication (projections.api_tokens).
 pub struct ApiTokens;

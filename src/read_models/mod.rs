@@ -1,4 +1,4 @@
-//! The read models. Each is a [`Projection`] kept by the runtime in `crate::projection`.
+//! The read models. Each is a [`Projection`] kept by the runtime in `crate::runtime`.
 //! Their SQL names tables without a schema: the runtime sets `search_path` to `projections`
 //! for the live model, and to `projections_rebuild` while a rebuild builds a copy beside it.
 
@@ -11,7 +11,7 @@ mod users;
 
 use std::sync::Arc;
 
-use crate::projection::Projection;
+use crate::runtime::Projection;
 
 pub use api_tokens::ApiTokens;
 pub use event_counts::EventCounts;
