@@ -114,8 +114,20 @@ pub fn table(rt: &ResourceType) -> Table {
     }
 }
 
-fn unknown(path: &AttrPath) -> String {
-    format!("unknown attribute {path}")
+/// Why a filter or sortBy does not compile against the schema.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("unknown attribute {0}")]
+    UnknownAttribute(String),
+    #[error("cannot filter on {0}")]
+    NotFilterable(String),
+    /// A value of the wrong type, an operator that does not apply, a path that is not there.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn unknown(path: &AttrPath) -> CompileError {
+    CompileError::UnknownAttribute(path.to_string())
 }
 
 fn json_col(base: &str, attr: &'static Attr) -> Col {
@@ -138,7 +150,7 @@ fn json_col(base: &str, attr: &'static Attr) -> Col {
 }
 
 /// Resolves a top-level path (with its optional sub-attribute) on a resource row `r`.
-fn resolve(rt: &ResourceType, path: &AttrPath) -> Result<Col, String> {
+fn resolve(rt: &ResourceType, path: &AttrPath) -> Result<Col, CompileError> {
     let r = rt.resolve(&path.full_attr()).ok_or_else(|| unknown(path))?;
     let attr = r.attr;
     let is_user = rt.kind == Kind::User;
@@ -178,10 +190,12 @@ fn resolve(rt: &ResourceType, path: &AttrPath) -> Result<Col, String> {
                     expr: format!("'{}'::text", rt.name),
                     ci: false,
                 }),
-                _ => Err(format!("cannot filter on {path}")),
+                _ => Err(CompileError::NotFilterable(path.to_string())),
             };
         }
-        ("password", None) | ("schemas", None) => return Err(format!("cannot filter on {path}")),
+        ("password", None) | ("schemas", None) => {
+            return Err(CompileError::NotFilterable(path.to_string()))
+        }
         (_, Some(urn)) if is_user => json_col(&format!("r.doc->'{urn}'"), attr),
         (_, None) if is_user => json_col("r.doc", attr),
         _ => return Err(unknown(path)),
@@ -195,12 +209,15 @@ fn resolve(rt: &ResourceType, path: &AttrPath) -> Result<Col, String> {
             Ok(json_col(&json, s))
         }
         Col::Multi { .. } => Ok(col),
-        _ => Err(format!("{} has no sub-attributes", attr.name)),
+        _ => Err(CompileError::Invalid(format!(
+            "{} has no sub-attributes",
+            attr.name
+        ))),
     }
 }
 
 /// A sub-attribute of a multi-valued attribute's values.
-fn element(elem: &Elem, name: &str) -> Result<Col, String> {
+fn element(elem: &Elem, name: &str) -> Result<Col, CompileError> {
     let text = |expr: &str, ci| Col::Text {
         expr: expr.into(),
         ci,
@@ -225,10 +242,12 @@ fn element(elem: &Elem, name: &str) -> Result<Col, String> {
         (Elem::Json(attr), _) => {
             let s = attr
                 .sub_attr(name)
-                .ok_or_else(|| format!("unknown attribute {}.{name}", attr.name))?;
+                .ok_or_else(|| CompileError::UnknownAttribute(format!("{}.{name}", attr.name)))?;
             Ok(json_col("x.v", s))
         }
-        _ => Err(format!("cannot filter on the sub-attribute {name:?}")),
+        _ => Err(CompileError::NotFilterable(format!(
+            "the sub-attribute {name:?}"
+        ))),
     }
 }
 
@@ -249,13 +268,13 @@ impl Compiler {
     fn filter(
         &mut self,
         f: &Filter,
-        scope: &dyn Fn(&AttrPath) -> Result<Col, String>,
+        scope: &dyn Fn(&AttrPath) -> Result<Col, CompileError>,
         in_value: bool,
-    ) -> Result<String, String> {
+    ) -> Result<String, CompileError> {
         if let Filter::Present(p) | Filter::Compare(p, ..) | Filter::ValuePath(p, _) = f {
             if self.lenient
                 && !in_value
-                && scope(p).is_err_and(|e| e.starts_with("unknown attribute"))
+                && matches!(scope(p), Err(CompileError::UnknownAttribute(_)))
             {
                 return Ok("false".into());
             }
@@ -285,7 +304,7 @@ impl Compiler {
             }
             Filter::ValuePath(p, inner) => {
                 if in_value {
-                    return Err("value filters cannot nest".into());
+                    return Err(CompileError::Invalid("value filters cannot nest".into()));
                 }
                 match scope(p)? {
                     Col::Multi { from, elem } => {
@@ -293,7 +312,9 @@ impl Compiler {
                             inner,
                             &|q: &AttrPath| {
                                 if q.urn.is_some() || q.sub.is_some() {
-                                    return Err(format!("{q} is not a sub-attribute of {p}"));
+                                    return Err(CompileError::Invalid(format!(
+                                        "{q} is not a sub-attribute of {p}"
+                                    )));
                                 }
                                 element(&elem, &q.attr)
                             },
@@ -307,18 +328,26 @@ impl Compiler {
                             let s = attr
                                 .sub_attr(&q.attr)
                                 .filter(|_| q.urn.is_none() && q.sub.is_none())
-                                .ok_or_else(|| format!("{q} is not a sub-attribute of {p}"))?;
+                                .ok_or_else(|| {
+                                    CompileError::Invalid(format!(
+                                        "{q} is not a sub-attribute of {p}"
+                                    ))
+                                })?;
                             Ok(json_col(&json, s))
                         },
                         true,
                     )?,
-                    _ => return Err(format!("{p} is not a complex attribute")),
+                    _ => {
+                        return Err(CompileError::Invalid(format!(
+                            "{p} is not a complex attribute"
+                        )))
+                    }
                 }
             }
         })
     }
 
-    fn present(&mut self, col: Col, p: &AttrPath) -> Result<String, String> {
+    fn present(&mut self, col: Col, p: &AttrPath) -> Result<String, CompileError> {
         Ok(match col {
             Col::Text { expr, .. } => format!("({expr} IS NOT NULL AND {expr} <> '')"),
             Col::Bool(e) | Col::Time(e) | Col::Id(e) => format!("({e} IS NOT NULL)"),
@@ -334,7 +363,13 @@ impl Compiler {
         })
     }
 
-    fn compare(&mut self, col: Col, p: &AttrPath, op: Op, v: &Value) -> Result<String, String> {
+    fn compare(
+        &mut self,
+        col: Col,
+        p: &AttrPath,
+        op: Op,
+        v: &Value,
+    ) -> Result<String, CompileError> {
         match col {
             Col::Text { expr, ci } => self.compare_text(&expr, ci, p, op, v),
             Col::Id(expr) => {
@@ -364,9 +399,9 @@ impl Compiler {
                 Ok(exists(&from, &inner))
             }
             Col::Complex { json, attr } => {
-                let s = attr
-                    .sub_attr("value")
-                    .ok_or_else(|| format!("{p} is complex: name a sub-attribute"))?;
+                let s = attr.sub_attr("value").ok_or_else(|| {
+                    CompileError::Invalid(format!("{p} is complex: name a sub-attribute"))
+                })?;
                 self.compare(json_col(&json, s), p, op, v)
             }
         }
@@ -379,16 +414,20 @@ impl Compiler {
         p: &AttrPath,
         op: Op,
         v: &Value,
-    ) -> Result<String, String> {
+    ) -> Result<String, CompileError> {
         let s = match v {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
             Value::Null => {
-                return Err(format!(
+                return Err(CompileError::Invalid(format!(
                     "{p}: compare with null is not supported; use pr or not (... pr)"
-                ))
+                )))
             }
-            other => return Err(format!("{p} is a string; {other} is not")),
+            other => {
+                return Err(CompileError::Invalid(format!(
+                    "{p} is a string; {other} is not"
+                )))
+            }
         };
         let like = |s: &str| {
             s.replace('\\', "\\\\")
@@ -429,12 +468,16 @@ impl Compiler {
         p: &AttrPath,
         op: Op,
         v: &Value,
-    ) -> Result<String, String> {
+    ) -> Result<String, CompileError> {
         let b = match v {
             Value::Bool(b) => *b,
             Value::String(s) if s.eq_ignore_ascii_case("true") => true,
             Value::String(s) if s.eq_ignore_ascii_case("false") => false,
-            other => return Err(format!("{p} is a boolean; {other} is not")),
+            other => {
+                return Err(CompileError::Invalid(format!(
+                    "{p} is a boolean; {other} is not"
+                )))
+            }
         };
         match op {
             Op::Eq => Ok(format!("{expr} = {}", self.bind(Param::Bool(b)))),
@@ -442,7 +485,9 @@ impl Compiler {
                 "{expr} IS DISTINCT FROM {}",
                 self.bind(Param::Bool(b))
             )),
-            _ => Err(format!("{p} is a boolean: only eq, ne and pr apply")),
+            _ => Err(CompileError::Invalid(format!(
+                "{p} is a boolean: only eq, ne and pr apply"
+            ))),
         }
     }
 
@@ -452,11 +497,13 @@ impl Compiler {
         p: &AttrPath,
         op: Op,
         v: &Value,
-    ) -> Result<String, String> {
+    ) -> Result<String, CompileError> {
         let t = v
             .as_str()
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            .ok_or_else(|| format!("{p} is a dateTime; {v} is not (RFC 3339)"))?
+            .ok_or_else(|| {
+                CompileError::Invalid(format!("{p} is a dateTime; {v} is not (RFC 3339)"))
+            })?
             .with_timezone(&Utc);
         let sql_op = match op {
             Op::Eq => "=",
@@ -465,7 +512,11 @@ impl Compiler {
             Op::Ge => ">=",
             Op::Lt => "<",
             Op::Le => "<=",
-            _ => return Err(format!("{p} is a dateTime: co, sw and ew do not apply")),
+            _ => {
+                return Err(CompileError::Invalid(format!(
+                    "{p} is a dateTime: co, sw and ew do not apply"
+                )))
+            }
         };
         Ok(format!("{expr} {sql_op} {}", self.bind(Param::Time(t))))
     }
@@ -481,12 +532,16 @@ fn exists(from: &str, cond: &str) -> String {
 }
 
 /// Compiles a filter for a resource type; parameters are numbered from `$first`.
-pub fn compile(rt: &ResourceType, f: &Filter, first: usize) -> Result<Compiled, String> {
+pub fn compile(rt: &ResourceType, f: &Filter, first: usize) -> Result<Compiled, CompileError> {
     compile_with(rt, f, first, false)
 }
 
 /// Like [`compile`], but attributes the resource type does not have compare false.
-pub fn compile_lenient(rt: &ResourceType, f: &Filter, first: usize) -> Result<Compiled, String> {
+pub fn compile_lenient(
+    rt: &ResourceType,
+    f: &Filter,
+    first: usize,
+) -> Result<Compiled, CompileError> {
     compile_with(rt, f, first, true)
 }
 
@@ -495,7 +550,7 @@ fn compile_with(
     f: &Filter,
     first: usize,
     lenient: bool,
-) -> Result<Compiled, String> {
+) -> Result<Compiled, CompileError> {
     let mut c = Compiler {
         first,
         params: Vec::new(),
@@ -510,7 +565,10 @@ fn compile_with(
 
 /// The ORDER BY expression for `sortBy` (multi-valued attributes sort by their primary value)
 /// and its SQL type, so a cursor can carry a value of it as text and compare it again.
-pub fn sort_expr(rt: &ResourceType, path: &AttrPath) -> Result<(String, &'static str), String> {
+pub fn sort_expr(
+    rt: &ResourceType,
+    path: &AttrPath,
+) -> Result<(String, &'static str), CompileError> {
     match resolve(rt, path)? {
         Col::Text { expr, ci: true } => Ok((format!("lower({expr})"), "text")),
         Col::Text { expr, ci: false } => Ok((expr, "text")),
@@ -535,7 +593,7 @@ pub fn sort_expr(rt: &ResourceType, path: &AttrPath) -> Result<(String, &'static
             ),
             "text",
         )),
-        _ => Err(format!("cannot sort by {path}")),
+        _ => Err(CompileError::Invalid(format!("cannot sort by {path}"))),
     }
 }
 
@@ -564,8 +622,8 @@ mod tests {
     use super::super::schema::{GROUP_TYPE, USER_TYPE};
     use super::*;
 
-    fn users(f: &str) -> Result<Compiled, String> {
-        compile(&USER_TYPE, &parse(f)?, 2)
+    fn users(f: &str) -> Result<Compiled, CompileError> {
+        compile(&USER_TYPE, &parse(f).expect("a valid filter"), 2)
     }
 
     #[test]
@@ -633,7 +691,22 @@ mod tests {
         ] {
             assert!(users(bad).is_err(), "{bad} compiled");
         }
-        assert!(compile(&GROUP_TYPE, &parse("userName eq \"x\"").unwrap(), 2).is_err());
+        assert!(matches!(
+            users("nosuch eq \"x\""),
+            Err(CompileError::UnknownAttribute(_))
+        ));
+        assert!(matches!(
+            users("password eq \"x\""),
+            Err(CompileError::NotFilterable(_))
+        ));
+        assert!(matches!(
+            users("active gt true"),
+            Err(CompileError::Invalid(_))
+        ));
+        assert!(matches!(
+            compile(&GROUP_TYPE, &parse("userName eq \"x\"").unwrap(), 2),
+            Err(CompileError::UnknownAttribute(_))
+        ));
         assert!(compile(&GROUP_TYPE, &parse("members[value eq \"x\"]").unwrap(), 2).is_ok());
     }
 

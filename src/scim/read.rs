@@ -315,14 +315,14 @@ fn plan_with(
         } else {
             query::compile(rt, f, 2)
         }
-        .map_err(ScimError::filter)?;
+        .map_err(|e| ScimError::filter(e.to_string()))?;
         where_sql = format!("{where_sql} AND ({})", c.sql);
         params.extend(c.params);
     }
     let t = query::table(rt);
     let mut order = format!("r.created_at, {}", t.id);
     let sort = match &q.sort_by {
-        Some(s) => Some(query::sort_expr(rt, s).map_err(ScimError::value)?),
+        Some(s) => Some(query::sort_expr(rt, s).map_err(|e| ScimError::value(e.to_string()))?),
         None => None,
     };
     if let Some((e, _)) = &sort {
