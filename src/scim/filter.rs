@@ -42,6 +42,28 @@ impl Op {
 }
 
 /// `urn:...:attr.sub`: an optional schema URN, an attribute, an optional sub-attribute.
+/// Why a filter or a path does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("the {0} is longer than {MAX_LEN} bytes")]
+    TooLong(&'static str),
+    #[error("the filter is empty")]
+    Empty,
+    #[error("the filter nests deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("value filters cannot nest")]
+    NestedValueFilter,
+    #[error("a string in a filter cannot hold the NUL character")]
+    Nul,
+    #[error("unterminated string")]
+    UnterminatedString,
+    #[error("bad attribute path {0:?}")]
+    BadAttributePath(String),
+    /// What the parser expected, and what it found instead.
+    #[error("{0}")]
+    Unexpected(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttrPath {
     pub urn: Option<String>,
@@ -50,11 +72,11 @@ pub struct AttrPath {
 }
 
 impl AttrPath {
-    pub fn parse(s: &str) -> Result<AttrPath, String> {
+    pub fn parse(s: &str) -> Result<AttrPath, ParseError> {
         let (urn, rest) = if schema::is_urn(s) {
             let (urn, rest) = s
                 .rsplit_once(':')
-                .ok_or_else(|| format!("bad attribute path {s:?}"))?;
+                .ok_or_else(|| ParseError::BadAttributePath(s.to_string()))?;
             (Some(urn.to_string()), rest)
         } else {
             (None, s)
@@ -69,7 +91,7 @@ impl AttrPath {
                 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         };
         if !name_ok(attr) || sub.is_some_and(|s| !name_ok(s)) {
-            return Err(format!("bad attribute path {s:?}"));
+            return Err(ParseError::BadAttributePath(s.to_string()));
         }
         Ok(AttrPath {
             urn,
@@ -120,7 +142,7 @@ enum Token {
     Literal(Value),
 }
 
-fn tokenize(s: &str) -> Result<Vec<Token>, String> {
+fn tokenize(s: &str) -> Result<Vec<Token>, ParseError> {
     let bytes = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -150,7 +172,7 @@ fn tokenize(s: &str) -> Result<Vec<Token>, String> {
                 i += 1;
                 loop {
                     match bytes.get(i) {
-                        None => return Err("unterminated string".into()),
+                        None => return Err(ParseError::UnterminatedString),
                         Some(b'\\') => i += 2,
                         Some(b'"') => {
                             i += 1;
@@ -160,9 +182,9 @@ fn tokenize(s: &str) -> Result<Vec<Token>, String> {
                     }
                 }
                 let lit: String = serde_json::from_str(&s[start..i.min(s.len())])
-                    .map_err(|e| format!("bad string literal: {e}"))?;
+                    .map_err(|e| ParseError::Unexpected(format!("bad string literal: {e}")))?;
                 if lit.contains('\0') {
-                    return Err("a string in a filter cannot hold the NUL character".into());
+                    return Err(ParseError::Nul);
                 }
                 out.push(Token::Literal(Value::String(lit)));
             }
@@ -178,8 +200,9 @@ fn tokenize(s: &str) -> Result<Vec<Token>, String> {
                     "false" => Token::Literal(Value::Bool(false)),
                     "null" => Token::Literal(Value::Null),
                     _ if word.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
-                        let n: serde_json::Number =
-                            word.parse().map_err(|_| format!("bad number {word:?}"))?;
+                        let n: serde_json::Number = word
+                            .parse()
+                            .map_err(|_| ParseError::Unexpected(format!("bad number {word:?}")))?;
                         Token::Literal(Value::Number(n))
                     }
                     _ => Token::Word(word.to_string()),
@@ -212,23 +235,28 @@ impl Parser {
         matches!(self.peek(), Some(Token::Word(w)) if w.eq_ignore_ascii_case(kw))
     }
 
-    fn expect(&mut self, t: Token, what: &str) -> Result<(), String> {
+    fn expect(&mut self, t: Token, what: &str) -> Result<(), ParseError> {
         match self.next() {
             Some(x) if x == t => Ok(()),
-            Some(x) => Err(format!("expected {what}, found {}", describe(&x))),
-            None => Err(format!("expected {what}, found the end of the filter")),
+            Some(x) => Err(ParseError::Unexpected(format!(
+                "expected {what}, found {}",
+                describe(&x)
+            ))),
+            None => Err(ParseError::Unexpected(format!(
+                "expected {what}, found the end of the filter"
+            ))),
         }
     }
 
-    fn nest(&mut self) -> Result<(), String> {
+    fn nest(&mut self) -> Result<(), ParseError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(format!("the filter nests deeper than {MAX_DEPTH} levels"));
+            return Err(ParseError::TooDeep);
         }
         Ok(())
     }
 
-    fn or(&mut self, in_value_path: bool) -> Result<Filter, String> {
+    fn or(&mut self, in_value_path: bool) -> Result<Filter, ParseError> {
         let mut left = self.and(in_value_path)?;
         while self.keyword("or") {
             self.at += 1;
@@ -238,7 +266,7 @@ impl Parser {
         Ok(left)
     }
 
-    fn and(&mut self, in_value_path: bool) -> Result<Filter, String> {
+    fn and(&mut self, in_value_path: bool) -> Result<Filter, ParseError> {
         let mut left = self.unary(in_value_path)?;
         while self.keyword("and") {
             self.at += 1;
@@ -248,7 +276,7 @@ impl Parser {
         Ok(left)
     }
 
-    fn unary(&mut self, in_value_path: bool) -> Result<Filter, String> {
+    fn unary(&mut self, in_value_path: bool) -> Result<Filter, ParseError> {
         if self.keyword("not") {
             self.at += 1;
             self.nest()?;
@@ -268,17 +296,26 @@ impl Parser {
         }
         let path = match self.next() {
             Some(Token::Word(w)) => AttrPath::parse(&w)?,
-            Some(t) => return Err(format!("expected an attribute, found {}", describe(&t))),
-            None => return Err("expected an attribute, found the end of the filter".into()),
+            Some(t) => {
+                return Err(ParseError::Unexpected(format!(
+                    "expected an attribute, found {}",
+                    describe(&t)
+                )))
+            }
+            None => {
+                return Err(ParseError::Unexpected(
+                    "expected an attribute, found the end of the filter".into(),
+                ))
+            }
         };
         if self.peek() == Some(&Token::LBracket) {
             if in_value_path {
-                return Err("value filters cannot nest".into());
+                return Err(ParseError::NestedValueFilter);
             }
             if path.sub.is_some() {
-                return Err(format!(
+                return Err(ParseError::Unexpected(format!(
                     "{path}[...]: a value filter follows an attribute, not a sub-attribute"
-                ));
+                )));
             }
             self.at += 1;
             self.nest()?;
@@ -299,41 +336,48 @@ impl Parser {
 
     /// `emails[type eq "work"].value eq "x"` (Entra ID's matching filter): the test after
     /// `].` applies to the same value the bracket selected, so it joins the value filter.
-    fn sub_attribute_test(&mut self, outer: &AttrPath) -> Result<Filter, String> {
+    fn sub_attribute_test(&mut self, outer: &AttrPath) -> Result<Filter, ParseError> {
         let Some(Token::Word(w)) = self.next() else {
             unreachable!("peeked a word")
         };
         let sub = AttrPath::parse(&w[1..])
             .ok()
             .filter(|p| p.urn.is_none() && p.sub.is_none())
-            .ok_or_else(|| format!("bad sub-attribute {w:?} after {outer}[...]"))?;
+            .ok_or_else(|| {
+                ParseError::Unexpected(format!("bad sub-attribute {w:?} after {outer}[...]"))
+            })?;
         self.test(sub)
     }
 
     /// The operator and value after an attribute path: `pr`, or `op literal`.
-    fn test(&mut self, path: AttrPath) -> Result<Filter, String> {
+    fn test(&mut self, path: AttrPath) -> Result<Filter, ParseError> {
         let op = match self.next() {
             Some(Token::Word(w)) if w.eq_ignore_ascii_case("pr") => {
                 return Ok(Filter::Present(path))
             }
-            Some(Token::Word(w)) => {
-                Op::parse(&w).ok_or_else(|| format!("unknown operator {w:?}"))?
-            }
+            Some(Token::Word(w)) => Op::parse(&w)
+                .ok_or_else(|| ParseError::Unexpected(format!("unknown operator {w:?}")))?,
             Some(t) => {
-                return Err(format!(
+                return Err(ParseError::Unexpected(format!(
                     "expected an operator after {path}, found {}",
                     describe(&t)
-                ))
+                )))
             }
-            None => return Err(format!("expected an operator after {path}")),
+            None => {
+                return Err(ParseError::Unexpected(format!(
+                    "expected an operator after {path}"
+                )))
+            }
         };
         match self.next() {
             Some(Token::Literal(v)) => Ok(Filter::Compare(path, op, v)),
-            Some(t) => Err(format!(
+            Some(t) => Err(ParseError::Unexpected(format!(
                 "expected a value after {path} {op:?}, found {}",
                 describe(&t)
-            )),
-            None => Err(format!("expected a value after {path} {op:?}")),
+            ))),
+            None => Err(ParseError::Unexpected(format!(
+                "expected a value after {path} {op:?}"
+            ))),
         }
     }
 }
@@ -350,9 +394,9 @@ fn describe(t: &Token) -> String {
 }
 
 /// Parses a filter expression.
-pub fn parse(s: &str) -> Result<Filter, String> {
+pub fn parse(s: &str) -> Result<Filter, ParseError> {
     if s.len() > MAX_LEN {
-        return Err(format!("the filter is longer than {MAX_LEN} bytes"));
+        return Err(ParseError::TooLong("filter"));
     }
     let mut p = Parser {
         tokens: tokenize(s)?,
@@ -360,12 +404,15 @@ pub fn parse(s: &str) -> Result<Filter, String> {
         depth: 0,
     };
     if p.tokens.is_empty() {
-        return Err("the filter is empty".into());
+        return Err(ParseError::Empty);
     }
     let f = p.or(false)?;
     match p.next() {
         None => Ok(f),
-        Some(t) => Err(format!("unexpected {} after the filter", describe(&t))),
+        Some(t) => Err(ParseError::Unexpected(format!(
+            "unexpected {} after the filter",
+            describe(&t)
+        ))),
     }
 }
 
@@ -378,10 +425,10 @@ pub struct PatchPath {
     pub sub_after_filter: Option<String>,
 }
 
-pub fn parse_path(s: &str) -> Result<PatchPath, String> {
+pub fn parse_path(s: &str) -> Result<PatchPath, ParseError> {
     let s = s.trim();
     if s.len() > MAX_LEN {
-        return Err(format!("the path is longer than {MAX_LEN} bytes"));
+        return Err(ParseError::TooLong("path"));
     }
     let Some(open) = s.find('[') else {
         return Ok(PatchPath {
@@ -392,15 +439,15 @@ pub fn parse_path(s: &str) -> Result<PatchPath, String> {
     };
     let close = s
         .rfind(']')
-        .ok_or_else(|| format!("missing ']' in {s:?}"))?;
+        .ok_or_else(|| ParseError::Unexpected(format!("missing ']' in {s:?}")))?;
     if close < open {
-        return Err(format!("bad path {s:?}"));
+        return Err(ParseError::Unexpected(format!("bad path {s:?}")));
     }
     let attr = AttrPath::parse(&s[..open])?;
     if attr.sub.is_some() {
-        return Err(format!(
+        return Err(ParseError::Unexpected(format!(
             "bad path {s:?}: a value filter follows an attribute"
-        ));
+        )));
     }
     let mut p = Parser {
         tokens: tokenize(&s[open + 1..close])?,
@@ -409,7 +456,10 @@ pub fn parse_path(s: &str) -> Result<PatchPath, String> {
     };
     let filter = p.or(true)?;
     if let Some(t) = p.next() {
-        return Err(format!("unexpected {} in the value filter", describe(&t)));
+        return Err(ParseError::Unexpected(format!(
+            "unexpected {} in the value filter",
+            describe(&t)
+        )));
     }
     let rest = &s[close + 1..];
     let sub = match rest.strip_prefix('.') {
@@ -417,7 +467,7 @@ pub fn parse_path(s: &str) -> Result<PatchPath, String> {
             Some(sub.to_string())
         }
         None if rest.is_empty() => None,
-        _ => return Err(format!("bad path {s:?} after ']'")),
+        _ => return Err(ParseError::Unexpected(format!("bad path {s:?} after ']'"))),
     };
     Ok(PatchPath {
         attr,
@@ -574,10 +624,12 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad:?} parsed");
         }
         let deep = format!("{}a pr{}", "(".repeat(40), ")".repeat(40));
-        assert!(parse(&deep).unwrap_err().contains("deeper"));
-        assert!(parse(&"a pr or ".repeat(1000))
-            .unwrap_err()
-            .contains("longer"));
+        assert_eq!(parse(&deep).unwrap_err(), ParseError::TooDeep);
+        assert_eq!(
+            parse(&"a pr or ".repeat(1000)).unwrap_err(),
+            ParseError::TooLong("filter")
+        );
+        assert_eq!(parse("  ").unwrap_err(), ParseError::Empty);
     }
 
     #[test]

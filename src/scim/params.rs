@@ -92,7 +92,7 @@ fn page_size(
 /// Builds a list query from query parameters or a SearchRequest body (same names).
 pub fn list_query(get: impl Fn(&str) -> Option<Value>) -> Result<ListQuery, ScimError> {
     let filter = match text("filter", get("filter"))? {
-        Some(f) => Some(filter::parse(&f).map_err(ScimError::filter)?),
+        Some(f) => Some(filter::parse(&f).map_err(|e| ScimError::filter(e.to_string()))?),
         None => None,
     };
     let sort_by = match text("sortBy", get("sortBy"))? {

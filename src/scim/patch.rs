@@ -153,7 +153,7 @@ impl Patcher<'_> {
         if let Some((urn, _)) = rt.extension(path.trim()) {
             return self.whole_extension(kind, urn, value);
         }
-        let pp = filter::parse_path(path).map_err(ScimError::path)?;
+        let pp = filter::parse_path(path).map_err(|e| ScimError::path(e.to_string()))?;
         let resolved = rt
             .resolve(&pp.attr.full_attr())
             .ok_or_else(|| ScimError::path(format!("unknown attribute in path {path:?}")))?;
