@@ -4,6 +4,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::filter::ResolveError;
 use super::schema;
 use crate::domain::DomainError;
 use crate::eventstore::StoreError;
@@ -73,6 +74,15 @@ impl ScimError {
     }
     pub fn mutability(detail: impl Into<String>) -> ScimError {
         Self::bad("mutability", detail)
+    }
+    /// A value filter in a PATCH path that does not fit the schema: a name it does not
+    /// have makes the path wrong (invalidPath); a value or operator of the wrong type, the
+    /// filter (invalidFilter).
+    pub fn patch_filter(e: ResolveError) -> ScimError {
+        match e {
+            ResolveError::Invalid(detail) => Self::filter(detail),
+            other => Self::path(other.to_string()),
+        }
     }
 
     pub fn status(&self) -> StatusCode {

@@ -194,7 +194,10 @@ impl Patcher<'_> {
                 },
                 _,
                 sub_after,
-            ) => filtered(container, attr, f, sub_after, kind, value, &label)?,
+            ) => {
+                let f = filter::values(attr, f).map_err(ScimError::patch_filter)?;
+                filtered(container, attr, &f, sub_after, kind, value, &label)?
+            }
         }
         if let Some(urn) = resolved.extension {
             if self

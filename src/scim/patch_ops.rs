@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Map, Value};
 
 use super::error::ScimError;
-use super::filter::{Filter, Op};
+use super::filter::{self, Expr, Op, Operand, SubCond, Test};
 use super::resource::coerce;
 use super::schema::{Attr, Type};
 
@@ -244,7 +244,7 @@ pub(super) fn sub_of_all(
 pub(super) fn filtered(
     c: &mut Map<String, Value>,
     attr: &'static Attr,
-    f: &Filter,
+    f: &Expr<SubCond>,
     sub_after: Option<&'static Attr>,
     kind: Kind,
     value: &Value,
@@ -258,7 +258,7 @@ pub(super) fn filtered(
     };
     let mut hits = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        if matches(attr, item, f)? {
+        if filter::matches(item, f) {
             hits.push(i);
         }
     }
@@ -305,7 +305,7 @@ fn set_sub_of_hits(
     items: &mut Vec<Value>,
     hits: &[usize],
     attr: &'static Attr,
-    f: &Filter,
+    f: &Expr<SubCond>,
     sub: &'static Attr,
     value: &Value,
     label: &str,
@@ -378,85 +378,19 @@ fn set_hits(
 /// Entra ID's shape, `emails[type eq "work"].value`, where `work` is one of the
 /// attribute's canonical types: replacing into a value that does not exist creates it.
 /// Any other filter that matches nothing is `noTarget` (RFC 7644 §3.5.2).
-fn entra_new_value(attr: &'static Attr, f: &Filter) -> Option<Map<String, Value>> {
-    let Filter::Compare(p, Op::Eq, Value::String(ty)) = f else {
+fn entra_new_value(attr: &'static Attr, f: &Expr<SubCond>) -> Option<Map<String, Value>> {
+    let Expr::Leaf(SubCond {
+        sub,
+        test: Test::Compare(Op::Eq, Operand::Text(ty)),
+    }) = f
+    else {
         return None;
     };
     let canonical = attr.sub_attr("type")?.canonical;
-    let is_type = p.urn.is_none() && p.sub.is_none() && p.attr.eq_ignore_ascii_case("type");
-    if !is_type || !canonical.iter().any(|c| c.eq_ignore_ascii_case(ty)) {
+    if sub.name != "type" || !canonical.iter().any(|c| c.eq_ignore_ascii_case(ty)) {
         return None;
     }
     let mut m = Map::new();
     m.insert("type".into(), Value::String(ty.clone()));
     Some(m)
-}
-
-/// Whether one value of a multi-valued attribute matches a value filter.
-fn matches(attr: &'static Attr, item: &Value, f: &Filter) -> Result<bool, ScimError> {
-    Ok(match f {
-        Filter::And(a, b) => matches(attr, item, a)? && matches(attr, item, b)?,
-        Filter::Or(a, b) => matches(attr, item, a)? || matches(attr, item, b)?,
-        Filter::Not(a) => !matches(attr, item, a)?,
-        Filter::ValuePath(..) => return Err(ScimError::path("value filters cannot nest")),
-        Filter::Present(p) | Filter::Compare(p, ..) => {
-            if p.urn.is_some() || p.sub.is_some() {
-                return Err(ScimError::path(format!(
-                    "{p} is not a sub-attribute of {}",
-                    attr.name
-                )));
-            }
-            let sub = attr.sub_attr(&p.attr).ok_or_else(|| {
-                ScimError::path(format!("{} has no sub-attribute {:?}", attr.name, p.attr))
-            })?;
-            let have = item.get(sub.name).filter(|v| !v.is_null());
-            match f {
-                Filter::Present(_) => have.is_some(),
-                Filter::Compare(_, op, want) => compare(sub, have, *op, want)?,
-                _ => unreachable!(),
-            }
-        }
-    })
-}
-
-fn compare(sub: &Attr, have: Option<&Value>, op: Op, want: &Value) -> Result<bool, ScimError> {
-    if let (Some(Value::Bool(h)), Value::Bool(w)) = (have, want) {
-        return match op {
-            Op::Eq => Ok(h == w),
-            Op::Ne => Ok(h != w),
-            _ => Err(ScimError::filter("booleans compare with eq and ne only")),
-        };
-    }
-    let Some(w) = want
-        .as_str()
-        .map(str::to_string)
-        .or_else(|| want.as_number().map(|n| n.to_string()))
-    else {
-        return Err(ScimError::filter(format!(
-            "cannot compare {} with {want}",
-            sub.name
-        )));
-    };
-    let Some(h) = have.map(|h| match h {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }) else {
-        return Ok(op == Op::Ne);
-    };
-    let (h, w) = if sub.case_exact {
-        (h, w)
-    } else {
-        (h.to_lowercase(), w.to_lowercase())
-    };
-    Ok(match op {
-        Op::Eq => h == w,
-        Op::Ne => h != w,
-        Op::Co => h.contains(&w),
-        Op::Sw => h.starts_with(&w),
-        Op::Ew => h.ends_with(&w),
-        Op::Gt => h > w,
-        Op::Ge => h >= w,
-        Op::Lt => h < w,
-        Op::Le => h <= w,
-    })
 }

@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::error::ScimError;
-use super::filter::{AttrPath, Filter};
+use super::filter::{self, AttrPath, Filter};
 use super::query::{self, Param};
 use super::resource::Selection;
 use super::schema::{self, Kind, ResourceType, GROUP_TYPE, USER_TYPE};
@@ -310,12 +310,9 @@ fn plan_with(
     let mut params = vec![Param::Uuid(ctx.org)];
     let mut where_sql = "r.org_id = $1".to_string();
     if let Some(f) = &q.filter {
-        let c = if lenient {
-            query::compile_lenient(rt, f, 2)
-        } else {
-            query::compile(rt, f, 2)
-        }
-        .map_err(|e| ScimError::filter(e.to_string()))?;
+        let c = filter::resolve(rt, f, lenient)
+            .and_then(|resolved| query::compile(rt, &resolved, 2))
+            .map_err(|e| ScimError::filter(e.to_string()))?;
         where_sql = format!("{where_sql} AND ({})", c.sql);
         params.extend(c.params);
     }

@@ -149,7 +149,9 @@ async fn user_name_eq_uses_the_index() {
     let s = Scim::new(&db).await;
     s.user("indexed", json!({})).await;
     let f = portcullis::scim::filter::parse(r#"userName eq "indexed""#).unwrap();
-    let c = portcullis::scim::query::compile(&portcullis::scim::schema::USER_TYPE, &f, 2).unwrap();
+    let users = &portcullis::scim::schema::USER_TYPE;
+    let f = portcullis::scim::filter::resolve(users, &f, false).unwrap();
+    let c = portcullis::scim::query::compile(users, &f, 2).unwrap();
     let client = db.client().await;
     client
         .batch_execute("SET enable_seqscan = off")

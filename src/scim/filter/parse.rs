@@ -1,10 +1,10 @@
-//! SCIM filters and attribute paths (RFC 7644 §3.4.2.2, §3.5.2): a tokenizer and a
-//! recursive-descent parser with precedence grouping > not > and > or. The parser only
-//! builds a tree; `query` turns it into SQL with every value as a parameter.
+//! The syntax of SCIM filters and attribute paths (RFC 7644 §3.4.2.2, §3.5.2): a tokenizer
+//! and a recursive-descent parser with precedence grouping > not > and > or. It knows no
+//! schema: `typed` resolves what it builds.
 
 use serde_json::Value;
 
-use super::schema;
+use crate::scim::schema;
 
 /// Longest filter accepted, in bytes.
 pub const MAX_LEN: usize = 4096;
