@@ -105,6 +105,70 @@ pub async fn migrate(url: &str) -> Result<Vec<String>, DbError> {
     result
 }
 
+/// What a database error says about trying again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The connection went away or could not be made.
+    Connection,
+    /// The moment, not the statement: serialization or deadlock, cancel and timeouts,
+    /// resource limits, shutdown, lock timeouts, I/O on the server.
+    Transient,
+    /// The statement can never succeed as it is: data, constraint and program-limit errors.
+    Permanent,
+    /// Not known to be either.
+    Unknown,
+}
+
+/// Classifies an error by its SQLSTATE class (PostgreSQL manual, appendix A); an error with
+/// no SQLSTATE is the connection's unless it carries another cause (a value conversion).
+pub fn fault(e: &tokio_postgres::Error) -> Fault {
+    let Some(db) = e.as_db_error() else {
+        let io = std::error::Error::source(e).is_none_or(|s| s.is::<std::io::Error>());
+        return if e.is_closed() || io {
+            Fault::Connection
+        } else {
+            Fault::Unknown
+        };
+    };
+    sqlstate_fault(db.code().code())
+}
+
+fn sqlstate_fault(code: &str) -> Fault {
+    match &code[..2.min(code.len())] {
+        "08" => Fault::Connection,
+        "40" | "53" | "55" | "57" | "58" => Fault::Transient,
+        "22" | "23" | "54" => Fault::Permanent,
+        _ => Fault::Unknown,
+    }
+}
+
+/// Whether an error (anywhere in its cause chain) means the database is unavailable for
+/// now: a client should try again later (503) rather than report a fault (500).
+pub fn unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(pg) = e.downcast_ref::<tokio_postgres::Error>() {
+            return matches!(fault(pg), Fault::Connection | Fault::Transient);
+        }
+        if let Some(p) = e.downcast_ref::<deadpool_postgres::PoolError>() {
+            return match p {
+                deadpool_postgres::PoolError::Timeout(_) | deadpool_postgres::PoolError::Closed => {
+                    true
+                }
+                deadpool_postgres::PoolError::Backend(pg) => {
+                    matches!(fault(pg), Fault::Connection | Fault::Transient)
+                }
+                _ => false,
+            };
+        }
+        if e.is::<std::io::Error>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
 /// The same server as `url`, another database: `postgres://u:p@h:5432/a?x=y` with `b` gives
 /// `postgres://u:p@h:5432/b?x=y`; a `key=value` string gets ` dbname=b` appended (the last
 /// key wins).
@@ -146,7 +210,37 @@ pub fn latest_migration() -> i32 {
 
 #[cfg(test)]
 mod tests {
-    use super::url_with_database;
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_classed_by_what_a_retry_can_change() {
+        for (code, want) in [
+            ("54000", Fault::Permanent),
+            ("23505", Fault::Permanent),
+            ("22P02", Fault::Permanent),
+            ("40P01", Fault::Transient),
+            ("57014", Fault::Transient),
+            ("55P03", Fault::Transient),
+            ("53200", Fault::Transient),
+            ("57P01", Fault::Transient),
+            ("08006", Fault::Connection),
+            ("42P01", Fault::Unknown),
+        ] {
+            assert_eq!(sqlstate_fault(code), want, "{code}");
+        }
+    }
+
+    #[test]
+    fn an_unavailable_database_is_found_anywhere_in_the_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("store")]
+        struct Wrapper(#[source] deadpool_postgres::PoolError);
+        let timeout = deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait);
+        assert!(unavailable(&Wrapper(timeout)));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(unavailable(&refused));
+        assert!(!unavailable(&std::fmt::Error));
+    }
 
     #[test]
     fn url_with_database_replaces_only_the_database() {

@@ -91,9 +91,13 @@ impl IntoResponse for ApiError {
                 (StatusCode::PRECONDITION_FAILED, "precondition_failed")
             }
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            _ if crate::db::unavailable(&self) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
-        let detail = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        let detail = if code == "unavailable" {
+            tracing::warn!(error = %crate::error_chain(&self), "request: database unavailable");
+            "the database is unavailable for now; try again shortly".to_string()
+        } else if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             // The cause chain goes to the log; the client gets no internals.
             tracing::error!(error = %crate::error_chain(&self), "request failed");
             "internal error; see the service log".to_string()
@@ -106,6 +110,10 @@ impl IntoResponse for ApiError {
             if let Ok(v) = retry_after.max(&1).to_string().parse() {
                 res.headers_mut().insert(header::RETRY_AFTER, v);
             }
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
         if status == StatusCode::UNAUTHORIZED {
             res.headers_mut()

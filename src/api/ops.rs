@@ -44,11 +44,17 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
 /// 200 only when the database answers, its migrations are this binary's, and no projection
 /// is stalled or lagging beyond the configured thresholds (the status column of
 /// projections.health); otherwise 503 with the reasons.
+/// A reason for anyone to read: the cause goes to the log, not to an anonymous caller.
+fn hidden(reason: &str, e: &(dyn std::error::Error + 'static)) -> String {
+    tracing::warn!(error = %crate::error_chain(e), "readyz: {reason}");
+    reason.to_string()
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     let mut reasons: Vec<String> = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
     match state.pool.get().await {
-        Err(e) => reasons.push(format!("database unreachable: {e}")),
+        Err(e) => reasons.push(hidden("database unreachable", &e)),
         Ok(client) => {
             let want = crate::db::latest_migration();
             match client
@@ -66,7 +72,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
                         ));
                     }
                 }
-                Err(e) => reasons.push(format!("cannot read the migration history: {e}")),
+                Err(e) => reasons.push(hidden("cannot read the migration history", &e)),
             }
             match runtime::health(&client).await {
                 Ok(h) => {
@@ -84,7 +90,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
                         }
                     }
                 }
-                Err(e) => reasons.push(format!("cannot read projections.health: {e}")),
+                Err(e) => reasons.push(hidden("cannot read projections.health", &e)),
             }
         }
     }
@@ -97,6 +103,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
             Json(json!({"status": "not ready", "reasons": reasons, "warnings": warnings})),
         )
             .into_response()

@@ -143,6 +143,10 @@ fn page(status: StatusCode, title: &str, message: &str) -> Response {
     let mut res = (status, Html(html)).into_response();
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     res.headers_mut()
         .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     res
@@ -171,9 +175,15 @@ async fn link(State(state): State<AppState>, Query(q): Query<LinkQuery>) -> Resp
             "Thank you: your email address is verified. You can close this page.",
         ),
         Err(VerifyError::Domain(e)) => {
-            tracing::error!(error = %crate::error_chain(&e), "verification link failed");
+            let status = if crate::db::unavailable(&e) {
+                tracing::warn!(error = %crate::error_chain(&e), "verification link: database unavailable");
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                tracing::error!(error = %crate::error_chain(&e), "verification link failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
             page(
-                StatusCode::INTERNAL_SERVER_ERROR,
+                status,
                 "Something went wrong",
                 "We could not check this link just now. Please try again in a moment.",
             )

@@ -13,6 +13,7 @@ mod wait;
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 
+use crate::db::Fault;
 use crate::eventstore::{StoreError, StoredEvent};
 
 pub use context::RunnerOptions;
@@ -80,26 +81,13 @@ impl ReduceError {
         match self {
             ReduceError::Rejected(_) => FailureClass::Permanent,
             ReduceError::Other(_) => FailureClass::Unknown,
-            ReduceError::Db(e) => match e.as_db_error() {
-                None => FailureClass::Connection,
-                Some(db) => sqlstate_class(db.code().code()),
+            ReduceError::Db(e) => match crate::db::fault(e) {
+                Fault::Connection => FailureClass::Connection,
+                Fault::Transient => FailureClass::Transient,
+                Fault::Permanent => FailureClass::Permanent,
+                Fault::Unknown => FailureClass::Unknown,
             },
         }
-    }
-}
-
-/// Classes of SQLSTATE (PostgreSQL manual, appendix A) by what retrying can change.
-fn sqlstate_class(code: &str) -> FailureClass {
-    match &code[..2.min(code.len())] {
-        "08" => FailureClass::Connection,
-        // transaction rollback (serialization, deadlock), insufficient resources, operator
-        // intervention (cancel, shutdown), object not in prerequisite state (lock timeout),
-        // system errors (I/O)
-        "40" | "53" | "57" | "55" | "58" => FailureClass::Transient,
-        // data exception, integrity constraint violation, program limit exceeded (an index
-        // row too large)
-        "22" | "23" | "54" => FailureClass::Permanent,
-        _ => FailureClass::Unknown,
     }
 }
 
@@ -161,16 +149,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sqlstates_are_classed_by_what_a_retry_can_change() {
-        assert_eq!(sqlstate_class("54000"), FailureClass::Permanent);
-        assert_eq!(sqlstate_class("23505"), FailureClass::Permanent);
-        assert_eq!(sqlstate_class("22P02"), FailureClass::Permanent);
-        assert_eq!(sqlstate_class("40P01"), FailureClass::Transient);
-        assert_eq!(sqlstate_class("57014"), FailureClass::Transient);
-        assert_eq!(sqlstate_class("55P03"), FailureClass::Transient);
-        assert_eq!(sqlstate_class("53200"), FailureClass::Transient);
-        assert_eq!(sqlstate_class("08006"), FailureClass::Connection);
-        assert_eq!(sqlstate_class("42P01"), FailureClass::Unknown);
+    fn a_reducers_rejection_is_permanent() {
         assert_eq!(
             ReduceError::from("user.changed for unknown user").class(),
             FailureClass::Permanent

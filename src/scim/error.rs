@@ -99,9 +99,22 @@ impl ScimError {
             | ScimError::NotVisibleYet { .. }
             | ScimError::Incomplete(_) => StatusCode::SERVICE_UNAVAILABLE,
             ScimError::Domain(_) | ScimError::Pool(_) | ScimError::Db(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
+                if self.database_unavailable() {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
             }
         }
+    }
+
+    /// The database is down, restarting, out of connections or timed out: the write was
+    /// not made, and a client that retries later can succeed (503, not 500).
+    fn database_unavailable(&self) -> bool {
+        matches!(
+            self,
+            ScimError::Domain(_) | ScimError::Pool(_) | ScimError::Db(_)
+        ) && crate::db::unavailable(self)
     }
 
     pub fn scim_type(&self) -> Option<&'static str> {
@@ -118,6 +131,10 @@ impl ScimError {
         // A client's mistake is not the service's: 4xx (and 501, a feature not offered) log
         // at debug/info; only faults of the service are errors.
         let detail = match status {
+            StatusCode::SERVICE_UNAVAILABLE if self.database_unavailable() => {
+                tracing::warn!(error = %crate::error_chain(self), "SCIM request: database unavailable");
+                "the database is unavailable for now; try again shortly".to_string()
+            }
             StatusCode::SERVICE_UNAVAILABLE => {
                 tracing::warn!(error = %crate::error_chain(self), "SCIM request unavailable");
                 crate::error_chain(self)

@@ -7,6 +7,7 @@ mod admin;
 mod cli;
 mod dashboard;
 mod eventstore;
+mod faults;
 mod http;
 mod ops;
 mod projections;
