@@ -7,7 +7,7 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::db::{self, DbError};
+use crate::db::{self, DbError, Purpose};
 use crate::eventstore::EventStore;
 use crate::http::{AppState, Sampler};
 use crate::mail::{MailWorker, Mailer};
@@ -33,11 +33,22 @@ pub enum StartError {
     Store(#[from] crate::eventstore::StoreError),
 }
 
+/// Background connections beyond one per projection runner: the hub, the lag sampler, the
+/// mail worker and a rebuild.
+const BACKGROUND_SPARE: usize = 4;
+
 impl AppState {
     /// Connects, starts the ProgressHub and (unless switched off) the projections.
     /// Expects a migrated database.
     pub async fn start(cfg: &Config) -> Result<AppState, StartError> {
-        let pool = db::pool(&cfg.database_url, cfg.pool_size)?;
+        let pool = db::pool_for(&cfg.database_url, cfg.pool_size, Purpose::Requests)?;
+        // The runtime's own connections: no flood of requests can starve the projections,
+        // and so the writes that wait for them.
+        let background = db::pool_for(
+            &cfg.database_url,
+            crate::read_models::all().len() + BACKGROUND_SPARE,
+            Purpose::Background,
+        )?;
         let store = EventStore::new(pool.clone(), cfg.store.clone());
         let cursor_key = {
             let client = pool.get().await.map_err(ProjectionError::from)?;
@@ -50,9 +61,9 @@ impl AppState {
                 .await
                 .map_err(StartError::CursorKey)?
         };
-        let hub = ProgressHub::start(&cfg.database_url, pool.clone()).await?;
+        let hub = ProgressHub::start(&cfg.database_url, background.clone()).await?;
         let lag_history = crate::runtime::LagHistory::default();
-        let sampler = Sampler(lag_history.start_sampling(pool.clone()));
+        let sampler = Sampler(lag_history.start_sampling(background.clone()));
         let smtp_url = cfg.smtp_url.as_ref().map(|u| u.expose_secret());
         let mailer = Mailer::new(smtp_url, &cfg.mail_from)?;
         if mailer.is_log() {
@@ -63,7 +74,7 @@ impl AppState {
         let mail = cfg.run_mail_worker.then(|| {
             Arc::new(MailWorker::start(
                 &cfg.database_url,
-                pool.clone(),
+                background.clone(),
                 store.clone(),
                 mailer,
                 cfg.clock.clone(),
@@ -74,7 +85,7 @@ impl AppState {
             Some(Arc::new(
                 Projector::start(
                     &cfg.database_url,
-                    pool.clone(),
+                    background.clone(),
                     store.clone(),
                     hub.clone(),
                     crate::read_models::all(),

@@ -24,23 +24,108 @@ pub enum DbError {
     Migrate(#[from] refinery::Error),
 }
 
-/// Settings every connection of ours gets: a name DBAs can see in pg_stat_activity, and a
-/// cap on idle transactions, since an open transaction holds back the event horizon.
-fn pg_config(url: &str, purpose: &str) -> Result<tokio_postgres::Config, DbError> {
+/// Whose connections a pool holds: the settings that bound a fault differ between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// HTTP requests: a statement, a lock wait and an idle transaction are each bounded, so
+    /// an expensive filter or a stuck lock costs one request, not the pool.
+    Requests,
+    /// Projection runners, the hub, the mail worker: a runner cut off from the network must
+    /// not hold its projection's lock for long, so idle transactions end quickly; batches may
+    /// take longer than a request.
+    Background,
+    /// The command line, migrations and tests: no statement bound (a reset or a migration may
+    /// run long), the rest as for everyone.
+    Tool,
+}
+
+impl Purpose {
+    fn name(self) -> &'static str {
+        match self {
+            Purpose::Requests => "requests",
+            Purpose::Background => "background",
+            Purpose::Tool => "tool",
+        }
+    }
+
+    /// Session settings, in milliseconds: (statement_timeout, lock_timeout,
+    /// idle_in_transaction_session_timeout). 0 is none.
+    fn timeouts(self) -> (u64, u64, u64) {
+        match self {
+            Purpose::Requests => (30_000, 10_000, 15_000),
+            Purpose::Background => (300_000, 0, 10_000),
+            Purpose::Tool => (0, 0, 60_000),
+        }
+    }
+}
+
+/// Session settings every connection of ours gets, merged with (never replacing) the
+/// `options` of DATABASE_URL: a setting the URL names is the operator's. Server-side TCP
+/// keepalives and `tcp_user_timeout` make Postgres drop a vanished client (and release its
+/// locks) within seconds instead of the kernel's two hours; an open transaction also holds
+/// back the event horizon, so idle transactions are bounded everywhere.
+fn session_options(purpose: Purpose) -> Vec<(&'static str, String)> {
+    let (statement, lock, idle) = purpose.timeouts();
+    vec![
+        ("statement_timeout", statement.to_string()),
+        ("lock_timeout", lock.to_string()),
+        ("idle_in_transaction_session_timeout", idle.to_string()),
+        ("tcp_keepalives_idle", "5".into()),
+        ("tcp_keepalives_interval", "2".into()),
+        ("tcp_keepalives_count", "3".into()),
+        ("tcp_user_timeout", "10000".into()),
+    ]
+}
+
+/// `-c k=v` settings in `existing` (libpq's `options`), plus each of `ours` it does not name.
+fn merge_options(existing: Option<&str>, ours: &[(&'static str, String)]) -> String {
+    let existing = existing.unwrap_or("").trim();
+    let named = |key: &str| {
+        let key = key.replace('_', "-");
+        existing
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .any(|(k, _)| k.trim_start_matches("--").replace('_', "-") == key)
+    };
+    let mut out = existing.to_string();
+    for (k, v) in ours {
+        if !named(k) {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(&format!("-c {k}={v}"));
+        }
+    }
+    out
+}
+
+fn pg_config(url: &str, purpose: Purpose, name: &str) -> Result<tokio_postgres::Config, DbError> {
     let mut cfg = tokio_postgres::Config::from_str(url).map_err(DbError::Url)?;
     if cfg.get_application_name().is_none() {
-        cfg.application_name(format!("portcullis {purpose}"));
+        cfg.application_name(format!("portcullis {name}"));
     }
-    cfg.options("-c idle_in_transaction_session_timeout=60000");
+    let options = merge_options(cfg.get_options(), &session_options(purpose));
+    cfg.options(&options);
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(Duration::from_secs(10));
     }
+    // The client side of the same bound: a server that vanished is noticed in seconds.
+    cfg.keepalives(true)
+        .keepalives_idle(Duration::from_secs(5))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(10));
     Ok(cfg)
 }
 
+/// A pool for tools and tests ([`Purpose::Tool`]).
 pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
+    pool_for(url, size, Purpose::Tool)
+}
+
+pub fn pool_for(url: &str, size: usize, purpose: Purpose) -> Result<Pool, DbError> {
     let mgr = Manager::from_config(
-        pg_config(url, "pool")?,
+        pg_config(url, purpose, purpose.name())?,
         NoTls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
@@ -65,7 +150,7 @@ pub async fn connect(
     ),
     DbError,
 > {
-    pg_config(url, purpose)?
+    pg_config(url, Purpose::Tool, purpose)?
         .connect(NoTls)
         .await
         .map_err(DbError::Connect)
@@ -211,6 +296,18 @@ pub fn latest_migration() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_options_keep_what_the_url_says() {
+        let ours = session_options(Purpose::Requests);
+        let merged = merge_options(Some("-c statement_timeout=5s --lock-timeout=1s"), &ours);
+        assert!(merged.starts_with("-c statement_timeout=5s --lock-timeout=1s "));
+        assert_eq!(merged.matches("statement_timeout").count(), 1, "{merged}");
+        assert!(!merged.contains("lock_timeout"), "{merged}");
+        assert!(merged.contains("-c idle_in_transaction_session_timeout=15000"));
+        let fresh = merge_options(None, &ours);
+        assert!(fresh.starts_with("-c statement_timeout=30000 -c lock_timeout=10000"));
+    }
 
     #[test]
     fn sqlstates_are_classed_by_what_a_retry_can_change() {

@@ -624,7 +624,8 @@ async fn events_appended_after_a_restore_rebase_sort_after_the_restored_ones() {
     let client = store.pool().get().await.unwrap();
     let read = eventually(
         "the new event to pass the horizon",
-        Duration::from_secs(10),
+        // Generous: the horizon is the whole cluster's, and other tests share it.
+        Duration::from_secs(30),
         || async {
             let evs = eventstore::read_after(&client, restored, &EventFilter::default(), 10)
                 .await
