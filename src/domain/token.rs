@@ -1,10 +1,12 @@
 //! API tokens: random, shown once, stored only as a SHA-256 hash (fast to check on every
 //! request, useless to whoever reads the log), scoped to one org and to `scim` or `admin`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -151,44 +153,59 @@ pub async fn revoke(store: &EventStore, token_id: Uuid) -> Result<Written, Domai
     })
 }
 
-/// Tokens verified recently, keyed by their hash and tagged with the api_tokens position
+/// Tokens verified recently, keyed by their hash and tagged with the api_tokens generation
 /// seen before the lookup. An entry counts only while that projection has not moved since,
 /// so any change to the read model (a revocation included) is seen as soon as without the
-/// cache; steady read traffic skips a query per request.
+/// cache; steady read traffic skips a query per request. Generations move on notifications;
+/// should this process miss them (its LISTEN connection down while the pool works), an
+/// entry still lasts at most [`CACHE_TTL_SECONDS`].
 #[derive(Default)]
 pub struct TokenCache {
-    inner: std::sync::Mutex<(u64, std::collections::HashMap<String, Caller>)>,
+    inner: std::sync::Mutex<(u64, Verified)>,
 }
+
+/// Callers by token hash, with when each was last checked against the read model.
+type Verified = HashMap<String, (Caller, DateTime<Utc>)>;
 
 /// Entries kept at most (the cache empties when full: it only saves a query).
 const CACHE_MAX: usize = 10_000;
 
+/// The longest a verified token is believed without asking the read model again.
+pub const CACHE_TTL_SECONDS: i64 = 10;
+
 impl TokenCache {
     /// Authenticates through the cache; `at` is the api_tokens read model's generation now
-    /// (`ProgressHub::generation`): entries live until the model changes.
+    /// (`ProgressHub::generation`): entries live until the model changes, or for
+    /// [`CACHE_TTL_SECONDS`] after `now`.
     pub async fn authenticate(
         &self,
         pool: &deadpool_postgres::Pool,
         presented: &str,
         at: u64,
+        now: DateTime<Utc>,
     ) -> Result<Option<Caller>, DomainError> {
         let key = hash(presented);
         {
             let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             if g.0 != at {
-                *g = (at, Default::default());
-            } else if let Some(c) = g.1.get(&key) {
-                return Ok(Some(*c));
+                *g = (at, HashMap::new());
+            } else if let Some((c, checked)) = g.1.get(&key) {
+                if now - *checked < chrono::Duration::seconds(CACHE_TTL_SECONDS) {
+                    return Ok(Some(*c));
+                }
             }
         }
         let caller = authenticate(&pool.get().await?, presented).await?;
-        if let Some(c) = caller {
-            let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            if g.0 == at {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match caller {
+            Some(c) if g.0 == at => {
                 if g.1.len() >= CACHE_MAX {
                     g.1.clear();
                 }
-                g.1.insert(key, c);
+                g.1.insert(key, (c, now));
+            }
+            _ => {
+                g.1.remove(&key);
             }
         }
         Ok(caller)

@@ -56,7 +56,7 @@ pub async fn check_org_token(
     let at = state.hub.generation("api_tokens");
     match state
         .tokens
-        .authenticate(&state.pool, presented, at)
+        .authenticate(&state.pool, presented, at, state.clock.now())
         .await?
     {
         Some(c) if c.org_id == org && c.scope == Scope::Scim => Ok(()),

@@ -224,3 +224,29 @@ async fn org_settings_from_the_command_line() {
     assert!(!ok);
     assert!(err.contains("no organization"), "{err}");
 }
+
+/// A revocation this process was never told of (its LISTEN connection down, the pool fine)
+/// stops the token within the cache's bound, not never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_cache_cannot_outlive_a_missed_revocation() {
+    let db = TestDb::new().await;
+    let clock = portcullis::clock::ManualClock::default();
+    let mut cfg = db.config();
+    cfg.clock = std::sync::Arc::new(clock.clone());
+    let s = crate::scim::Scim::on(TestApp::spawn_with(cfg).await).await;
+    assert_eq!(s.get("/Users").await.status, 200);
+    // Revoked in the read model without an event: no notification reaches the cache.
+    db.client()
+        .await
+        .execute(
+            "UPDATE projections.api_tokens SET revoked_at = now() WHERE org_id = $1",
+            &[&s.org],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.get("/Users").await.status, 200, "still believed, briefly");
+    clock.advance(chrono::Duration::seconds(
+        portcullis::domain::token::CACHE_TTL_SECONDS + 1,
+    ));
+    assert_eq!(s.get("/Users").await.status, 401);
+}
