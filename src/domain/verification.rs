@@ -18,6 +18,8 @@ use crate::eventstore::{
 pub const REQUESTED: &str = "user.email.verification.requested";
 pub const CODE_SENT: &str = "user.email.verification.code.sent";
 pub const FAILED: &str = "user.email.verification.failed";
+/// The mail with the code and link was given up: the request is closed, so neither works.
+pub const UNDELIVERED: &str = "user.email.verification.undelivered";
 pub const VERIFIED: &str = "user.email.verified";
 /// The user's address changed: verification starts over.
 pub const EMAIL_CHANGED: &str = "user.email.changed";
@@ -154,6 +156,15 @@ pub fn fold(events: &[StoredEvent], max_failures: u32) -> State {
                     if r.failures >= max_failures {
                         r.closed = true;
                     }
+                }
+            }
+            UNDELIVERED => {
+                if let Some(r) = s
+                    .request
+                    .as_mut()
+                    .filter(|r| p["request_id"] == json!(r.id))
+                {
+                    r.closed = true;
                 }
             }
             VERIFIED => {
@@ -436,6 +447,15 @@ pub async fn status(
 pub fn code_sent(org_id: Uuid, user_id: Uuid, request_id: Uuid) -> Append {
     Append::new(org_id, user::aggregate(user_id), ExpectedVersion::Any)
         .event(NewEvent::new(CODE_SENT, json!({"request_id": request_id})))
+}
+
+/// Records that the mail for `request_id` was given up (its outbox row loses its secrets in
+/// `tx`): the code and the link of that request stop working.
+pub fn undelivered(org_id: Uuid, user_id: Uuid, request_id: Uuid) -> Append {
+    Append::new(org_id, user::aggregate(user_id), ExpectedVersion::Any).event(NewEvent::new(
+        UNDELIVERED,
+        json!({"request_id": request_id}),
+    ))
 }
 
 /// For user.rs: whether a change of attributes changes the address, and whether the old one

@@ -259,10 +259,15 @@ async fn send_one(ctx: &Ctx, c: &Claimed) -> Result<(), tokio_postgres::Error> {
             } else {
                 tracing::warn!(error = %crate::error_chain(&e), outbox_id = %c.id, failures, %retry_at, "mail worker: sending failed; will retry");
             }
-            client
+            let tx = client.transaction().await?;
+            // A given-up row keeps what a DBA needs to see why, and loses the code and link
+            // token; the request is closed in the same transaction, so neither would work.
+            let updated = tx
                 .execute(
                     "UPDATE mail.outbox SET attempts = $2, last_error = $3, next_attempt_at = $4, \
-                     failed_at = CASE WHEN $5::boolean THEN $6::timestamptz END WHERE id = $1",
+                     failed_at = CASE WHEN $5::boolean THEN $6::timestamptz END, \
+                     secret = CASE WHEN $5::boolean THEN '{}'::jsonb ELSE secret END \
+                     WHERE id = $1",
                     &[
                         &c.id,
                         &failures,
@@ -273,6 +278,22 @@ async fn send_one(ctx: &Ctx, c: &Claimed) -> Result<(), tokio_postgres::Error> {
                     ],
                 )
                 .await?;
+            if give_up && updated == 1 {
+                let append = verification::undelivered(c.org_id, c.user_id, c.request_id);
+                match ctx.store.push_in(&tx, &[append]).await {
+                    Ok(pushed) => {
+                        tx.commit().await?;
+                        ctx.store.committed(&pushed);
+                    }
+                    Err(e) => {
+                        // The secrets go regardless: nobody holds that code any more.
+                        tracing::warn!(error = %crate::error_chain(&e), "mail worker: cannot record that the mail was given up");
+                        tx.commit().await?;
+                    }
+                }
+            } else {
+                tx.commit().await?;
+            }
         }
     }
     Ok(())

@@ -393,10 +393,24 @@ async fn smtp_down_keeps_the_request_retries_and_delivers() {
     e.clock.advance(Span::seconds(5));
     e.s.app.state.wake_mailer();
     eventually("attempt 2", Duration::from_secs(10), || attempts(2)).await;
+    let code: String = c
+        .query_one("SELECT secret->>'code' FROM mail.outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
     e.clock.advance(Span::seconds(10));
     e.s.app.state.wake_mailer();
     let (_, failed) = eventually("attempt 3", Duration::from_secs(10), || attempts(3)).await;
     assert!(failed, "given up after 3 tries");
+    // What was given up keeps no secret, and the code it carried no longer works.
+    let left: Value = c
+        .query_one("SELECT secret FROM mail.outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, json!({}));
+    let (status, body) = e.verify(&other, &code).await;
+    assert_ne!(status, 200, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
