@@ -103,6 +103,8 @@ impl AppState {
             projector,
             admin_token: cfg.admin_token.clone().map(Arc::new),
             scim: Arc::new(cfg.scim.clone()),
+            http: Arc::new(cfg.http.clone()),
+            logins: Arc::default(),
             cursor_key: Arc::new(cursor_key),
             tokens: Arc::default(),
             clock: cfg.clock.clone(),
@@ -127,7 +129,8 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -184,6 +184,8 @@ pub struct ServeArgs {
     pub scim: ScimArgs,
     #[command(flatten)]
     pub mail: MailArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// Bearer token for the admin endpoints, for first start-up and automation (compared in
     /// constant time). Unset: only admin-scope API tokens are accepted.
     #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN", hide_env_values = true)]
@@ -290,6 +292,30 @@ impl ScimArgs {
     }
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// The service is reached over plain http, with no TLS in front of it: the dashboard's
+    /// session cookie is then sent without `Secure`. Leave off whenever users reach it over
+    /// https (browsers accept `Secure` cookies from http://localhost too).
+    #[arg(long, env = "PORTCULLIS_PLAIN_HTTP")]
+    pub plain_http: bool,
+}
+
+impl HttpArgs {
+    pub fn options(&self) -> HttpOptions {
+        HttpOptions {
+            plain_http: self.plain_http,
+        }
+    }
+}
+
+/// How the HTTP server treats its clients.
+#[derive(Debug, Clone, Default)]
+pub struct HttpOptions {
+    /// Cookies without `Secure` (see [`HttpArgs::plain_http`]).
+    pub plain_http: bool,
+}
+
 /// Limits of the SCIM API.
 #[derive(Debug, Clone)]
 pub struct ScimOptions {
@@ -341,6 +367,7 @@ pub struct Config {
     pub runner: RunnerOptions,
     pub thresholds: Thresholds,
     pub scim: ScimOptions,
+    pub http: HttpOptions,
     pub admin_token: Option<SecretString>,
     /// SMTP server (its URL may hold a password); None logs mail.
     pub smtp_url: Option<SecretString>,
@@ -362,6 +389,7 @@ impl std::fmt::Debug for Config {
             .field("run_projections", &self.run_projections)
             .field("thresholds", &self.thresholds)
             .field("scim", &self.scim)
+            .field("http", &self.http)
             .field("smtp_url", &self.smtp_url)
             .field("mail", &self.mail)
             .field("verification", &self.verification)
@@ -380,6 +408,7 @@ impl Config {
             runner: RunnerOptions::default(),
             thresholds: Thresholds::default(),
             scim: ScimOptions::default(),
+            http: HttpOptions::default(),
             admin_token: None,
             smtp_url: None,
             mail_from: "Portcullis <no-reply@localhost>".into(),
@@ -425,6 +454,7 @@ impl From<&ServeArgs> for Config {
                 per_projection: p.projection_lag.clone().unwrap_or_default(),
             },
             scim: a.scim.options(),
+            http: a.http.options(),
             smtp_url: a
                 .mail
                 .smtp_url

@@ -1,9 +1,11 @@
 //! The projection dashboard at `/admin/projections`: a server-rendered table (works with
 //! JavaScript off), refreshed in place by a small script, with a lag chart and reset /
-//! retry-failed behind a confirmation. The admin token is kept in an HTTP-only, same-site
-//! cookie after a login form; it never appears in a URL.
+//! retry-failed behind a confirmation. A login opens a server-side session (`http::session`)
+//! whose random id is kept in an HTTP-only, same-site cookie; no token is in a cookie or URL.
 
-use axum::extract::{Path, Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -12,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::error::ApiError;
-use crate::http::auth::{self, Admin, AuthError, ADMIN_COOKIE};
+use crate::http::auth::{self, Admin, AuthError};
+use crate::http::session;
 use crate::http::AppState;
 use crate::runtime::{self, HealthReport};
 
@@ -119,46 +122,60 @@ struct Login {
 
 async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Form(f): Form<Login>,
 ) -> Response {
     if !same_origin(&headers) {
         return StatusCode::FORBIDDEN.into_response();
     }
+    let now = state.clock.now();
+    if let Err(retry_after) = state.logins.check(peer.ip(), now) {
+        return ApiError::TooManyRequests { retry_after }.into_response();
+    }
     let token = f.token.trim();
-    match auth::is_admin(&state, Some(token)).await {
-        Ok(true) => {
-            let secure = headers
-                .get("x-forwarded-proto")
-                .is_some_and(|v| v.as_bytes() == b"https");
-            let value = auth::admin_cookie_value(token);
-            let cookie = format!(
-                "{ADMIN_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200{}",
-                if secure { "; Secure" } else { "" }
-            );
+    let opened = match auth::is_admin(&state, Some(token)).await {
+        Ok(true) => session::open(&state, token)
+            .await
+            .map(Some)
+            .map_err(AuthError::from),
+        Ok(false) => Ok(None),
+        Err(e) => Err(e),
+    };
+    match opened {
+        Ok(Some(id)) => {
             let mut res = Redirect::to("/admin/projections").into_response();
+            let cookie = session::set_cookie(&id, state.http.plain_http);
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 res.headers_mut().insert(header::SET_COOKIE, v);
             }
             res
         }
-        Ok(false) => form_page(
-            StatusCode::UNAUTHORIZED,
-            &login_page(Some("That token is not an admin token.")),
-        ),
+        Ok(None) => {
+            state.logins.failed(peer.ip(), now);
+            form_page(
+                StatusCode::UNAUTHORIZED,
+                &login_page(Some("That token is not an admin token.")),
+            )
+        }
         Err(e) => ApiError::from(e).into_response(),
     }
 }
 
-async fn logout(headers: HeaderMap) -> Response {
+/// Ends the session on the server, not only in the browser.
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if !same_origin(&headers) {
         return StatusCode::FORBIDDEN.into_response();
     }
+    if let Some(id) = session::from_cookies(&headers) {
+        if let Err(e) = session::close(&state, &id).await {
+            return ApiError::from(e).into_response();
+        }
+    }
     let mut res = Redirect::to("/admin/login").into_response();
-    res.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("portcullis_admin=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
+    if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(state.http.plain_http)) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
     res
 }
 

@@ -245,6 +245,21 @@ pub async fn authenticate<C: GenericClient>(
     }))
 }
 
+/// Whether the token whose [`hash`] this is, is an admin-scope API token not revoked: what a
+/// dashboard session opened with it needs to stay valid.
+pub async fn admin_hash_active<C: GenericClient>(
+    client: &C,
+    token_hash: &str,
+) -> Result<bool, DomainError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM projections.api_tokens \
+             WHERE token_hash = $1 AND revoked_at IS NULL AND scope = 'admin')",
+        )
+        .await?;
+    Ok(client.query_one(&stmt, &[&token_hash]).await?.get(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

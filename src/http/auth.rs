@@ -1,6 +1,6 @@
 //! Who is calling: bearer tokens, org tokens (the SCIM scope, for `/scim/v2/{org}` and
 //! `/api/v1/orgs/{org}`), and admins (the bootstrap token or an admin-scope API token, by
-//! bearer or the dashboard's cookie). Every failure looks the same to the caller, so nothing
+//! bearer, or a dashboard session opened with one: `session`). Every failure looks the same to the caller, so nothing
 //! reveals whether an org or a token exists. Each surface turns [`AuthError`] into its own
 //! error body.
 
@@ -10,7 +10,6 @@ use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
-use base64::Engine;
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
@@ -18,9 +17,6 @@ use uuid::Uuid;
 use super::AppState;
 use crate::domain::token::{self, Scope};
 use crate::domain::DomainError;
-
-/// The dashboard's session cookie.
-pub const ADMIN_COOKIE: &str = "portcullis_admin";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -115,35 +111,6 @@ pub async fn is_admin(state: &AppState, presented: Option<&str>) -> Result<bool,
     ))
 }
 
-/// The dashboard cookie's value for an admin token.
-pub fn admin_cookie_value(token: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
-}
-
-fn cookie_token(headers: &HeaderMap) -> Option<String> {
-    let raw = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| {
-            c.trim()
-                .strip_prefix(&format!("{ADMIN_COOKIE}="))
-                .map(str::to_string)
-        })?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(raw)
-        .ok()?;
-    String::from_utf8(bytes).ok()
-}
-
-/// The admin token of a request: `Authorization: Bearer`, else the dashboard's cookie.
-fn presented_admin_token(headers: &HeaderMap) -> Option<String> {
-    bearer(headers)
-        .map(str::to_string)
-        .or_else(|| cookie_token(headers))
-}
-
 /// An admin caller; `E` is the surface's error (a JSON 401, or the dashboard's redirect to
 /// its login form).
 pub struct Admin<E>(PhantomData<fn() -> E>);
@@ -155,8 +122,16 @@ where
     type Rejection = E;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, E> {
-        let presented = presented_admin_token(&parts.headers);
-        if is_admin(state, presented.as_deref()).await? {
+        let admin = match bearer(&parts.headers) {
+            Some(token) => is_admin(state, Some(token)).await?,
+            None => match super::session::from_cookies(&parts.headers) {
+                Some(id) => super::session::valid(state, &id)
+                    .await
+                    .map_err(AuthError::from)?,
+                None => false,
+            },
+        };
+        if admin {
             Ok(Admin(PhantomData))
         } else {
             Err(AuthError::Unauthorized.into())

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod position;
+pub mod session;
 mod state;
 pub mod telemetry;
 

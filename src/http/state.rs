@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 
-use crate::config::ScimOptions;
+use crate::config::{HttpOptions, ScimOptions};
 use crate::eventstore::EventStore;
 use crate::mail::MailWorker;
 use crate::runtime::{ProgressHub, Projector};
@@ -20,6 +20,9 @@ pub struct AppState {
     /// The bootstrap admin token (PORTCULLIS_ADMIN_TOKEN).
     pub admin_token: Option<Arc<secrecy::SecretString>>,
     pub scim: Arc<ScimOptions>,
+    pub http: Arc<HttpOptions>,
+    /// Failed dashboard logins per client address.
+    pub logins: Arc<super::session::LoginThrottle>,
     /// Signs SCIM list cursors (the same key on every node: it is in the database).
     pub cursor_key: Arc<crate::signing::SigningKey>,
     pub tokens: Arc<crate::domain::token::TokenCache>,

@@ -246,55 +246,65 @@ async fn send_one(ctx: &Ctx, c: &Claimed) -> Result<(), tokio_postgres::Error> {
                 }
             }
         }
-        Err(e) => {
-            let failures = c.attempts + 1;
-            let now = ctx.clock.now();
-            let retry_at =
-                now + chrono::Duration::from_std(ctx.opts.backoff(failures)).unwrap_or_default();
-            let give_up = failures >= ctx.opts.max_attempts;
-            m.mail_failed.inc();
-            if give_up {
-                m.mail_given_up.inc();
-                tracing::error!(error = %crate::error_chain(&e), outbox_id = %c.id, failures, "mail worker: giving up on a mail");
-            } else {
-                tracing::warn!(error = %crate::error_chain(&e), outbox_id = %c.id, failures, %retry_at, "mail worker: sending failed; will retry");
+        Err(e) => record_failure(ctx, &mut client, c, &e).await?,
+    }
+    Ok(())
+}
+
+/// A failed send: retried with backoff, or given up, when the row also loses its secrets and
+/// the request is closed.
+async fn record_failure(
+    ctx: &Ctx,
+    client: &mut deadpool_postgres::Object,
+    c: &Claimed,
+    e: &super::MailError,
+) -> Result<(), tokio_postgres::Error> {
+    let m = crate::metrics::metrics();
+    let failures = c.attempts + 1;
+    let now = ctx.clock.now();
+    let retry_at = now + chrono::Duration::from_std(ctx.opts.backoff(failures)).unwrap_or_default();
+    let give_up = failures >= ctx.opts.max_attempts;
+    m.mail_failed.inc();
+    if give_up {
+        m.mail_given_up.inc();
+        tracing::error!(error = %crate::error_chain(e), outbox_id = %c.id, failures, "mail worker: giving up on a mail");
+    } else {
+        tracing::warn!(error = %crate::error_chain(e), outbox_id = %c.id, failures, %retry_at, "mail worker: sending failed; will retry");
+    }
+    let tx = client.transaction().await?;
+    // A given-up row keeps what a DBA needs to see why, and loses the code and link
+    // token; the request is closed in the same transaction, so neither would work.
+    let updated = tx
+        .execute(
+            "UPDATE mail.outbox SET attempts = $2, last_error = $3, next_attempt_at = $4, \
+             failed_at = CASE WHEN $5::boolean THEN $6::timestamptz END, \
+             secret = CASE WHEN $5::boolean THEN '{}'::jsonb ELSE secret END \
+             WHERE id = $1",
+            &[
+                &c.id,
+                &failures,
+                &crate::error_chain(e),
+                &retry_at,
+                &give_up,
+                &now,
+            ],
+        )
+        .await?;
+    if give_up && updated == 1 {
+        let append = verification::undelivered(c.org_id, c.user_id, c.request_id);
+        match ctx.store.push_in(&tx, &[append]).await {
+            Ok(pushed) => {
+                tx.commit().await?;
+                ctx.store.committed(&pushed);
             }
-            let tx = client.transaction().await?;
-            // A given-up row keeps what a DBA needs to see why, and loses the code and link
-            // token; the request is closed in the same transaction, so neither would work.
-            let updated = tx
-                .execute(
-                    "UPDATE mail.outbox SET attempts = $2, last_error = $3, next_attempt_at = $4, \
-                     failed_at = CASE WHEN $5::boolean THEN $6::timestamptz END, \
-                     secret = CASE WHEN $5::boolean THEN '{}'::jsonb ELSE secret END \
-                     WHERE id = $1",
-                    &[
-                        &c.id,
-                        &failures,
-                        &crate::error_chain(&e),
-                        &retry_at,
-                        &give_up,
-                        &now,
-                    ],
-                )
-                .await?;
-            if give_up && updated == 1 {
-                let append = verification::undelivered(c.org_id, c.user_id, c.request_id);
-                match ctx.store.push_in(&tx, &[append]).await {
-                    Ok(pushed) => {
-                        tx.commit().await?;
-                        ctx.store.committed(&pushed);
-                    }
-                    Err(e) => {
-                        // The secrets go regardless: nobody holds that code any more.
-                        tracing::warn!(error = %crate::error_chain(&e), "mail worker: cannot record that the mail was given up");
-                        tx.commit().await?;
-                    }
-                }
-            } else {
+            Err(e) => {
+                // The secrets go regardless: nobody holds that code any more.
+                tracing::warn!(error = %crate::error_chain(&e), "mail worker: cannot record that the mail was given up");
                 tx.commit().await?;
             }
         }
+    } else {
+        tx.commit().await?;
     }
     Ok(())
 }

@@ -104,18 +104,18 @@ async fn every_table_column_view_and_function_is_commented() {
             "SELECT n.nspname || '.' || c.relname || coalesce('.' || a.attname, '') \
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-              WHERE n.nspname IN ('eventstore', 'projections') AND c.relkind IN ('r', 'v') \
+              WHERE n.nspname IN ('eventstore', 'projections', 'mail', 'scim', 'admin') AND c.relkind IN ('r', 'v') \
                 AND obj_description(c.oid, 'pg_class') IS NULL \
              UNION ALL \
              SELECT n.nspname || '.' || c.relname || '.' || a.attname \
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-              WHERE n.nspname IN ('eventstore', 'projections') AND c.relkind IN ('r', 'v') \
+              WHERE n.nspname IN ('eventstore', 'projections', 'mail', 'scim', 'admin') AND c.relkind IN ('r', 'v') \
                 AND col_description(c.oid, a.attnum) IS NULL \
              UNION ALL \
              SELECT n.nspname || '.' || p.proname || '()' \
                FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-              WHERE n.nspname IN ('eventstore', 'projections') AND obj_description(p.oid, 'pg_proc') IS NULL",
+              WHERE n.nspname IN ('eventstore', 'projections', 'mail', 'scim', 'admin') AND obj_description(p.oid, 'pg_proc') IS NULL",
             &[],
         )
         .await

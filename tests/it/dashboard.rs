@@ -207,7 +207,7 @@ async fn dashboard_login_lag_and_retry_in_a_browser() {
     assert!(!cookies
         .as_str()
         .unwrap_or_default()
-        .contains("portcullis_admin"));
+        .contains("portcullis_session"));
 
     // Every projection is listed; the lagging and the degraded ones are marked.
     for name in [

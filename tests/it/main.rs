@@ -15,5 +15,6 @@ mod read_models;
 mod rebuild;
 mod restore;
 mod scim;
+mod sessions;
 mod tokens;
 mod verification;
