@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::db::{self, DbError, Purpose};
 use crate::eventstore::EventStore;
+use crate::http::cache::Cached;
 use crate::http::{AppState, Sampler};
 use crate::mail::{MailWorker, Mailer};
 use crate::runtime::{ProgressHub, ProjectionError, Projector};
@@ -32,6 +33,9 @@ pub enum StartError {
     #[error("cannot read the event store")]
     Store(#[from] crate::eventstore::StoreError),
 }
+
+/// How often `/metrics` and `/readyz` read the database, however often they are asked.
+const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Background connections beyond one per projection runner: the hub, the lag sampler, the
 /// mail worker and a rebuild.
@@ -105,6 +109,8 @@ impl AppState {
             scim: Arc::new(cfg.scim.clone()),
             http: Arc::new(cfg.http.clone()),
             logins: Arc::default(),
+            health: Arc::new(Cached::new(HEALTH_EVERY)),
+            readiness: Arc::new(Cached::new(HEALTH_EVERY)),
             cursor_key: Arc::new(cursor_key),
             tokens: Arc::default(),
             clock: cfg.clock.clone(),
@@ -117,7 +123,7 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> axum::Router {
-    crate::api::router()
+    crate::api::router(&state)
         .merge(crate::scim::router(&state))
         .layer(axum::middleware::from_fn(crate::http::telemetry::track))
         .with_state(state)
@@ -129,8 +135,6 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let opts = state.http.clone();
+    crate::http::server::run(listener, router(state), &opts, shutdown).await
 }

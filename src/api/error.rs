@@ -26,6 +26,11 @@ pub enum ApiError {
     NotCaughtUp(#[from] crate::runtime::WaitError),
     #[error(transparent)]
     Projection(#[from] ProjectionError),
+    #[error(transparent)]
+    Deadline(#[from] crate::http::limits::DeadlineExceeded),
+    /// A bounded resource (password hashing) is at its limit; a retry soon can succeed.
+    #[error("{0}")]
+    Busy(String),
     #[error("database pool")]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("{0}")]
@@ -62,6 +67,9 @@ impl From<DomainError> for ApiError {
                     "the resource is {size} bytes, over the limit of {limit} bytes"
                 ))
             }
+            DomainError::Busy(what) => {
+                ApiError::Busy(format!("{what} is at its limit; try again shortly"))
+            }
             other => ApiError::Domain(other),
         }
     }
@@ -87,6 +95,8 @@ impl IntoResponse for ApiError {
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, *code),
             ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_soon"),
             ApiError::NotCaughtUp(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_caught_up"),
+            ApiError::Deadline(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::PreconditionFailed(_) => {
                 (StatusCode::PRECONDITION_FAILED, "precondition_failed")
             }

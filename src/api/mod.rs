@@ -1,4 +1,5 @@
-//! HTTP surfaces other than SCIM: liveness, admin; email verification later.
+//! HTTP surfaces other than SCIM: liveness and readiness, metrics, the admin API and dashboard,
+//! email verification.
 
 mod admin;
 pub mod dashboard;
@@ -13,13 +14,17 @@ use crate::http::AppState;
 
 pub use error::ApiError;
 
-pub fn router() -> Router<AppState> {
+pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .merge(admin::router())
         .merge(verification::router())
         .merge(ops::router())
         .merge(dashboard::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::http::limits::deadline::<ApiError>,
+        ))
 }
 
 /// Liveness only: the process answers. Readiness (database, migrations, projections) is /readyz.

@@ -1,11 +1,15 @@
 //! What operators and their tools poll: `/metrics` (Prometheus) and `/readyz`.
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use std::sync::Arc;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use secrecy::ExposeSecret;
 use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::http::AppState;
@@ -17,9 +21,24 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
-async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let client = state.pool.get().await?;
-    let health = runtime::health(&client).await?;
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let Some(expected) = &state.http.metrics_token {
+        let presented = crate::http::auth::bearer(&headers).unwrap_or_default();
+        if !bool::from(
+            presented
+                .as_bytes()
+                .ct_eq(expected.expose_secret().as_bytes()),
+        ) {
+            return Err(ApiError::Unauthorized);
+        }
+    }
+    let health = state
+        .health
+        .get_or(|| async {
+            let client = state.pool.get().await?;
+            Ok::<_, ApiError>(Arc::new(runtime::health(&client).await?))
+        })
+        .await?;
     let gauges: Vec<_> = health
         .projections
         .iter()
@@ -41,38 +60,41 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(res)
 }
 
-/// 200 only when the database answers, its migrations are this binary's, and no projection
-/// is stalled or lagging beyond the configured thresholds (the status column of
-/// projections.health); otherwise 503 with the reasons.
 /// A reason for anyone to read: the cause goes to the log, not to an anonymous caller.
 fn hidden(reason: &str, e: &(dyn std::error::Error + 'static)) -> String {
     tracing::warn!(error = %crate::error_chain(e), "readyz: {reason}");
     reason.to_string()
 }
 
+/// 200 only when the database answers, its migrations are this binary's, and no projection
+/// is stalled or lagging beyond the configured thresholds (the status column of
+/// projections.health); otherwise 503 with the reasons. Checked at most once a second.
 async fn readyz(State(state): State<AppState>) -> Response {
+    let verdict = state
+        .readiness
+        .get_or(|| async { Ok::<_, std::convert::Infallible>(readiness(&state).await) })
+        .await;
+    let Ok((ready, body)) = verdict;
+    if ready {
+        (StatusCode::OK, Json(body)).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(body),
+        )
+            .into_response()
+    }
+}
+
+async fn readiness(state: &AppState) -> (bool, serde_json::Value) {
     let mut reasons: Vec<String> = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
     match state.pool.get().await {
         Err(e) => reasons.push(hidden("database unreachable", &e)),
         Ok(client) => {
-            let want = crate::db::latest_migration();
-            match client
-                .query_one(
-                    "SELECT coalesce(max(version), 0) FROM refinery_schema_history",
-                    &[],
-                )
-                .await
-            {
-                Ok(r) => {
-                    let have: i32 = r.get(0);
-                    if have < want {
-                        reasons.push(format!(
-                            "migrations behind: the database is at V{have}, this binary needs V{want}"
-                        ));
-                    }
-                }
-                Err(e) => reasons.push(hidden("cannot read the migration history", &e)),
+            if let Err(reason) = migrations_current(&client).await {
+                reasons.push(reason);
             }
             match runtime::health(&client).await {
                 Ok(h) => {
@@ -95,17 +117,29 @@ async fn readyz(State(state): State<AppState>) -> Response {
         }
     }
     if reasons.is_empty() {
-        (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "warnings": warnings})),
-        )
-            .into_response()
+        (true, json!({"status": "ready", "warnings": warnings}))
     } else {
         (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
-            Json(json!({"status": "not ready", "reasons": reasons, "warnings": warnings})),
+            false,
+            json!({"status": "not ready", "reasons": reasons, "warnings": warnings}),
         )
-            .into_response()
     }
+}
+
+async fn migrations_current(client: &deadpool_postgres::Object) -> Result<(), String> {
+    let want = crate::db::latest_migration();
+    let row = client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM refinery_schema_history",
+            &[],
+        )
+        .await
+        .map_err(|e| hidden("cannot read the migration history", &e))?;
+    let have: i32 = row.get(0);
+    if have < want {
+        return Err(format!(
+            "migrations behind: the database is at V{have}, this binary needs V{want}"
+        ));
+    }
+    Ok(())
 }

@@ -34,6 +34,41 @@ pub enum DomainError {
     Random(#[source] getrandom::Error),
     #[error("hashing a secret failed")]
     Hash(#[from] HashError),
+    /// A bounded resource is at its limit (what it is): the caller may try again soon.
+    #[error("{0} is at its limit")]
+    Busy(&'static str),
+}
+
+/// Password hashes computed at once at most: each takes argon2's 19 MiB and a core for tens
+/// of milliseconds, so a burst of password writes cannot exhaust memory or starve the rest.
+const HASHES_AT_ONCE: usize = 4;
+/// How long a hash waits for its turn before the request is refused (503).
+const HASH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn hashing() -> &'static tokio::sync::Semaphore {
+    static HASHING: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    HASHING.get_or_init(|| tokio::sync::Semaphore::new(HASHES_AT_ONCE))
+}
+
+/// Runs a password hash off the async threads, at most [`HASHES_AT_ONCE`] at a time.
+pub(crate) async fn bounded_hash<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DomainError> + Send + 'static,
+) -> Result<T, DomainError> {
+    with_permit(hashing(), HASH_WAIT, f).await
+}
+
+async fn with_permit<T: Send + 'static>(
+    permits: &tokio::sync::Semaphore,
+    wait: std::time::Duration,
+    f: impl FnOnce() -> Result<T, DomainError> + Send + 'static,
+) -> Result<T, DomainError> {
+    let _permit = tokio::time::timeout(wait, permits.acquire())
+        .await
+        .map_err(|_| DomainError::Busy("password hashing"))?
+        .map_err(|_| DomainError::Busy("password hashing"))?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DomainError::Hash(HashError::Task(e)))?
 }
 
 /// Why hashing a password or code failed.
@@ -265,5 +300,21 @@ pub(crate) fn apply_change(doc: &mut Doc, payload: &Value) {
         for k in unset.iter().filter_map(Value::as_str) {
             doc.remove(k);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hashing_past_its_bound_is_refused_as_busy() {
+        let permits = tokio::sync::Semaphore::new(1);
+        let held = permits.acquire().await.unwrap();
+        let wait = std::time::Duration::from_millis(20);
+        let refused = with_permit(&permits, wait, || Ok(())).await;
+        assert!(matches!(refused, Err(DomainError::Busy(_))), "{refused:?}");
+        drop(held);
+        assert_eq!(with_permit(&permits, wait, || Ok(7)).await.unwrap(), 7);
     }
 }

@@ -84,7 +84,7 @@ pub async fn hash_password(password: String) -> Result<String, DomainError> {
             reason: "a password has 1 to 1024 bytes".into(),
         });
     }
-    tokio::task::spawn_blocking(move || {
+    super::bounded_hash(move || {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).map_err(DomainError::Random)?;
         let salt = SaltString::encode_b64(&bytes)
@@ -95,7 +95,6 @@ pub async fn hash_password(password: String) -> Result<String, DomainError> {
             .map_err(|e| DomainError::Hash(super::HashError::Argon2(e)))
     })
     .await
-    .map_err(|e| DomainError::Hash(super::HashError::Task(e)))?
 }
 
 fn password_event(hash: String) -> NewEvent {

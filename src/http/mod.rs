@@ -3,7 +3,10 @@
 //! surface; `app.rs` assembles them on top of it.
 
 pub mod auth;
+pub mod cache;
+pub mod limits;
 pub mod position;
+pub mod server;
 pub mod session;
 mod state;
 pub mod telemetry;

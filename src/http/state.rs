@@ -21,6 +21,10 @@ pub struct AppState {
     pub admin_token: Option<Arc<secrecy::SecretString>>,
     pub scim: Arc<ScimOptions>,
     pub http: Arc<HttpOptions>,
+    /// projections.health, read at most once a second for `/metrics`.
+    pub health: Arc<super::cache::Cached<Arc<crate::runtime::HealthReport>>>,
+    /// `/readyz`'s verdict (ready, body), computed at most once a second.
+    pub readiness: Arc<super::cache::Cached<(bool, serde_json::Value)>>,
     /// Failed dashboard logins per client address.
     pub logins: Arc<super::session::LoginThrottle>,
     /// Signs SCIM list cursors (the same key on every node: it is in the database).

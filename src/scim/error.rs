@@ -46,6 +46,11 @@ pub enum ScimError {
     #[error("the {0} read model was reset and is being rebuilt; try again shortly")]
     Incomplete(&'static str),
     #[error(transparent)]
+    Deadline(#[from] crate::http::limits::DeadlineExceeded),
+    /// A bounded resource (password hashing) is at its limit; a retry soon can succeed.
+    #[error("{0}")]
+    Busy(String),
+    #[error(transparent)]
     Domain(DomainError),
     #[error("database pool")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -97,7 +102,9 @@ impl ScimError {
             ScimError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ScimError::NotCaughtUp(_)
             | ScimError::NotVisibleYet { .. }
-            | ScimError::Incomplete(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ScimError::Incomplete(_)
+            | ScimError::Deadline(_)
+            | ScimError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ScimError::Domain(_) | ScimError::Pool(_) | ScimError::Db(_) => {
                 if self.database_unavailable() {
                     StatusCode::SERVICE_UNAVAILABLE
@@ -204,6 +211,9 @@ impl From<DomainError> for ScimError {
             DomainError::Store(StoreError::Conflict { .. }) => ScimError::Uniqueness(
                 "the resource kept changing under concurrent writes; try again".into(),
             ),
+            DomainError::Busy(what) => {
+                ScimError::Busy(format!("{what} is at its limit; try again shortly"))
+            }
             other => ScimError::Domain(other),
         }
     }

@@ -64,6 +64,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
             state.clone(),
             extract::authenticate,
         ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::http::limits::deadline::<ScimError>,
+        ))
 }
 
 async fn method_not_allowed() -> ScimError {

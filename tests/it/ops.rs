@@ -6,7 +6,7 @@ use portcullis::eventstore::{Aggregate, Append, ExpectedVersion, NewEvent};
 use serde_json::{json, Value};
 
 use crate::scim::Scim;
-use crate::support::{TestApp, TestDb};
+use crate::support::{eventually, TestApp, TestDb};
 
 async fn scrape(app: &TestApp) -> prometheus_parse::Scrape {
     let res = app.http.get(app.url("/metrics")).send().await.unwrap();
@@ -121,7 +121,21 @@ async fn metrics_move_as_events_are_written_and_projected() {
     )
     .await
     .unwrap();
-    let behind = scrape(&s.app).await;
+    // projections.health is read at most once a second: wait for a scrape that has it.
+    let behind = eventually(
+        "a scrape with the new projection",
+        Duration::from_secs(30),
+        || async {
+            let scrape = scrape(&s.app).await;
+            let n = value(
+                &scrape,
+                "portcullis_projection_events_behind",
+                &[("projection", "archive")],
+            );
+            n.is_some().then_some(scrape)
+        },
+    )
+    .await;
     assert_eq!(
         value(
             &behind,
@@ -194,8 +208,12 @@ async fn readyz_follows_the_projections() {
             .unwrap()
             .last();
     }
-    let (status, body) = readyz(&app).await;
-    assert_eq!(status, 503, "{body}");
+    // The verdict is computed at most once a second: wait for the next one.
+    let body = eventually("readyz to see the lag", Duration::from_secs(30), || async {
+        let (status, body) = readyz(&app).await;
+        (status == 503).then_some(body)
+    })
+    .await;
     let reasons = body["reasons"].to_string();
     assert!(
         reasons.contains("users") && reasons.contains("lagging"),
@@ -214,8 +232,12 @@ async fn readyz_follows_the_projections() {
         .wait_for_all(&names, last, Duration::from_secs(10))
         .await
         .unwrap();
-    let (status, body) = readyz(&app).await;
-    assert_eq!(status, 200, "{body}");
+    eventually(
+        "readyz to see the catch-up",
+        Duration::from_secs(30),
+        || async { (readyz(&app).await.0 == 200).then_some(()) },
+    )
+    .await;
     // /healthz stays a plain liveness check throughout.
     let res = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(res.status(), 200);
@@ -279,5 +301,24 @@ async fn thresholds_per_projection_override_the_global_ones() {
         ("ok".to_string(), 1000),
         "the global limit"
     );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_require_a_bearer_token() {
+    let db = TestDb::new().await;
+    let mut cfg = db.config();
+    cfg.http.metrics_token = Some("scraper-secret".into());
+    let app = TestApp::spawn_with(cfg).await;
+    let get = |token: Option<&str>| {
+        let mut req = app.http.get(app.url("/metrics"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get(None).await, 401);
+    assert_eq!(get(Some("wrong")).await, 401);
+    assert_eq!(get(Some("scraper-secret")).await, 200);
     app.stop().await;
 }
