@@ -12,6 +12,7 @@ run_id="$$-$(date +%s)"
 export PORTCULLIS_TEST_RUN=$run_id
 
 scripts/browser.sh
+scripts/promtool.sh
 
 if [ -n "${DATABASE_URL:-}" ]; then
   echo "make test: using the server in DATABASE_URL" >&2

@@ -18,7 +18,12 @@ pub struct ProjectionGauges<'a> {
     pub seconds_behind: f64,
     pub failed: f64,
     pub dead_lettered: f64,
+    /// projections.health's status: ok, lagging, stalled or degraded.
+    pub status: &'a str,
 }
+
+/// The statuses of projections.health, each a series of `portcullis_projection_status`.
+pub const PROJECTION_STATUSES: [&str; 4] = ["ok", "lagging", "stalled", "degraded"];
 
 pub struct Metrics {
     registry: Registry,
@@ -33,6 +38,7 @@ pub struct Metrics {
     seconds_behind: GaugeVec,
     failed: GaugeVec,
     dead_lettered: GaugeVec,
+    status: GaugeVec,
     horizon_age: prometheus::Gauge,
 }
 
@@ -126,6 +132,17 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "portcullis_projection_dead_lettered_events",
             "Events given up on and skipped, not yet acknowledged.",
         ),
+        status: register(
+            &r,
+            GaugeVec::new(
+                Opts::new(
+                    "portcullis_projection_status",
+                    "1 for the projection's status in projections.health, 0 for the others.",
+                ),
+                &["projection", "status"],
+            )
+            .unwrap(),
+        ),
         horizon_age: register(
             &r,
             prometheus::Gauge::new(
@@ -151,6 +168,7 @@ impl Metrics {
             &self.seconds_behind,
             &self.failed,
             &self.dead_lettered,
+            &self.status,
         ] {
             g.reset();
         }
@@ -166,6 +184,10 @@ impl Metrics {
             self.dead_lettered
                 .with_label_values(&l)
                 .set(p.dead_lettered);
+            for s in PROJECTION_STATUSES {
+                let on = if s == p.status { 1.0 } else { 0.0 };
+                self.status.with_label_values(&[p.name, s]).set(on);
+            }
         }
         self.horizon_age.set(horizon_age_seconds);
         let mut out = Vec::new();

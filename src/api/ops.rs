@@ -48,6 +48,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
             seconds_behind: p.seconds_behind,
             failed: p.failed as f64,
             dead_lettered: p.dead_lettered as f64,
+            status: &p.status,
         })
         .collect();
     let mut res = crate::metrics::metrics()

@@ -50,6 +50,11 @@ async fn metrics_move_as_events_are_written_and_projected() {
                 "{m}{{projection={name}}}"
             );
         }
+        // Every status is a series from the first scrape: alerts need no absent() tricks.
+        for status in portcullis::metrics::PROJECTION_STATUSES {
+            let labels = [("projection", name), ("status", status)];
+            assert!(value(&before, "portcullis_projection_status", &labels).is_some());
+        }
     }
     let appended = value(&before, "portcullis_events_appended_total", &[]).unwrap();
     let waits = value(
@@ -321,4 +326,28 @@ async fn metrics_can_require_a_bearer_token() {
     assert_eq!(get(Some("wrong")).await, 401);
     assert_eq!(get(Some("scraper-secret")).await, 200);
     app.stop().await;
+}
+
+/// The alerting rules shipped in docs/prometheus are valid and fire when they should
+/// (`make test` installs promtool, from the distribution's prometheus package).
+#[test]
+fn alerting_rules_pass_promtool() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/prometheus");
+    for args in [
+        ["check", "rules", "portcullis-alerts.yml"],
+        ["test", "rules", "portcullis-alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("promtool (scripts/promtool.sh installs it): {e}"));
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
