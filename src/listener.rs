@@ -56,8 +56,7 @@ async fn run(
             Ok((client, mut conn)) => {
                 let (msg_tx, mut msg_rx) = mpsc::unbounded_channel();
                 let driver = tokio::spawn(async move {
-                    let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-                    while let Some(m) = messages.next().await {
+                    while let Some(m) = conn.next().await {
                         match m {
                             Ok(AsyncMessage::Notification(n)) => {
                                 let _ = msg_tx.send(Ok(ListenEvent::Notification {

@@ -16,5 +16,6 @@ mod rebuild;
 mod restore;
 mod scim;
 mod sessions;
+mod tls;
 mod tokens;
 mod verification;

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::support::pg::OwnServer;
 use crate::support::{eventually, TestDb};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -829,59 +830,6 @@ async fn lag_and_state_follow_the_log() {
         runtime::lag(&c, "nope").await,
         Err(portcullis::runtime::ProjectionError::Unknown(_))
     ));
-}
-
-/// A PostgreSQL server of this test's own (scripts/pg-local.sh), so restarting it disturbs
-/// no other test. Destroyed on drop.
-struct OwnServer {
-    dir: std::path::PathBuf,
-    port: u16,
-}
-
-impl OwnServer {
-    fn script(&self, cmd: &str) -> String {
-        let out =
-            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-local.sh"))
-                .arg(cmd)
-                .env("PORTCULLIS_PG_DIR", &self.dir)
-                .env("PORTCULLIS_PG_PORT", self.port.to_string())
-                .env("PORTCULLIS_PG_DB", "postgres")
-                .env("PORTCULLIS_PG_FAST", "1")
-                .output()
-                .expect("run scripts/pg-local.sh");
-        assert!(
-            out.status.success(),
-            "pg-local.sh {cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn start() -> (OwnServer, String) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let server = OwnServer {
-            dir: std::env::temp_dir()
-                .join(format!("portcullis-restart-{}-{port}", std::process::id())),
-            port,
-        };
-        let url = server.script("start");
-        (server, url)
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        let _ =
-            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-local.sh"))
-                .arg("destroy")
-                .env("PORTCULLIS_PG_DIR", &self.dir)
-                .env("PORTCULLIS_PG_PORT", self.port.to_string())
-                .output();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -268,3 +268,55 @@ mod container {
         format!("postgres://postgres:postgres@{host}:{port}/{{db}}")
     }
 }
+
+/// A PostgreSQL server of this test's own (scripts/pg-local.sh), so restarting it disturbs
+/// no other test. Destroyed on drop.
+pub struct OwnServer {
+    pub dir: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl OwnServer {
+    pub fn script(&self, cmd: &str) -> String {
+        let out =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-local.sh"))
+                .arg(cmd)
+                .env("PORTCULLIS_PG_DIR", &self.dir)
+                .env("PORTCULLIS_PG_PORT", self.port.to_string())
+                .env("PORTCULLIS_PG_DB", "postgres")
+                .env("PORTCULLIS_PG_FAST", "1")
+                .output()
+                .expect("run scripts/pg-local.sh");
+        assert!(
+            out.status.success(),
+            "pg-local.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn start() -> (OwnServer, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = OwnServer {
+            dir: std::env::temp_dir().join(format!("portcullis-own-{}-{port}", std::process::id())),
+            port,
+        };
+        let url = server.script("start");
+        (server, url)
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-local.sh"))
+                .arg("destroy")
+                .env("PORTCULLIS_PG_DIR", &self.dir)
+                .env("PORTCULLIS_PG_PORT", self.port.to_string())
+                .output();
+    }
+}

@@ -1,10 +1,14 @@
-//! Connections and migrations.
+//! Connections (pools by purpose, session bounds, TLS: `tls`), error classes, migrations.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use futures::StreamExt;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+pub mod tls;
 
 mod embedded {
     refinery::embed_migrations!("sql");
@@ -22,6 +26,8 @@ pub enum DbError {
     Pool(#[from] deadpool_postgres::BuildError),
     #[error("migration failed")]
     Migrate(#[from] refinery::Error),
+    #[error("the TLS settings of DATABASE_URL")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Whose connections a pool holds: the settings that bound a fault differ between them.
@@ -99,8 +105,16 @@ fn merge_options(existing: Option<&str>, ours: &[(&'static str, String)]) -> Str
     out
 }
 
-fn pg_config(url: &str, purpose: Purpose, name: &str) -> Result<tokio_postgres::Config, DbError> {
-    let mut cfg = tokio_postgres::Config::from_str(url).map_err(DbError::Url)?;
+/// The connection settings for `url` (TLS settings taken out, see `tls`), and its rustls
+/// configuration (`None` without TLS).
+fn pg_config(
+    url: &str,
+    purpose: Purpose,
+    name: &str,
+) -> Result<(tokio_postgres::Config, Option<rustls::ClientConfig>), DbError> {
+    let tls = tls::settings(url)?;
+    let rustls = tls::client_config(&tls)?;
+    let mut cfg = tokio_postgres::Config::from_str(&tls.url).map_err(DbError::Url)?;
     if cfg.get_application_name().is_none() {
         cfg.application_name(format!("portcullis {name}"));
     }
@@ -115,7 +129,7 @@ fn pg_config(url: &str, purpose: Purpose, name: &str) -> Result<tokio_postgres::
         .keepalives_interval(Duration::from_secs(2))
         .keepalives_retries(3)
         .tcp_user_timeout(Duration::from_secs(10));
-    Ok(cfg)
+    Ok((cfg, rustls))
 }
 
 /// A pool for tools and tests ([`Purpose::Tool`]).
@@ -124,13 +138,14 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
 }
 
 pub fn pool_for(url: &str, size: usize, purpose: Purpose) -> Result<Pool, DbError> {
-    let mgr = Manager::from_config(
-        pg_config(url, purpose, purpose.name())?,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let (cfg, tls) = pg_config(url, purpose, purpose.name())?;
+    let manager = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let mgr = match tls {
+        Some(tls) => Manager::from_config(cfg, MakeRustlsConnect::new(tls), manager),
+        None => Manager::from_config(cfg, NoTls, manager),
+    };
     Ok(Pool::builder(mgr)
         .max_size(size.max(1))
         .wait_timeout(Some(Duration::from_secs(30)))
@@ -139,30 +154,49 @@ pub fn pool_for(url: &str, size: usize, purpose: Purpose) -> Result<Pool, DbErro
         .build()?)
 }
 
-/// A connection of its own, outside the pool (LISTEN, migrations), driven by a spawned task.
+/// What a connection of its own sends besides query results (notifications, notices); the
+/// stream also drives the connection, so it must be polled, and it ends with the connection.
+pub type Messages = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<AsyncMessage, tokio_postgres::Error>> + Send>,
+>;
+
+/// A connection of its own, outside the pool (LISTEN, migrations).
 pub async fn connect(
     url: &str,
     purpose: &str,
-) -> Result<
-    (
-        tokio_postgres::Client,
-        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
-    ),
-    DbError,
-> {
-    pg_config(url, Purpose::Tool, purpose)?
-        .connect(NoTls)
-        .await
-        .map_err(DbError::Connect)
+) -> Result<(tokio_postgres::Client, Messages), DbError> {
+    fn messages<S, T>(mut conn: tokio_postgres::Connection<S, T>) -> Messages
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        Box::pin(futures::stream::poll_fn(move |cx| conn.poll_message(cx)))
+    }
+    let (cfg, tls) = pg_config(url, Purpose::Tool, purpose)?;
+    Ok(match tls {
+        Some(tls) => {
+            let (client, conn) = cfg
+                .connect(MakeRustlsConnect::new(tls))
+                .await
+                .map_err(DbError::Connect)?;
+            (client, messages(conn))
+        }
+        None => {
+            let (client, conn) = cfg.connect(NoTls).await.map_err(DbError::Connect)?;
+            (client, messages(conn))
+        }
+    })
 }
 
 /// Applies pending migrations under an advisory lock (several processes may start at once);
 /// returns the names of those it applied.
 pub async fn migrate(url: &str) -> Result<Vec<String>, DbError> {
-    let (mut client, conn) = connect(url, "migrate").await?;
+    let (mut client, mut conn) = connect(url, "migrate").await?;
     let driver = tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %crate::error_chain(&e), "migration connection ended");
+        while let Some(m) = conn.next().await {
+            if let Err(e) = m {
+                tracing::warn!(error = %crate::error_chain(&e), "migration connection ended");
+            }
         }
     });
     let result = async {
