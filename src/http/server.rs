@@ -28,6 +28,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
@@ -58,7 +59,9 @@ pub async fn run(
         });
         let conn = http.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        // Finished connections leave the set here, so it holds only the open ones.
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
@@ -72,8 +75,13 @@ pub async fn run(
     {
         tracing::warn!(
             grace = ?opts.shutdown_grace,
+            open = connections.len(),
             "shutdown: requests still in flight after the grace period are dropped"
         );
     }
+    // Dropping a connection's task closes it and cancels its request (its transaction rolls
+    // back with its pooled connection).
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
     Ok(())
 }
