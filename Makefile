@@ -1,5 +1,5 @@
 # The two commands a new user needs: `make run` and `make test`. See README.md.
-.PHONY: run test bench lint ci pg-image pg-destroy
+.PHONY: run test bench lint ci image pg-image pg-destroy
 
 # Extra arguments: make run ARGS="--listen 0.0.0.0:8080"; make test ARGS=eventstore
 ARGS ?=
@@ -20,6 +20,10 @@ lint:
 
 ci:
 	@bash .ci/run
+
+# A container image of the service (portcullis:latest), built locally.
+image:
+	@scripts/image.sh
 
 # The local PostgreSQL image for Docker (built by `make test` when it is needed).
 pg-image:

@@ -26,7 +26,8 @@ async fn main() -> ExitCode {
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.log_format {
         portcullis::config::LogFormat::Json => logs.json().with_current_span(true).init(),
         portcullis::config::LogFormat::Text => logs.init(),
@@ -126,8 +127,31 @@ async fn migrate(database_url: &str) -> Result<(), BoxError> {
 }
 
 /// `portcullis serve`: migrates, starts the service and serves until SIGINT/SIGTERM.
+/// Migrates, waiting up to a minute for the database to accept connections: nodes and their
+/// database often start together (containers, a failover), and a node should not give up
+/// on a server that is a few seconds from ready.
+async fn migrate_when_reachable(url: &str) -> Result<Vec<String>, BoxError> {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+    let started = std::time::Instant::now();
+    let mut backoff = portcullis::backoff::Backoff::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(5),
+    );
+    loop {
+        match db::migrate(url).await {
+            Err(db::DbError::Connect(e)) if started.elapsed() < WAIT => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %error_chain(&e), retry_in = ?delay, "database not reachable yet");
+                // Backoff between connection attempts, bounded by WAIT above.
+                tokio::time::sleep(delay).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 async fn serve(a: &portcullis::config::ServeArgs) -> Result<(), BoxError> {
-    let applied = db::migrate(&a.db.database_url).await?;
+    let applied = migrate_when_reachable(&a.db.database_url).await?;
     for m in &applied {
         tracing::info!(migration = %m, "applied migration");
     }
