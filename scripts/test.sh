@@ -13,6 +13,13 @@ export PORTCULLIS_TEST_RUN=$run_id
 
 scripts/browser.sh
 scripts/promtool.sh
+# The cluster test runs the service's image; built here, before the tests compete for the CPU.
+if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+  scripts/image.sh
+else
+  echo "make test: no Docker engine answers: the multi-node cluster test is SKIPPED" >&2
+  export PORTCULLIS_SKIP_DOCKER_TESTS=1
+fi
 
 if [ -n "${DATABASE_URL:-}" ]; then
   echo "make test: using the server in DATABASE_URL" >&2

@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod cli;
+mod cluster;
 mod dashboard;
 mod eventstore;
 mod faults;
