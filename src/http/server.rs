@@ -18,6 +18,9 @@ use tower::Service;
 
 use crate::config::HttpOptions;
 
+/// The pause after a failed accept before the next try.
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets
 /// in-flight requests finish for up to `opts.shutdown_grace`, and returns.
 pub async fn run(
@@ -44,8 +47,10 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // Out of file descriptors and the like: the next accept may succeed.
+                    // Out of file descriptors and the like: the next accept may succeed once
+                    // connections close. A pause between tries keeps this from spinning.
                     tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
                     continue;
                 }
             },
