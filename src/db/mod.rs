@@ -58,18 +58,24 @@ impl Purpose {
     /// idle_in_transaction_session_timeout). 0 is none.
     fn timeouts(self) -> (u64, u64, u64) {
         match self {
-            Purpose::Requests => (30_000, 10_000, 15_000),
-            Purpose::Background => (300_000, 0, 10_000),
+            Purpose::Requests => (30_000, 10_000, 5_000),
+            Purpose::Background => (300_000, 0, 5_000),
             Purpose::Tool => (0, 0, 60_000),
         }
     }
 }
 
+/// How long sent data may go unacknowledged before either side drops the connection.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(8);
+
 /// Session settings every connection of ours gets, merged with (never replacing) the
 /// `options` of DATABASE_URL: a setting the URL names is the operator's. Server-side TCP
 /// keepalives and `tcp_user_timeout` make Postgres drop a vanished client (and release its
 /// locks) within seconds instead of the kernel's two hours; an open transaction also holds
-/// back the event horizon, so idle transactions are bounded everywhere.
+/// back the event horizon of every node, so idle transactions are bounded everywhere. A node
+/// cut off mid-transaction loses it after the idle bound (its last answer sat in a socket
+/// buffer) or after `tcp_user_timeout` (its answer could not be sent): the cluster test
+/// measures the takeover at about 5 s.
 fn session_options(purpose: Purpose) -> Vec<(&'static str, String)> {
     let (statement, lock, idle) = purpose.timeouts();
     vec![
@@ -79,7 +85,7 @@ fn session_options(purpose: Purpose) -> Vec<(&'static str, String)> {
         ("tcp_keepalives_idle", "5".into()),
         ("tcp_keepalives_interval", "2".into()),
         ("tcp_keepalives_count", "3".into()),
-        ("tcp_user_timeout", "10000".into()),
+        ("tcp_user_timeout", TCP_USER_TIMEOUT.as_millis().to_string()),
     ]
 }
 
@@ -128,7 +134,7 @@ fn pg_config(
         .keepalives_idle(Duration::from_secs(5))
         .keepalives_interval(Duration::from_secs(2))
         .keepalives_retries(3)
-        .tcp_user_timeout(Duration::from_secs(10));
+        .tcp_user_timeout(TCP_USER_TIMEOUT);
     Ok((cfg, rustls))
 }
 
@@ -338,7 +344,7 @@ mod tests {
         assert!(merged.starts_with("-c statement_timeout=5s --lock-timeout=1s "));
         assert_eq!(merged.matches("statement_timeout").count(), 1, "{merged}");
         assert!(!merged.contains("lock_timeout"), "{merged}");
-        assert!(merged.contains("-c idle_in_transaction_session_timeout=15000"));
+        assert!(merged.contains("-c idle_in_transaction_session_timeout=5000"));
         let fresh = merge_options(None, &ours);
         assert!(fresh.starts_with("-c statement_timeout=30000 -c lock_timeout=10000"));
     }

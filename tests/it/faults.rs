@@ -121,9 +121,9 @@ async fn sessions_are_bounded_and_keep_what_the_url_says() {
     for (setting, want) in [
         ("statement_timeout", "30s"),
         ("lock_timeout", "10s"),
-        ("idle_in_transaction_session_timeout", "15s"),
+        ("idle_in_transaction_session_timeout", "5s"),
         ("tcp_keepalives_idle", "5"),
-        ("tcp_user_timeout", "10000"),
+        ("tcp_user_timeout", "8000"),
         ("application_name", "portcullis requests"),
     ] {
         assert_eq!(show(&c, setting).await, want, "{setting}");
