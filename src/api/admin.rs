@@ -1,5 +1,6 @@
 //! Admin endpoints: bearer-token protected.
 
+use crate::http::telemetry::TrackedRoutes;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -9,7 +10,7 @@ use crate::http::AppState;
 use crate::runtime::{self, HealthReport};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/admin/projections/health", get(projections_health))
+    Router::new().tracked_route("/api/v1/admin/projections/health", get(projections_health))
 }
 
 /// An admin caller of the JSON API.

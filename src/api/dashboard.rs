@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 
+use crate::http::telemetry::TrackedRoutes;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -21,15 +22,15 @@ use crate::runtime::{self, HealthReport};
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route(
+        .tracked_route(
             "/admin",
             get(|| async { Redirect::to("/admin/projections") }),
         )
-        .route("/admin/login", get(login_form).post(login))
-        .route("/admin/logout", post(logout))
-        .route("/admin/projections", get(dashboard))
-        .route("/admin/projections/data", get(data))
-        .route("/admin/projections/{name}/{action}", get(confirm).post(act))
+        .tracked_route("/admin/login", get(login_form).post(login))
+        .tracked_route("/admin/logout", post(logout))
+        .tracked_route("/admin/projections", get(dashboard))
+        .tracked_route("/admin/projections/data", get(data))
+        .tracked_route("/admin/projections/{name}/{action}", get(confirm).post(act))
 }
 
 /// A dashboard visitor with a valid admin token; others are sent to the login form.

@@ -7,6 +7,7 @@ mod error;
 mod ops;
 mod verification;
 
+use crate::http::telemetry::TrackedRoutes;
 use axum::routing::get;
 use axum::Router;
 
@@ -16,7 +17,7 @@ pub use error::ApiError;
 
 pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
-        .route("/healthz", get(healthz))
+        .tracked_route("/healthz", get(healthz))
         .merge(admin::router())
         .merge(verification::router())
         .merge(ops::router())

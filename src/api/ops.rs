@@ -3,6 +3,7 @@
 use axum::extract::State;
 use std::sync::Arc;
 
+use crate::http::telemetry::TrackedRoutes;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,8 +18,8 @@ use crate::runtime;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/metrics", get(metrics))
-        .route("/readyz", get(readyz))
+        .tracked_route("/metrics", get(metrics))
+        .tracked_route("/readyz", get(readyz))
 }
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {

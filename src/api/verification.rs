@@ -2,6 +2,7 @@
 //! mail opens. Answers never tell an unknown user from a wrong code where that would let a
 //! caller probe for accounts.
 
+use crate::http::telemetry::TrackedRoutes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -17,16 +18,16 @@ use crate::http::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route(
+        .tracked_route(
             "/api/v1/orgs/{org}/users/{user_id}/email/verification",
             post(request),
         )
-        .route(
+        .tracked_route(
             "/api/v1/orgs/{org}/users/{user_id}/email/verify",
             post(verify),
         )
-        .route("/api/v1/orgs/{org}/users/{user_id}/email", get(status))
-        .route("/verify-email", get(link))
+        .tracked_route("/api/v1/orgs/{org}/users/{user_id}/email", get(status))
+        .tracked_route("/verify-email", get(link))
 }
 
 /// A caller with a `scim` token of the org in the path.

@@ -65,6 +65,7 @@ impl Projector {
             let client = pool.get().await?;
             for p in &projections {
                 register(&client, p).await?;
+                hub.expect(p.name());
             }
         }
         let inner = Arc::new(Inner {

@@ -60,6 +60,9 @@ impl Drop for Inner {
     }
 }
 
+/// The `outcome` label of `portcullis_wait_for_position_seconds`.
+const WAIT_OUTCOMES: [&str; 2] = ["reached", "timeout"];
+
 impl ProgressHub {
     /// Starts listening and returns once the current positions are loaded.
     pub async fn start(url: &str, pool: Pool) -> Result<ProgressHub, ProjectionError> {
@@ -107,6 +110,15 @@ impl ProgressHub {
         Ok(hub)
     }
 
+    /// A projection waits will be asked of: its wait series exist from now on (at 0), not
+    /// from its first wait, so `rate()` sees the first timeout.
+    pub fn expect(&self, name: &str) {
+        let waits = &crate::metrics::metrics().wait_seconds;
+        for outcome in WAIT_OUTCOMES {
+            waits.with_label_values(&[name, outcome]);
+        }
+    }
+
     /// How many times the hub has (re)connected and reloaded; for tests and metrics.
     pub fn connects(&self) -> watch::Receiver<u64> {
         self.inner.connects.subscribe()
@@ -123,6 +135,7 @@ impl ProgressHub {
             .await?;
         for r in rows {
             let name: String = r.get(0);
+            self.expect(&name);
             self.set(&name, Position::from_sql(r.get(1), r.get(2)));
             self.changed(&name, None);
             self.mark_incomplete(&name, r.get(3));
@@ -304,11 +317,7 @@ impl ProgressHub {
         let reached = tokio::time::timeout_at(deadline, rx.wait_for(|p| *p >= target))
             .await
             .map(|r| r.map(|p| *p));
-        let outcome = if matches!(reached, Ok(Ok(_))) {
-            "reached"
-        } else {
-            "timeout"
-        };
+        let outcome = WAIT_OUTCOMES[usize::from(!matches!(reached, Ok(Ok(_))))];
         crate::metrics::metrics()
             .wait_seconds
             .with_label_values(&[projection, outcome])

@@ -1,6 +1,7 @@
 //! Discovery: ServiceProviderConfig, ResourceTypes and Schemas, generated from the same
 //! tables that drive the API, so they advertise exactly what works.
 
+use crate::http::telemetry::TrackedRoutes;
 use axum::extract::{Path, State};
 use axum::routing::{get, MethodRouter};
 use axum::Router;
@@ -15,14 +16,14 @@ use crate::http::AppState;
 
 pub fn router(m: impl Fn(MethodRouter<AppState>) -> MethodRouter<AppState>) -> Router<AppState> {
     Router::new()
-        .route(
+        .tracked_route(
             "/scim/v2/{org}/ServiceProviderConfig",
             m(get(service_provider_config)),
         )
-        .route("/scim/v2/{org}/ResourceTypes", m(get(resource_types_list)))
-        .route("/scim/v2/{org}/ResourceTypes/{name}", m(get(resource_type)))
-        .route("/scim/v2/{org}/Schemas", m(get(schemas_list)))
-        .route("/scim/v2/{org}/Schemas/{urn}", m(get(schema_one)))
+        .tracked_route("/scim/v2/{org}/ResourceTypes", m(get(resource_types_list)))
+        .tracked_route("/scim/v2/{org}/ResourceTypes/{name}", m(get(resource_type)))
+        .tracked_route("/scim/v2/{org}/Schemas", m(get(schemas_list)))
+        .tracked_route("/scim/v2/{org}/Schemas/{urn}", m(get(schema_one)))
 }
 
 async fn service_provider_config(State(state): State<AppState>, ctx: Ctx) -> ScimJson {

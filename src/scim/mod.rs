@@ -22,6 +22,7 @@ pub mod schema;
 mod wait;
 mod write;
 
+use crate::http::telemetry::TrackedRoutes;
 use axum::middleware;
 use axum::routing::{any, get, post, MethodRouter};
 use axum::Router;
@@ -42,9 +43,9 @@ pub fn router(state: &AppState) -> Router<AppState> {
     for rt in schema::resource_types() {
         let base = format!("/scim/v2/{{org}}/{}", rt.endpoint);
         scim = scim
-            .route(&base, m(get(handlers::list).post(handlers::create)))
-            .route(&format!("{base}/.search"), m(post(handlers::search)))
-            .route(
+            .tracked_route(&base, m(get(handlers::list).post(handlers::create)))
+            .tracked_route(&format!("{base}/.search"), m(post(handlers::search)))
+            .tracked_route(
                 &format!("{base}/{{id}}"),
                 m(get(handlers::get_one)
                     .put(handlers::replace)
@@ -52,13 +53,13 @@ pub fn router(state: &AppState) -> Router<AppState> {
                     .delete(handlers::delete)),
             );
     }
-    scim.route("/scim/v2/{org}/.search", m(post(handlers::search_all)))
-        .route("/scim/v2/{org}/Bulk", m(post(bulk::bulk)))
-        .route("/scim/v2/{org}/Me", any(me))
+    scim.tracked_route("/scim/v2/{org}/.search", m(post(handlers::search_all)))
+        .tracked_route("/scim/v2/{org}/Bulk", m(post(bulk::bulk)))
+        .tracked_route("/scim/v2/{org}/Me", any(me))
         .merge(discovery::router(m))
-        .route("/scim/v2/{org}", any(not_found))
-        .route("/scim/v2/{org}/", any(not_found))
-        .route("/scim/v2/{org}/{*rest}", any(not_found))
+        .tracked_route("/scim/v2/{org}", any(not_found))
+        .tracked_route("/scim/v2/{org}/", any(not_found))
+        .tracked_route("/scim/v2/{org}/{*rest}", any(not_found))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -56,6 +56,27 @@ async fn metrics_move_as_events_are_written_and_projected() {
             assert!(value(&before, "portcullis_projection_status", &labels).is_some());
         }
     }
+    // Request counters and waits are series from start-up too (a route nobody calls with a
+    // 500, a wait that never timed out), so rate() sees their first increment.
+    for (metric, labels) in [
+        (
+            "portcullis_http_requests_total",
+            [("route", "/admin/logout"), ("status", "500")],
+        ),
+        (
+            "portcullis_http_requests_total",
+            [("route", "/scim/v2/:org/Groups/:id"), ("status", "503")],
+        ),
+        (
+            "portcullis_wait_for_position_seconds",
+            [("projection", "orgs"), ("outcome", "timeout")],
+        ),
+    ] {
+        assert!(
+            value(&before, metric, &labels).is_some(),
+            "{metric}{labels:?}"
+        );
+    }
     let appended = value(&before, "portcullis_events_appended_total", &[]).unwrap();
     let waits = value(
         &before,
