@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::db::{self, DbError, Purpose};
 use crate::eventstore::EventStore;
 use crate::http::cache::Cached;
+use crate::http::throttle::FailureThrottle;
 use crate::http::{AppState, Sampler};
 use crate::mail::{MailWorker, Mailer};
 use crate::runtime::{ProgressHub, ProjectionError, Projector};
@@ -108,7 +109,8 @@ impl AppState {
             admin_token: cfg.admin_token.clone().map(Arc::new),
             scim: Arc::new(cfg.scim.clone()),
             http: Arc::new(cfg.http.clone()),
-            logins: Arc::default(),
+            logins: Arc::new(FailureThrottle::logins()),
+            bearer_failures: Arc::new(FailureThrottle::bearer_tokens()),
             health: Arc::new(Cached::new(HEALTH_EVERY)),
             readiness: Arc::new(Cached::new(HEALTH_EVERY)),
             cursor_key: Arc::new(cursor_key),

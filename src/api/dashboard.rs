@@ -135,7 +135,7 @@ async fn login(
         return ApiError::TooManyRequests { retry_after }.into_response();
     }
     let token = f.token.trim();
-    let opened = match auth::is_admin(&state, Some(token)).await {
+    let opened = match auth::is_admin(&state, Some(token), Some(peer.ip())).await {
         Ok(true) => session::open(&state, token)
             .await
             .map(Some)

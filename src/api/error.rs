@@ -79,6 +79,9 @@ impl From<crate::http::auth::AuthError> for ApiError {
     fn from(e: crate::http::auth::AuthError) -> ApiError {
         match e {
             crate::http::auth::AuthError::Unauthorized => ApiError::Unauthorized,
+            crate::http::auth::AuthError::Throttled { retry_after } => {
+                ApiError::TooManyRequests { retry_after }
+            }
             crate::http::auth::AuthError::Check(d) => ApiError::from(d),
         }
     }

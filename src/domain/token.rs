@@ -162,6 +162,9 @@ pub async fn revoke(store: &EventStore, token_id: Uuid) -> Result<Written, Domai
 #[derive(Default)]
 pub struct TokenCache {
     inner: std::sync::Mutex<(u64, Verified)>,
+    /// Hashes of tokens this process found valid at some point (kept across generations):
+    /// a throttled address may still present one of these.
+    seen_valid: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Callers by token hash, with when each was last checked against the read model.
@@ -196,6 +199,13 @@ impl TokenCache {
             }
         }
         let caller = authenticate(&pool.get().await?, presented).await?;
+        if caller.is_some() {
+            let mut seen = self.seen_valid.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.len() >= CACHE_MAX {
+                seen.clear();
+            }
+            seen.insert(key.clone());
+        }
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         match caller {
             Some(c) if g.0 == at => {
@@ -209,6 +219,15 @@ impl TokenCache {
             }
         }
         Ok(caller)
+    }
+}
+
+impl TokenCache {
+    /// Whether `presented` was a valid token when this process last looked (it may have been
+    /// revoked since: only the read model says whether it is valid now).
+    pub fn seen_valid(&self, presented: &str) -> bool {
+        let seen = self.seen_valid.lock().unwrap_or_else(|e| e.into_inner());
+        seen.contains(&hash(presented))
     }
 }
 

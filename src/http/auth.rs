@@ -5,8 +5,9 @@
 //! error body.
 
 use std::marker::PhantomData;
+use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{FromRequestParts, RawPathParams};
+use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
@@ -22,6 +23,9 @@ use crate::domain::DomainError;
 pub enum AuthError {
     #[error("missing, malformed or unknown bearer token")]
     Unauthorized,
+    /// This address presented too many unknown tokens lately (`throttle`).
+    #[error("too many unknown bearer tokens from this address; try again in {retry_after} s")]
+    Throttled { retry_after: i64 },
     #[error("cannot check the token")]
     Check(#[from] DomainError),
 }
@@ -42,19 +46,45 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Checks that the request's bearer token is an org token (SCIM scope) of `org`.
-pub async fn check_org_token(
+/// The address a request came from (the accept loop records it).
+pub fn peer(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// Who `presented` speaks for, through the token cache. An address that presented too many
+/// unknown tokens lately gets no lookup (so a flood of made-up tokens costs no query) unless
+/// the token is one this process has seen valid.
+async fn lookup(
     state: &AppState,
-    org: Uuid,
-    headers: &HeaderMap,
-) -> Result<(), AuthError> {
-    let presented = bearer(headers).ok_or(AuthError::Unauthorized)?;
+    presented: &str,
+    from: Option<IpAddr>,
+) -> Result<Option<token::Caller>, AuthError> {
+    let now = state.clock.now();
+    if let Some(ip) = from {
+        if let Err(retry_after) = state.bearer_failures.check(ip, now) {
+            if !state.tokens.seen_valid(presented) {
+                return Err(AuthError::Throttled { retry_after });
+            }
+        }
+    }
     let at = state.hub.generation("api_tokens");
-    match state
+    let caller = state
         .tokens
-        .authenticate(&state.pool, presented, at, state.clock.now())
-        .await?
-    {
+        .authenticate(&state.pool, presented, at, now)
+        .await?;
+    if let (None, Some(ip)) = (caller, from) {
+        state.bearer_failures.failed(ip, now);
+    }
+    Ok(caller)
+}
+
+/// Checks that the request's bearer token is an org token (SCIM scope) of `org`.
+pub async fn check_org_token(state: &AppState, org: Uuid, parts: &Parts) -> Result<(), AuthError> {
+    let presented = bearer(&parts.headers).ok_or(AuthError::Unauthorized)?;
+    match lookup(state, presented, peer(parts)).await? {
         Some(c) if c.org_id == org && c.scope == Scope::Scim => Ok(()),
         _ => Err(AuthError::Unauthorized),
     }
@@ -81,7 +111,7 @@ where
             .find(|(k, _)| *k == "org")
             .and_then(|(_, v)| v.parse().ok())
             .ok_or(AuthError::Unauthorized)?;
-        check_org_token(state, org, &parts.headers).await?;
+        check_org_token(state, org, parts).await?;
         Ok(OrgCaller {
             org,
             surface: PhantomData,
@@ -90,8 +120,12 @@ where
 }
 
 /// Whether `presented` is the bootstrap token (compared in constant time) or an API token
-/// with the admin scope.
-pub async fn is_admin(state: &AppState, presented: Option<&str>) -> Result<bool, AuthError> {
+/// with the admin scope; `from` is the caller's address.
+pub async fn is_admin(
+    state: &AppState,
+    presented: Option<&str>,
+    from: Option<IpAddr>,
+) -> Result<bool, AuthError> {
     let Some(presented) = presented.filter(|p| !p.is_empty()) else {
         return Ok(false);
     };
@@ -104,9 +138,8 @@ pub async fn is_admin(state: &AppState, presented: Option<&str>) -> Result<bool,
             return Ok(true);
         }
     }
-    let client = state.pool.get().await?;
     Ok(matches!(
-        token::authenticate(&client, presented).await?,
+        lookup(state, presented, from).await?,
         Some(caller) if caller.scope == Scope::Admin
     ))
 }
@@ -123,7 +156,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, E> {
         let admin = match bearer(&parts.headers) {
-            Some(token) => is_admin(state, Some(token)).await?,
+            Some(token) => is_admin(state, Some(token), peer(parts)).await?,
             None => match super::session::from_cookies(&parts.headers) {
                 Some(id) => super::session::valid(state, &id)
                     .await

@@ -10,6 +10,7 @@ pub mod server;
 pub mod session;
 mod state;
 pub mod telemetry;
+pub mod throttle;
 
 pub use state::AppState;
 pub(crate) use state::Sampler;

@@ -2,15 +2,11 @@
 //! database keeps only its SHA-256 (`admin.sessions`, owned here), with an absolute expiry
 //! and the SHA-256 of the admin credential that opened it. A session ends at logout, at its
 //! expiry, or when that credential stops being an admin's. Failed logins are throttled per
-//! client address.
-
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::Mutex;
+//! client address (`throttle`).
 
 use axum::http::{header, HeaderMap};
 use base64::Engine;
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use secrecy::ExposeSecret;
 
 use super::AppState;
@@ -21,11 +17,6 @@ use crate::domain::DomainError;
 pub const COOKIE: &str = "portcullis_session";
 /// How long a session lasts, however active.
 pub const LIFETIME: Duration = Duration::hours(12);
-/// Failed logins an address may make per [`THROTTLE_WINDOW`] before it must wait.
-pub const MAX_FAILED_LOGINS: u32 = 5;
-pub const THROTTLE_WINDOW: Duration = Duration::minutes(1);
-/// Addresses the throttle remembers at most (it forgets expired windows first).
-const THROTTLE_MAX_ADDRESSES: usize = 10_000;
 
 /// A new session for `credential` (an admin token just checked); returns the cookie value.
 pub async fn open(state: &AppState, credential: &str) -> Result<String, DomainError> {
@@ -119,57 +110,9 @@ pub fn clear_cookie(plain_http: bool) -> String {
     )
 }
 
-/// Failed logins per client address in the current window.
-#[derive(Default)]
-pub struct LoginThrottle {
-    failures: Mutex<HashMap<IpAddr, (DateTime<Utc>, u32)>>,
-}
-
-impl LoginThrottle {
-    /// `Err(seconds)` when `who` has failed too often lately and must wait that long.
-    pub fn check(&self, who: IpAddr, now: DateTime<Utc>) -> Result<(), i64> {
-        let g = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        match g.get(&who) {
-            Some((start, n)) if *n >= MAX_FAILED_LOGINS && now < *start + THROTTLE_WINDOW => {
-                Err((*start + THROTTLE_WINDOW - now).num_seconds().max(1))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    pub fn failed(&self, who: IpAddr, now: DateTime<Utc>) {
-        let mut g = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if g.len() >= THROTTLE_MAX_ADDRESSES {
-            g.retain(|_, (start, _)| now < *start + THROTTLE_WINDOW);
-            if g.len() >= THROTTLE_MAX_ADDRESSES {
-                g.clear();
-            }
-        }
-        let entry = g.entry(who).or_insert((now, 0));
-        if now >= entry.0 + THROTTLE_WINDOW {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn failed_logins_are_throttled_per_address_for_a_window() {
-        let t = LoginThrottle::default();
-        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let now = Utc::now();
-        for _ in 0..MAX_FAILED_LOGINS {
-            assert!(t.check(a, now).is_ok());
-            t.failed(a, now);
-        }
-        assert_eq!(t.check(a, now), Err(60));
-        assert!(t.check(b, now).is_ok(), "another address is not affected");
-        assert!(t.check(a, now + THROTTLE_WINDOW).is_ok(), "the window ends");
-    }
 
     #[test]
     fn cookies_are_secure_unless_told_otherwise() {

@@ -26,7 +26,9 @@ pub struct AppState {
     /// `/readyz`'s verdict (ready, body), computed at most once a second.
     pub readiness: Arc<super::cache::Cached<(bool, serde_json::Value)>>,
     /// Failed dashboard logins per client address.
-    pub logins: Arc<super::session::LoginThrottle>,
+    pub logins: Arc<super::throttle::FailureThrottle>,
+    /// Unknown bearer tokens per client address.
+    pub bearer_failures: Arc<super::throttle::FailureThrottle>,
     /// Signs SCIM list cursors (the same key on every node: it is in the database).
     pub cursor_key: Arc<crate::signing::SigningKey>,
     pub tokens: Arc<crate::domain::token::TokenCache>,

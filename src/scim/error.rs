@@ -19,6 +19,8 @@ pub enum ScimError {
     },
     #[error("missing, malformed or unknown bearer token")]
     Unauthorized,
+    #[error("too many unknown bearer tokens from this address; try again in {retry_after} s")]
+    TooManyRequests { retry_after: i64 },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -94,6 +96,7 @@ impl ScimError {
         match self {
             ScimError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ScimError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ScimError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ScimError::NotFound(_) => StatusCode::NOT_FOUND,
             ScimError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ScimError::Uniqueness(_) => StatusCode::CONFLICT,
@@ -175,6 +178,9 @@ impl From<crate::http::auth::AuthError> for ScimError {
     fn from(e: crate::http::auth::AuthError) -> ScimError {
         match e {
             crate::http::auth::AuthError::Unauthorized => ScimError::Unauthorized,
+            crate::http::auth::AuthError::Throttled { retry_after } => {
+                ScimError::TooManyRequests { retry_after }
+            }
             crate::http::auth::AuthError::Check(d) => ScimError::from(d),
         }
     }
@@ -233,6 +239,11 @@ impl IntoResponse for ScimError {
             // Every 503 here passes: a client that retries after a second gets an answer.
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ScimError::TooManyRequests { retry_after } = &self {
+            if let Ok(v) = HeaderValue::from_str(&retry_after.max(&1).to_string()) {
+                res.headers_mut().insert(header::RETRY_AFTER, v);
+            }
         }
         if status == StatusCode::UNAUTHORIZED {
             res.headers_mut()

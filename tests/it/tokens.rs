@@ -264,3 +264,60 @@ async fn the_token_cache_cannot_outlive_a_missed_revocation() {
     let later = now + chrono::Duration::seconds(token::CACHE_TTL_SECONDS + 1);
     assert!(check(later).await.unwrap().is_none());
 }
+
+/// Made-up bearer tokens from one address cost a lookup each only until the throttle trips;
+/// then they are refused without one (429 with Retry-After) on both surfaces, while a token
+/// this process has seen valid still works from that address, until the window ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_bearer_tokens_are_throttled_per_address() {
+    use chrono::Duration as Span;
+    use portcullis::clock::ManualClock;
+    use portcullis::domain::{org, token};
+    use secrecy::ExposeSecret;
+
+    let db = TestDb::new().await;
+    let clock = ManualClock::default();
+    let mut cfg = db.config();
+    cfg.clock = std::sync::Arc::new(clock.clone());
+    let app = TestApp::spawn_with(cfg).await;
+    let store = &app.state.store;
+    let o = org::create(store, "Flood").await.unwrap();
+    let known = token::issue(store, o.id, token::Scope::Scim, None)
+        .await
+        .unwrap();
+    let unseen = token::issue(store, o.id, token::Scope::Scim, None)
+        .await
+        .unwrap();
+    let timeout = std::time::Duration::from_secs(30);
+    app.state
+        .hub
+        .wait_for_position("api_tokens", unseen.written.position, timeout)
+        .await
+        .unwrap();
+    let (known, unseen) = (known.token.expose_secret(), unseen.token.expose_secret());
+    let users = app.url(&format!("/scim/v2/{}/Users?count=0", o.id));
+    let get = |t: String| app.http.get(&users).bearer_auth(t).send();
+    assert_eq!(get(known.into()).await.unwrap().status(), 200);
+    for i in 0..30 {
+        let made_up = format!("{}madeup{i}", token::PREFIX);
+        assert_eq!(get(made_up).await.unwrap().status(), 401);
+    }
+    let res = get(format!("{}madeup", token::PREFIX)).await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["retry-after"], "60");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "429", "{body}");
+    assert_eq!(
+        health_status(&app, "pcs_madeup").await,
+        429,
+        "the JSON API too"
+    );
+    assert_eq!(
+        get(known.into()).await.unwrap().status(),
+        200,
+        "a token seen valid is still looked up"
+    );
+    assert_eq!(get(unseen.into()).await.unwrap().status(), 429);
+    clock.advance(Span::seconds(61));
+    assert_eq!(get(unseen.into()).await.unwrap().status(), 200);
+}
