@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -10,6 +10,7 @@ use portcullis::clock::SystemClock;
 use portcullis::config::{
     Cli, Command, Config, DbArgs, OrgsCommand, ProjectionsCommand, TokensCommand,
 };
+use portcullis::domain::provenance::{Actor, Origin};
 use portcullis::domain::{org, token};
 use portcullis::eventstore::{EventStore, Position, StoreOptions};
 use portcullis::http::AppState;
@@ -22,7 +23,15 @@ type BoxError = Box<dyn std::error::Error>;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The command's name, e.g. `tokens create`, for the events it writes.
+    let mut command = String::new();
+    let mut sub = matches.subcommand();
+    while let Some((name, m)) = sub {
+        command = format!("{command} {name}").trim_start().to_string();
+        sub = m.subcommand();
+    }
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -32,7 +41,18 @@ async fn main() -> ExitCode {
         portcullis::config::LogFormat::Json => logs.json().with_current_span(true).init(),
         portcullis::config::LogFormat::Text => logs.init(),
     }
-    match run(cli.command).await {
+    let outcome = match cli.command {
+        cmd @ (Command::Serve(_) | Command::Migrate(_)) => run(cmd).await,
+        // Whatever a command writes records who ran it and which command it was.
+        cmd => {
+            let origin = Origin {
+                actor: Some(Actor::cli()),
+                ..Origin::new(&format!("portcullis {command}"))
+            };
+            origin.scope(run(cmd)).await
+        }
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("portcullis: {}", error_chain(&*e));

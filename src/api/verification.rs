@@ -2,6 +2,7 @@
 //! mail opens. Answers never tell an unknown user from a wrong code where that would let a
 //! caller probe for accounts.
 
+use crate::domain::provenance::Actor;
 use crate::http::telemetry::TrackedRoutes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -158,6 +159,7 @@ async fn link(State(state): State<AppState>, Query(q): Query<LinkQuery>) -> Resp
     let user = q.user.as_deref().and_then(|u| u.parse::<Uuid>().ok());
     let result = match (user, q.token.as_deref()) {
         (Some(user), Some(token)) if !token.is_empty() && token.len() <= 100 => {
+            Actor::VerificationLink.record();
             verification::verify_link(
                 &state.store,
                 &*state.clock,

@@ -3,6 +3,7 @@
 
 pub mod group;
 pub mod org;
+pub mod provenance;
 pub mod token;
 pub mod user;
 pub mod verification;

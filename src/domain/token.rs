@@ -194,7 +194,7 @@ impl TokenCache {
                 *g = (at, HashMap::new());
             } else if let Some((c, checked)) = g.1.get(&key) {
                 if now - *checked < chrono::Duration::seconds(CACHE_TTL_SECONDS) {
-                    return Ok(Some(*c));
+                    return Ok(Some(c.clone()));
                 }
             }
         }
@@ -207,12 +207,12 @@ impl TokenCache {
             seen.insert(key.clone());
         }
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        match caller {
+        match &caller {
             Some(c) if g.0 == at => {
                 if g.1.len() >= CACHE_MAX {
                     g.1.clear();
                 }
-                g.1.insert(key, (c, now));
+                g.1.insert(key, (c.clone(), now));
             }
             _ => {
                 g.1.remove(&key);
@@ -232,11 +232,13 @@ impl TokenCache {
 }
 
 /// Who a presented token speaks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub token_id: Uuid,
     pub org_id: Uuid,
     pub scope: Scope,
+    /// The name it was issued with.
+    pub name: Option<String>,
 }
 
 /// Looks the token up by its hash in the api_tokens read model; revoked and unknown tokens
@@ -250,7 +252,7 @@ pub async fn authenticate<C: GenericClient>(
     }
     let stmt = client
         .prepare_cached(
-            "SELECT token_id, org_id, scope FROM projections.api_tokens \
+            "SELECT token_id, org_id, scope, name FROM projections.api_tokens \
              WHERE token_hash = $1 AND revoked_at IS NULL",
         )
         .await?;
@@ -260,6 +262,7 @@ pub async fn authenticate<C: GenericClient>(
             token_id: r.get(0),
             org_id: r.get(1),
             scope: r.get::<_, String>(2).parse().ok()?,
+            name: r.get(3),
         })
     }))
 }

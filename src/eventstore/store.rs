@@ -108,6 +108,7 @@ impl EventStore {
             }),
         };
         let limit = self.opts.max_event_bytes;
+        let scope = super::context::current();
         for (i, a) in ordered.iter().enumerate() {
             for (k, ev) in a.events.iter().enumerate() {
                 if let Some(c) = &mut e.creations {
@@ -119,10 +120,8 @@ impl EventStore {
                 e.cmds.push(i as i32 + 1);
                 e.types.push(ev.event_type.as_str());
                 // Serialized once: the size check and the wire use the same bytes.
-                for (part, out) in [
-                    (&ev.payload, &mut e.payloads),
-                    (&ev.metadata, &mut e.metadata),
-                ] {
+                let metadata = super::context::merged(&ev.metadata, &scope);
+                for (part, out) in [(&ev.payload, &mut e.payloads), (&metadata, &mut e.metadata)] {
                     let json = RawJsonb::of(part);
                     if json.0.len() > limit {
                         return Err(StoreError::PayloadTooLarge {

@@ -16,6 +16,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::AppState;
+use crate::domain::provenance::Actor;
 use crate::domain::token::{self, Scope};
 use crate::domain::DomainError;
 
@@ -75,8 +76,18 @@ async fn lookup(
         .tokens
         .authenticate(&state.pool, presented, at, now)
         .await?;
-    if let (None, Some(ip)) = (caller, from) {
-        state.bearer_failures.failed(ip, now);
+    match &caller {
+        Some(c) => Actor::Token {
+            token_id: c.token_id,
+            name: c.name.clone(),
+            scope: c.scope,
+        }
+        .record(),
+        None => {
+            if let Some(ip) = from {
+                state.bearer_failures.failed(ip, now);
+            }
+        }
     }
     Ok(caller)
 }
@@ -135,6 +146,7 @@ pub async fn is_admin(
                 .as_bytes()
                 .ct_eq(expected.expose_secret().as_bytes()),
         ) {
+            Actor::BootstrapAdmin.record();
             return Ok(true);
         }
     }
@@ -158,9 +170,16 @@ where
         let admin = match bearer(&parts.headers) {
             Some(token) => is_admin(state, Some(token), peer(parts)).await?,
             None => match super::session::from_cookies(&parts.headers) {
-                Some(id) => super::session::valid(state, &id)
-                    .await
-                    .map_err(AuthError::from)?,
+                Some(id) => {
+                    let valid = super::session::valid(state, &id)
+                        .await
+                        .map_err(AuthError::from)?;
+                    if valid {
+                        let session = token::hash(&id)[..12].to_string();
+                        Actor::DashboardSession { session }.record();
+                    }
+                    valid
+                }
                 None => false,
             },
         };

@@ -101,7 +101,11 @@ impl MailWorker {
             opts,
         };
         let w = wake.clone();
-        let task = tokio::spawn(async move {
+        // The events the worker appends (code sent, undelivered) name it as their actor, in
+        // the shape of domain::provenance::Actor::Service.
+        let actor = serde_json::json!({"kind": "service", "name": "mail worker"});
+        let fields = serde_json::Map::from_iter([("actor".to_string(), actor)]);
+        let task = tokio::spawn(crate::eventstore::context::scope(fields, async move {
             loop {
                 let next_due = match drain(&ctx).await {
                     Ok(next) => next,
@@ -123,7 +127,7 @@ impl MailWorker {
                     _ = tokio::time::sleep(delay) => {} // backoff timer, not a wait for state
                 }
             }
-        });
+        }));
         MailWorker {
             wake,
             task,

@@ -21,6 +21,7 @@ use crate::http::position::POSITION_HEADER;
 pub const WAIT_HEADER: &str = "portcullis-wait";
 const WAIT_COMPLETE: &str = "complete";
 const WAIT_TIMED_OUT: &str = "timed-out";
+use crate::domain::provenance;
 use crate::eventstore::Position;
 use crate::http::AppState;
 
@@ -188,7 +189,16 @@ pub async fn bulk(
         if let Some(b) = &bulk_id {
             result["bulkId"] = json!(b);
         }
-        match one(&state, &ctx, op, &ids).await {
+        // Each operation's events name it (and its bulkId) beside the request's fields.
+        let path = get(op, "path").and_then(Value::as_str).unwrap_or_default();
+        let what = format!("Bulk {} {}", method.as_str().unwrap_or_default(), path);
+        let done = provenance::bulk_operation(
+            bulk_id.as_deref(),
+            &provenance::bounded(&what, 256),
+            one(&state, &ctx, op, &ids),
+        )
+        .await;
+        match done {
             Ok(done) => {
                 if let Some(b) = bulk_id {
                     ids.insert(b, done.id.clone());
