@@ -56,6 +56,36 @@ pub enum Command {
     /// API tokens for SCIM clients and admin automation.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Who changed what in an organization, newest first: one line per change (time,
+    /// position, event, resource, actor, request id), or JSON lines with --json.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The organization.
+    #[arg(long)]
+    pub org: uuid::Uuid,
+    /// Only this resource's history (a user, group or token id).
+    #[arg(long)]
+    pub resource: Option<uuid::Uuid>,
+    /// Only events of this type, e.g. user.added.
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// Only changes by this actor: a token id, or a kind (cli, bootstrap_admin, ...).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Oldest first instead of newest first.
+    #[arg(long)]
+    pub oldest_first: bool,
+    /// At most this many changes.
+    #[arg(long, default_value_t = 100)]
+    pub limit: i64,
+    /// One JSON object per line (the audit API's entries) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

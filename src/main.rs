@@ -127,10 +127,61 @@ async fn run(cmd: Command) -> Result<(), BoxError> {
             println!("revoked token {id}");
             Ok(())
         }
+        Command::Audit(a) => audit(&a).await,
     }
 }
 
 /// `portcullis migrate`: applies what is pending and says what it did.
+/// `portcullis audit`: the same entries as the audit API, as text lines or JSON lines.
+async fn audit(a: &portcullis::config::AuditArgs) -> Result<(), BoxError> {
+    use portcullis::eventstore::audit::{page, AuditQuery};
+    if !(1..=100_000).contains(&a.limit) {
+        return Err("--limit is 1 to 100000".into());
+    }
+    let q = AuditQuery {
+        org: a.org,
+        resource: a.resource,
+        event_type: a.event_type.clone(),
+        actor: a.actor.clone(),
+        since: None,
+        until: None,
+        newest_first: !a.oldest_first,
+    };
+    let pool = pool(&a.db)?;
+    let client = pool.get().await?;
+    for e in page(&client, &q, None, a.limit).await? {
+        if a.json {
+            println!("{}", serde_json::to_string(&e)?);
+            continue;
+        }
+        let actor = e.actor.as_ref().map_or("-".to_string(), |v| {
+            let kind = v["kind"].as_str().unwrap_or("?");
+            match (
+                v["name"].as_str(),
+                v["token_id"].as_str(),
+                v["user"].as_str(),
+            ) {
+                (Some(n), _, _) => format!("{kind}:{n}"),
+                (None, Some(id), _) => format!("{kind}:{id}"),
+                (None, None, Some(u)) => format!("{kind}:{u}"),
+                _ => kind.to_string(),
+            }
+        });
+        println!(
+            "{} {} {} {}/{} v{} by {} request {}",
+            e.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            e.position,
+            e.event_type,
+            e.resource_type,
+            e.resource_id,
+            e.version,
+            actor,
+            e.request_id.as_deref().unwrap_or("-"),
+        );
+    }
+    Ok(())
+}
+
 async fn migrate(database_url: &str) -> Result<(), BoxError> {
     let applied = db::migrate(database_url).await?;
     if applied.is_empty() {

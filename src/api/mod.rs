@@ -2,6 +2,7 @@
 //! email verification.
 
 mod admin;
+pub mod audit;
 pub mod dashboard;
 mod error;
 mod ops;
@@ -19,6 +20,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .tracked_route("/healthz", get(healthz))
         .merge(admin::router())
+        .merge(audit::router())
         .merge(verification::router())
         .merge(ops::router())
         .merge(dashboard::router())

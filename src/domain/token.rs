@@ -1,5 +1,5 @@
 //! API tokens: random, shown once, stored only as a SHA-256 hash (fast to check on every
-//! request, useless to whoever reads the log), scoped to one org and to `scim` or `admin`.
+//! request, useless to whoever reads the log), scoped to one org and to `scim`, `admin` or `audit`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -31,6 +31,8 @@ pub enum Scope {
     Scim,
     /// The admin endpoints.
     Admin,
+    /// Reading the organization's audit trail (`/api/v1/orgs/{org}/audit`).
+    Audit,
 }
 
 impl Scope {
@@ -38,6 +40,7 @@ impl Scope {
         match self {
             Scope::Scim => "scim",
             Scope::Admin => "admin",
+            Scope::Audit => "audit",
         }
     }
 }
@@ -54,7 +57,10 @@ impl FromStr for Scope {
         match s {
             "scim" => Ok(Scope::Scim),
             "admin" => Ok(Scope::Admin),
-            other => Err(format!("unknown scope {other:?}: expected scim or admin")),
+            "audit" => Ok(Scope::Audit),
+            other => Err(format!(
+                "unknown scope {other:?}: expected scim, admin or audit"
+            )),
         }
     }
 }

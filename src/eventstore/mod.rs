@@ -1,6 +1,7 @@
 //! The event store (docs/ARCHITECTURE.md §3-4): append with version checks and unique values, read in
 //! `(tx, seq)` order below the transaction horizon, wake readers on append.
 
+pub mod audit;
 pub mod context;
 mod error;
 mod notify;

@@ -92,16 +92,34 @@ async fn lookup(
     Ok(caller)
 }
 
-/// Checks that the request's bearer token is an org token (SCIM scope) of `org`.
-pub async fn check_org_token(state: &AppState, org: Uuid, parts: &Parts) -> Result<(), AuthError> {
+/// Checks that the request's bearer token is an org token of `org` with `scope`.
+pub async fn check_org_token(
+    state: &AppState,
+    org: Uuid,
+    scope: Scope,
+    parts: &Parts,
+) -> Result<(), AuthError> {
     let presented = bearer(&parts.headers).ok_or(AuthError::Unauthorized)?;
     match lookup(state, presented, peer(parts)).await? {
-        Some(c) if c.org_id == org && c.scope == Scope::Scim => Ok(()),
+        Some(c) if c.org_id == org && c.scope == scope => Ok(()),
         _ => Err(AuthError::Unauthorized),
     }
 }
 
-/// A caller holding an org token of the `{org}` in the route; `E` is the surface's error.
+/// The `{org}` of the route.
+async fn org_in_path(parts: &mut Parts, state: &AppState) -> Result<Uuid, AuthError> {
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|_| AuthError::Unauthorized)?;
+    params
+        .iter()
+        .find(|(k, _)| *k == "org")
+        .and_then(|(_, v)| v.parse().ok())
+        .ok_or(AuthError::Unauthorized)
+}
+
+/// A caller holding an org token (SCIM scope) of the `{org}` in the route; `E` is the
+/// surface's error.
 pub struct OrgCaller<E> {
     pub org: Uuid,
     surface: PhantomData<fn() -> E>,
@@ -114,16 +132,40 @@ where
     type Rejection = E;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, E> {
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|_| AuthError::Unauthorized)?;
-        let org: Uuid = params
-            .iter()
-            .find(|(k, _)| *k == "org")
-            .and_then(|(_, v)| v.parse().ok())
-            .ok_or(AuthError::Unauthorized)?;
-        check_org_token(state, org, parts).await?;
+        let org = org_in_path(parts, state).await?;
+        check_org_token(state, org, Scope::Scim, parts).await?;
         Ok(OrgCaller {
+            org,
+            surface: PhantomData,
+        })
+    }
+}
+
+/// A caller who may read the audit trail of the `{org}` in the route: an audit-scope token
+/// of that org, or an admin (bearer).
+pub struct OrgAuditor<E> {
+    pub org: Uuid,
+    surface: PhantomData<fn() -> E>,
+}
+
+impl<E> FromRequestParts<AppState> for OrgAuditor<E>
+where
+    E: From<AuthError> + IntoResponse,
+{
+    type Rejection = E;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, E> {
+        let org = org_in_path(parts, state).await?;
+        let presented = bearer(&parts.headers).ok_or(AuthError::Unauthorized)?;
+        let allowed = is_bootstrap(state, presented)
+            || match lookup(state, presented, peer(parts)).await? {
+                Some(c) => (c.org_id == org && c.scope == Scope::Audit) || c.scope == Scope::Admin,
+                None => false,
+            };
+        if !allowed {
+            return Err(AuthError::Unauthorized.into());
+        }
+        Ok(OrgAuditor {
             org,
             surface: PhantomData,
         })
@@ -140,20 +182,30 @@ pub async fn is_admin(
     let Some(presented) = presented.filter(|p| !p.is_empty()) else {
         return Ok(false);
     };
-    if let Some(expected) = &state.admin_token {
-        if bool::from(
-            presented
-                .as_bytes()
-                .ct_eq(expected.expose_secret().as_bytes()),
-        ) {
-            Actor::BootstrapAdmin.record();
-            return Ok(true);
-        }
+    if is_bootstrap(state, presented) {
+        return Ok(true);
     }
     Ok(matches!(
         lookup(state, presented, from).await?,
         Some(caller) if caller.scope == Scope::Admin
     ))
+}
+
+/// Whether `presented` is `PORTCULLIS_ADMIN_TOKEN` (compared in constant time); if so, the
+/// bootstrap admin is the actor.
+fn is_bootstrap(state: &AppState, presented: &str) -> bool {
+    let Some(expected) = &state.admin_token else {
+        return false;
+    };
+    let same = bool::from(
+        presented
+            .as_bytes()
+            .ct_eq(expected.expose_secret().as_bytes()),
+    );
+    if same {
+        Actor::BootstrapAdmin.record();
+    }
+    same
 }
 
 /// An admin caller; `E` is the surface's error (a JSON 401, or the dashboard's redirect to
