@@ -25,7 +25,7 @@ pub use state::{
     reset, retry_failed, state, states, FailedEvent, HealthReport, Lag, ProjectionHealth,
     ProjectionState, RebuildProgress, RetryReport, Thresholds,
 };
-pub use wait::{ProgressHub, WaitError, PROGRESS_CHANNEL};
+pub use wait::{confirm_reached, ProgressHub, WaitError, PROGRESS_CHANNEL};
 
 /// Sets up a transaction that applies events to the live read models: projections name
 /// their tables without a schema (a rebuild writes the same SQL into `projections_rebuild`),

@@ -27,6 +27,43 @@ pub enum WaitError {
         target: Position,
         waited: Duration,
     },
+    /// The hub had seen `target`, but the database holds the read model at `position`: a
+    /// crash of PostgreSQL took batches that were committed asynchronously and announced
+    /// (they are applied again from the log).
+    #[error("projection {projection} is at {position} in the database, behind {target} that was announced before PostgreSQL restarted")]
+    RolledBack {
+        projection: String,
+        position: Position,
+        target: Position,
+    },
+}
+
+/// Confirms in the database what the hub announced: each of `names` has reached `target`
+/// in the state that moves with its read model. A read that relies on a position runs this
+/// first on its own connection (pipelined): the state only moves forward until a crash, and
+/// a crash ends that connection, so the read that follows sees at least `target`.
+pub async fn confirm_reached<C: deadpool_postgres::GenericClient>(
+    client: &C,
+    names: &[&str],
+    target: Position,
+) -> Result<Result<(), WaitError>, tokio_postgres::Error> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT name, position_tx, position_seq FROM projections.projection_states \
+              WHERE name = ANY($1) AND (position_tx, position_seq) < ($2, $3) LIMIT 1",
+        )
+        .await?;
+    let row = client
+        .query_opt(&stmt, &[&names, &target.tx_sql(), &target.seq])
+        .await?;
+    Ok(match row {
+        None => Ok(()),
+        Some(r) => Err(WaitError::RolledBack {
+            projection: r.get(0),
+            position: Position::from_sql(r.get(1), r.get(2)),
+            target,
+        }),
+    })
 }
 
 #[derive(Clone)]

@@ -77,8 +77,8 @@ async fn one_type(
         Some(token) => Some(paging::check(state, &ctx, rt, &lq, token)?),
         None => None,
     };
-    wait_for_read(state, min).await?;
     let client = state.pool.get().await?;
+    wait_for_read(state, &client, min).await?;
     let body = match cursor {
         Some(c) => paging::list(state, &client, &ctx, rt, &lq, &sel, &c).await?,
         None => list_response(read::list(&client, rt, &ctx, &lq, &sel).await?, &lq),
@@ -112,8 +112,8 @@ pub async fn search_all(
             "cursor paging is per resource type: search /Users/.search or /Groups/.search",
         ));
     }
-    wait_for_read(&state, min.position).await?;
     let client = state.pool.get().await?;
+    wait_for_read(&state, &client, min.position).await?;
     let page = read::list_all(&client, &ctx, &q, attrs.as_deref(), excluded.as_deref()).await?;
     Ok(ScimJson(list_response(page, &q)).into_response())
 }
@@ -130,8 +130,8 @@ pub async fn get_one(
 ) -> Result<Response, ScimError> {
     let not_found = || ScimError::NotFound(format!("{} {id} not found", rt.name));
     let uid: Uuid = id.parse().map_err(|_| not_found())?;
-    wait_for_read(&state, min.position).await?;
     let client = state.pool.get().await?;
+    wait_for_read(&state, &client, min.position).await?;
     if let Some(inm) = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -170,11 +170,24 @@ async fn written(
 ) -> Result<Response, ScimError> {
     wait_after_write(state, w.position).await?;
     let client = state.pool.get().await?;
-    let (resource, version) = read::by_id(&client, rt, ctx, w.id, &selection(rt, q))
-        .await?
-        .ok_or_else(|| {
-            ScimError::NotFound(format!("{} {} was deleted meanwhile", rt.name, w.id))
-        })?;
+    // Confirmed and read in one round trip (pipelined, in this order).
+    let sel = selection(rt, q);
+    let (confirmed, read) = futures::join!(
+        super::wait::confirm(&client, w.position),
+        read::by_id(&client, rt, ctx, w.id, &sel)
+    );
+    if let Err(e) = confirmed? {
+        return Err(match e {
+            ScimError::NotCaughtUp(error) => ScimError::NotVisibleYet {
+                error,
+                position: w.position,
+            },
+            other => other,
+        });
+    }
+    let (resource, version) = read?.ok_or_else(|| {
+        ScimError::NotFound(format!("{} {} was deleted meanwhile", rt.name, w.id))
+    })?;
     if status == StatusCode::OK && params(q, "attributes").is_some_and(|a| a.trim().is_empty()) {
         // PATCH with an empty `attributes`: the client asked for no body.
         let mut res = position_only(StatusCode::NO_CONTENT, w.position);

@@ -18,14 +18,36 @@ pub async fn wait(state: &AppState, position: Option<Position>) -> Result<(), Sc
     Ok(())
 }
 
-/// What a read needs first: its Min-Position reached, and no read model it answers from
-/// half-built after a reset (a 503 with Retry-After then, never a partial answer).
-pub async fn wait_for_read(state: &AppState, position: Option<Position>) -> Result<(), ScimError> {
+/// What a read needs first: its Min-Position reached (announced, then confirmed on the
+/// connection the read will use), and no read model it answers from half-built after a
+/// reset (a 503 with Retry-After then, never a partial answer).
+pub async fn wait_for_read<C: deadpool_postgres::GenericClient>(
+    state: &AppState,
+    client: &C,
+    position: Option<Position>,
+) -> Result<(), ScimError> {
     wait(state, position).await?;
+    if let Some(p) = position {
+        confirm(client, p).await??;
+    }
     match READ_MODELS.into_iter().find(|m| !state.hub.is_complete(m)) {
         Some(model) => Err(ScimError::Incomplete(model)),
         None => Ok(()),
     }
+}
+
+/// That the read models SCIM answers from hold `position` in the database, not only in the
+/// hub (see `runtime::confirm_reached`): a 503 after a crash of PostgreSQL took what was
+/// announced.
+pub async fn confirm<C: deadpool_postgres::GenericClient>(
+    client: &C,
+    position: Position,
+) -> Result<Result<(), ScimError>, ScimError> {
+    Ok(
+        crate::runtime::confirm_reached(client, &READ_MODELS, position)
+            .await?
+            .map_err(ScimError::NotCaughtUp),
+    )
 }
 
 pub async fn wait_after_write(state: &AppState, position: Position) -> Result<(), ScimError> {

@@ -200,7 +200,10 @@ impl Writer {
         let written = self.scim.create(&self.address(self.node), &name).await;
         let (id, position) = match written {
             Ok(w) => w,
-            Err(status) => return self.refused(format!("POST /Users {name}"), status),
+            Err(status) => {
+                let what = format!("POST /Users {name} via node {}", self.node);
+                return self.refused(what, status);
+            }
         };
         let at = Instant::now();
         self.tally
