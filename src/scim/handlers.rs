@@ -170,24 +170,20 @@ async fn written(
 ) -> Result<Response, ScimError> {
     wait_after_write(state, w.position).await?;
     let client = state.pool.get().await?;
-    // Confirmed and read in one round trip (pipelined, in this order).
+    // Read from a model that holds the write in the database, not only in the hub.
     let sel = selection(rt, q);
-    let (confirmed, read) = futures::join!(
-        super::wait::confirm(&client, w.position),
-        read::by_id(&client, rt, ctx, w.id, &sel)
-    );
-    if let Err(e) = confirmed? {
-        return Err(match e {
-            ScimError::NotCaughtUp(error) => ScimError::NotVisibleYet {
+    let read = read::by_id_at(&client, rt, ctx, w.id, &sel, w.position).await?;
+    let Some((resource, version)) = read else {
+        // Deleted meanwhile, or the model lost the write in a crash of PostgreSQL.
+        return Err(match super::wait::confirm(&client, w.position).await? {
+            Err(ScimError::NotCaughtUp(error)) => ScimError::NotVisibleYet {
                 error,
                 position: w.position,
             },
-            other => other,
+            Err(other) => other,
+            Ok(()) => ScimError::NotFound(format!("{} {} was deleted meanwhile", rt.name, w.id)),
         });
-    }
-    let (resource, version) = read?.ok_or_else(|| {
-        ScimError::NotFound(format!("{} {} was deleted meanwhile", rt.name, w.id))
-    })?;
+    };
     if status == StatusCode::OK && params(q, "attributes").is_some_and(|a| a.trim().is_empty()) {
         // PATCH with an empty `attributes`: the client asked for no body.
         let mut res = position_only(StatusCode::NO_CONTENT, w.position);

@@ -6,6 +6,8 @@ use postgres_types::ToSql;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+use crate::eventstore::Position;
+
 use super::error::ScimError;
 use super::filter::{self, AttrPath, Filter};
 use super::query::{self, Param};
@@ -228,16 +230,55 @@ pub async fn by_id<C: GenericClient>(
     id: Uuid,
     sel: &Selection,
 ) -> Result<Option<(Value, i64)>, ScimError> {
+    by_id_where(client, rt, ctx, id, sel, None).await
+}
+
+/// [`by_id`] in a read model that holds `position` (confirmed in the same statement, see
+/// `runtime::confirm_reached`): `None` also when it does not.
+pub async fn by_id_at<C: GenericClient>(
+    client: &C,
+    rt: &'static ResourceType,
+    ctx: &Ctx,
+    id: Uuid,
+    sel: &Selection,
+    position: Position,
+) -> Result<Option<(Value, i64)>, ScimError> {
+    by_id_where(client, rt, ctx, id, sel, Some(position)).await
+}
+
+async fn by_id_where<C: GenericClient>(
+    client: &C,
+    rt: &'static ResourceType,
+    ctx: &Ctx,
+    id: Uuid,
+    sel: &Selection,
+    at: Option<Position>,
+) -> Result<Option<(Value, i64)>, ScimError> {
     let t = query::table(rt);
+    let reached = if at.is_some() {
+        " AND NOT EXISTS (SELECT 1 FROM projections.projection_states \
+           WHERE name = ANY($3) AND (position_tx, position_seq) < ($4, $5))"
+    } else {
+        ""
+    };
     let stmt = client
         .prepare_cached(&format!(
-            "SELECT {} FROM {} WHERE {} = $1 AND r.org_id = $2",
+            "SELECT {} FROM {} WHERE {} = $1 AND r.org_id = $2{reached}",
             cols(rt, sel),
             t.from,
             t.id
         ))
         .await?;
-    let Some(row) = client.query_opt(&stmt, &[&id, &ctx.org]).await? else {
+    let models: &[&str] = &super::wait::READ_MODELS;
+    let row = match at {
+        None => client.query_opt(&stmt, &[&id, &ctx.org]).await?,
+        Some(p) => {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                [&id, &ctx.org, &models, &p.tx_sql(), &p.seq];
+            client.query_opt(&stmt, &params).await?
+        }
+    };
+    let Some(row) = row else {
         return Ok(None);
     };
     let version: i64 = row.get(1);
