@@ -196,7 +196,7 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
 
     // Reads: the SCIM request vs the read model's SQL on a pooled connection.
     let pool = state.pool.clone();
-    let get = |path: Arc<dyn Fn(usize) -> String + Send + Sync>| {
+    let get_for = |cell: Duration, path: Arc<dyn Fn(usize) -> String + Send + Sync>| {
         let (http, base, auth) = (http.clone(), base.clone(), auth.clone());
         measure(cell, move |i| {
             let (http, base, auth, path) = (http.clone(), base.clone(), auth.clone(), path.clone());
@@ -209,6 +209,7 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
             }
         })
     };
+    let get = |path: Arc<dyn Fn(usize) -> String + Send + Sync>| get_for(cell, path);
     let sql = |q: &'static str, arg: Arc<dyn Fn(usize) -> String + Send + Sync>| {
         let pool = pool.clone();
         measure(cell, move |i| {
@@ -225,8 +226,15 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
         move |i: usize| ids[(i * 7919) % ids.len()]
     };
     let p1 = pick.clone();
-    let s = get(Arc::new(move |i| format!("/Users/{}", p1(i)))).await;
-    let by_id_rate = s.per_sec;
+    let by_id: Arc<dyn Fn(usize) -> String + Send + Sync> =
+        Arc::new(move |i| format!("/Users/{}", p1(i)));
+    let by_name: Arc<dyn Fn(usize) -> String + Send + Sync> = Arc::new(|i| {
+        format!(
+            "/Users?filter=userName%20eq%20%22USER{}@bench.example%22",
+            (i * 7919) % USERS
+        )
+    });
+    let s = get(by_id.clone()).await;
     let p2 = pick.clone();
     let d = sql(
         "SELECT doc FROM projections.users WHERE org_id = $1 AND user_id = $2::text::uuid",
@@ -235,19 +243,20 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
     .await;
     row("GET /Users/{id}", s, d, "baseline: SELECT by primary key");
 
-    let s = get(Arc::new(|i| {
-        format!(
-            "/Users?filter=userName%20eq%20%22USER{}@bench.example%22",
-            (i * 7919) % USERS
-        )
-    }))
-    .await;
+    let s = get(by_name.clone()).await;
     let d = sql(
         "SELECT doc FROM projections.users WHERE org_id = $1 AND lower(user_name) = lower($2)",
         Arc::new(|i| format!("user{}@bench.example", (i * 7919) % USERS)),
     )
     .await;
-    let eq_vs_id = s.per_sec / by_id_rate;
+    // The ratio from the two read in turns, in short slices, so that background work of the
+    // server (autovacuum after the load, checkpoints) weighs on both alike.
+    let (mut id_rate, mut eq_rate) = (0.0, 0.0);
+    for _ in 0..4 {
+        id_rate += get_for(cell / 4, by_id.clone()).await.per_sec;
+        eq_rate += get_for(cell / 4, by_name.clone()).await.per_sec;
+    }
+    let eq_vs_id = eq_rate / id_rate;
     row(
         "GET /Users?filter=userName eq",
         s,
@@ -353,7 +362,7 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
                 USERS as f64 / setup.as_secs_f64()
             ),
             format!(
-                "userName eq filter / GET by id: {eq_vs_id:.2} of the rate (target: at least 0.80)."
+                "userName eq filter / GET by id: {eq_vs_id:.2} of the rate, measured in turns (target: at least 0.80)."
             ),
         ],
     );
