@@ -77,6 +77,12 @@ pub struct AuditArgs {
     /// Only changes by this actor: a token id, or a kind (cli, bootstrap_admin, ...).
     #[arg(long)]
     pub actor: Option<String>,
+    /// Only changes at or after this time (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+    #[arg(long)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only changes before this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
     /// Oldest first instead of newest first.
     #[arg(long)]
     pub oldest_first: bool,

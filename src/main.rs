@@ -143,8 +143,8 @@ async fn audit(a: &portcullis::config::AuditArgs) -> Result<(), BoxError> {
         resource: a.resource,
         event_type: a.event_type.clone(),
         actor: a.actor.clone(),
-        since: None,
-        until: None,
+        since: a.since,
+        until: a.until,
         newest_first: !a.oldest_first,
     };
     let pool = pool(&a.db)?;

@@ -1,11 +1,11 @@
 //! Admin endpoints: bearer-token protected.
 
-use crate::http::telemetry::TrackedRoutes;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 
 use super::error::ApiError;
+use crate::http::telemetry::TrackedRoutes;
 use crate::http::AppState;
 use crate::runtime::{self, HealthReport};
 

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 
-use crate::http::telemetry::TrackedRoutes;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -17,6 +16,7 @@ use serde_json::json;
 use super::error::ApiError;
 use crate::http::auth::{self, Admin, AuthError};
 use crate::http::session;
+use crate::http::telemetry::TrackedRoutes;
 use crate::http::AppState;
 use crate::runtime::{self, HealthReport};
 
@@ -335,6 +335,13 @@ async fn act(
         }
         _ => return Err(ApiError::NotFound(format!("no action {action:?}"))),
     };
+    // Projection actions write no events: the log line is their audit trail (the request's
+    // span carries its request id).
+    let actor = crate::eventstore::context::current()
+        .get("actor")
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(projection = %name, %action, %actor, "dashboard action");
     let url = format!("/admin/projections?notice={}", form_urlencoded(&notice));
     Ok(Redirect::to(&url).into_response())
 }

@@ -8,10 +8,10 @@ mod error;
 mod ops;
 mod verification;
 
-use crate::http::telemetry::TrackedRoutes;
 use axum::routing::get;
 use axum::Router;
 
+use crate::http::telemetry::TrackedRoutes;
 use crate::http::AppState;
 
 pub use error::ApiError;

@@ -1,9 +1,8 @@
 //! What operators and their tools poll: `/metrics` (Prometheus) and `/readyz`.
 
-use axum::extract::State;
 use std::sync::Arc;
 
-use crate::http::telemetry::TrackedRoutes;
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -13,6 +12,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use crate::http::telemetry::TrackedRoutes;
 use crate::http::AppState;
 use crate::runtime;
 

@@ -2,8 +2,6 @@
 //! mail opens. Answers never tell an unknown user from a wrong code where that would let a
 //! caller probe for accounts.
 
-use crate::domain::provenance::Actor;
-use crate::http::telemetry::TrackedRoutes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -13,8 +11,10 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::error::ApiError;
+use crate::domain::provenance::Actor;
 use crate::domain::verification::{self, VerifyError};
 use crate::http::position::with_position;
+use crate::http::telemetry::TrackedRoutes;
 use crate::http::AppState;
 
 pub fn router() -> Router<AppState> {

@@ -1,7 +1,6 @@
 //! Discovery: ServiceProviderConfig, ResourceTypes and Schemas, generated from the same
 //! tables that drive the API, so they advertise exactly what works.
 
-use crate::http::telemetry::TrackedRoutes;
 use axum::extract::{Path, State};
 use axum::routing::{get, MethodRouter};
 use axum::Router;
@@ -12,6 +11,7 @@ use super::json::ScimJson;
 use super::params::MAX_RESULTS;
 use super::read::Ctx;
 use super::schema::{self, resource_types};
+use crate::http::telemetry::TrackedRoutes;
 use crate::http::AppState;
 
 pub fn router(m: impl Fn(MethodRouter<AppState>) -> MethodRouter<AppState>) -> Router<AppState> {

@@ -22,11 +22,11 @@ pub mod schema;
 mod wait;
 mod write;
 
-use crate::http::telemetry::TrackedRoutes;
 use axum::middleware;
 use axum::routing::{any, get, post, MethodRouter};
 use axum::Router;
 
+use crate::http::telemetry::TrackedRoutes;
 use crate::http::AppState;
 
 pub use error::ScimError;

@@ -283,6 +283,21 @@ async fn the_audit_trail_by_api_cli_and_view() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    let later = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "audit",
+            "--org",
+            &s.org.to_string(),
+            "--since",
+            "2999-01-01T00:00:00Z",
+        ])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(
+        later.status.success() && later.stdout.is_empty(),
+        "{later:?}"
+    );
     let mut newest_first = history["entries"].as_array().unwrap().clone();
     newest_first.reverse();
     assert_eq!(lines, newest_first, "the CLI is newest first");
