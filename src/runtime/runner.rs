@@ -197,12 +197,16 @@ async fn run(inner: Arc<Inner>, index: usize, mut remote: watch::Receiver<Remote
     let mut busy = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     let mut connects = remote.borrow().connects;
     let mut commits = inner.commits.subscribe();
+    // While catching up, the next batch is read while this one is applied.
+    let mut prefetched: Option<(Position, eventstore::Batch)> = None;
     loop {
         let mut wake_in = inner.opts.fallback_tick;
         let mut behind = false;
         inner.catching_up[index].store(catch_up, Ordering::SeqCst);
-        let outcome = match batch(&inner, &*projection, catch_up, false).await {
-            Ok(Outcome::Careful) => batch(&inner, &*projection, catch_up, true).await,
+        let outcome = match batch(&inner, &*projection, catch_up, false, &mut prefetched).await {
+            Ok(Outcome::Careful) => {
+                batch(&inner, &*projection, catch_up, true, &mut prefetched).await
+            }
             other => other,
         };
         match outcome {
@@ -299,6 +303,7 @@ async fn batch(
     p: &dyn Projection,
     catch_up: bool,
     careful: bool,
+    prefetched: &mut Option<(Position, eventstore::Batch)>,
 ) -> Result<Outcome, ProjectionError> {
     use tracing::Instrument;
     let span = tracing::debug_span!(
@@ -311,7 +316,7 @@ async fn batch(
         ms = tracing::field::Empty,
     );
     let started = Instant::now();
-    let out = batch_in(inner, p, catch_up, careful)
+    let out = batch_in(inner, p, catch_up, careful, prefetched)
         .instrument(span.clone())
         .await;
     span.record("ms", started.elapsed().as_secs_f64() * 1000.0);
@@ -324,12 +329,15 @@ async fn batch(
 /// One batch in one transaction. Events are read before the transaction takes an xid (the
 /// lock takes none), so the runner never holds back its own horizon while reading. The fast
 /// path applies the whole batch at once; after a failure the careful pass isolates the bad
-/// events in savepoints and applies the rest.
+/// events in savepoints and applies the rest. While catching up, the next batch is read on
+/// another connection as this one is applied; it is used only if the next batch starts
+/// where it was read from (a batch read earlier is one the runner could have read then).
 async fn batch_in(
     inner: &Inner,
     p: &dyn Projection,
     catch_up: bool,
     careful: bool,
+    prefetched: &mut Option<(Position, eventstore::Batch)>,
 ) -> Result<Outcome, ProjectionError> {
     let name = p.name();
     let resets = inner.hub.resets(name);
@@ -338,21 +346,25 @@ async fn batch_in(
     let Some((from, failures)) = lock_and_load(&tx, name).await? else {
         return Ok(Outcome::Busy);
     };
-    let limit = if catch_up {
-        inner.opts.catchup_batch
-    } else {
-        inner.opts.live_batch
-    };
+    let limit = [inner.opts.live_batch, inner.opts.catchup_batch][usize::from(catch_up)];
     let filter = EventFilter {
         event_types: p.event_types(),
         ..Default::default()
     };
-    let read = eventstore::read_batch(&tx, from, &filter, limit).await?;
+    let read = match prefetched.take() {
+        Some((at, batch)) if at == from => batch,
+        _ => eventstore::read_batch(&tx, from, &filter, limit).await?,
+    };
+    let next_from = (catch_up && !careful && read.events.len() as i64 >= limit)
+        .then(|| read.read_up_to(from, limit));
+    let prefetch = read_ahead(inner, next_from, &filter, limit);
     let (todo, mut progress) = runnable(&inner.opts, &read.events, &failures, from);
     if careful {
         isolate(&mut tx, inner, p, &todo, &failures, &mut progress).await?;
     } else if !todo.is_empty() {
-        match p.apply(&tx, &todo).await {
+        let (applied, next) = futures::join!(p.apply(&tx, &todo), prefetch);
+        *prefetched = next;
+        match applied {
             Ok(()) => progress.applied_all(&todo),
             Err(e) => match e.class() {
                 FailureClass::Connection | FailureClass::Transient => {
@@ -396,6 +408,25 @@ async fn batch_in(
         more,
         retry_in: progress.stopped,
     })
+}
+
+/// The batch after `at` (when catching up), read on a connection that is free now: runners
+/// that each held one and waited for a second could starve one another. `None` when there
+/// is none free, or the read fails (the next batch then reads for itself).
+async fn read_ahead(
+    inner: &Inner,
+    at: Option<Position>,
+    filter: &EventFilter,
+    limit: i64,
+) -> Option<(Position, eventstore::Batch)> {
+    let at = at?;
+    let mut now = inner.pool.timeouts();
+    now.wait = Some(Duration::ZERO);
+    let client = inner.pool.timeout_get(&now).await.ok()?;
+    let batch = eventstore::read_batch(&client, at, filter, limit)
+        .await
+        .ok()?;
+    Some((at, batch))
 }
 
 impl<'a> Progress<'a> {
