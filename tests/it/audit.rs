@@ -130,18 +130,13 @@ async fn command_line_writes_record_the_cli_and_the_command() {
     assert!(m["request_id"].as_str().unwrap().parse::<Uuid>().is_ok());
 }
 
-/// An audit-scope token of `org`, accepted by the app.
-async fn audit_token(s: &Scim, org: Uuid) -> String {
+/// A token of `org` with `scope`, once the app accepts it.
+async fn issued(s: &Scim, org: Uuid, scope: portcullis::domain::token::Scope) -> String {
     use portcullis::domain::token;
     use secrecy::ExposeSecret;
-    let issued = token::issue(
-        &s.app.state.store,
-        org,
-        token::Scope::Audit,
-        Some("auditor"),
-    )
-    .await
-    .unwrap();
+    let issued = token::issue(&s.app.state.store, org, scope, Some("auditor"))
+        .await
+        .unwrap();
     let timeout = std::time::Duration::from_secs(30);
     s.app
         .state
@@ -150,6 +145,10 @@ async fn audit_token(s: &Scim, org: Uuid) -> String {
         .await
         .unwrap();
     issued.token.expose_secret().to_string()
+}
+
+async fn audit_token(s: &Scim, org: Uuid) -> String {
+    issued(s, org, portcullis::domain::token::Scope::Audit).await
 }
 
 async fn audit(s: &Scim, org: Uuid, token: &str, query: &str) -> (u16, Value) {
@@ -242,22 +241,7 @@ async fn the_audit_trail_by_api_cli_and_view() {
     let (_, own) = audit(&s, other.id, &theirs, "").await;
     assert!(!own.to_string().contains(&ann), "{own:#}");
     assert_eq!(audit(&s, s.org, &s.token, "").await.0, 401);
-    let admin = portcullis::domain::token::issue(
-        &s.app.state.store,
-        other.id,
-        portcullis::domain::token::Scope::Admin,
-        None,
-    )
-    .await
-    .unwrap();
-    let timeout = std::time::Duration::from_secs(30);
-    s.app
-        .state
-        .hub
-        .wait_for_position("api_tokens", admin.written.position, timeout)
-        .await
-        .unwrap();
-    let admin = secrecy::ExposeSecret::expose_secret(&admin.token).to_string();
+    let admin = issued(&s, other.id, portcullis::domain::token::Scope::Admin).await;
     assert_eq!(
         audit(&s, s.org, &admin, "").await.0,
         200,
