@@ -2,6 +2,8 @@
 //! list cursors): HMAC-SHA256, kept in the database (`scim.cursor_key`) so every node of a
 //! deployment holds the same one.
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
@@ -51,5 +53,29 @@ impl SigningKey {
         let mut mac = self.mac();
         mac.update(payload);
         tag.len() == TAG_LEN && mac.verify_truncated_left(tag).is_ok()
+    }
+
+    /// What a client carries for us: base64url of `payload || tag`.
+    pub fn seal(&self, payload: &[u8]) -> String {
+        let mut p = payload.to_vec();
+        p.extend_from_slice(&self.sign(payload));
+        URL_SAFE_NO_PAD.encode(p)
+    }
+
+    /// The payload of something [`seal`](Self::seal)ed here; `None` when it is not (or is
+    /// longer than `max_len` characters, so a client cannot make the server decode
+    /// megabytes).
+    pub fn open(&self, text: &str, max_len: usize) -> Option<Vec<u8>> {
+        if text.len() > max_len {
+            return None;
+        }
+        let mut raw = URL_SAFE_NO_PAD.decode(text.trim()).ok()?;
+        let payload_len = raw.len().checked_sub(TAG_LEN)?;
+        let (p, tag) = raw.split_at(payload_len);
+        if !self.verify(p, tag) {
+            return None;
+        }
+        raw.truncate(payload_len);
+        Some(raw)
     }
 }

@@ -38,6 +38,12 @@ impl Actor {
         context::record("actor", json!(self));
     }
 
+    /// Runs `f` with this actor recorded in every event it appends: a worker's own scope,
+    /// where no request is.
+    pub async fn scope<F: std::future::Future>(&self, f: F) -> F::Output {
+        context::scope(Map::from_iter([("actor".to_string(), json!(self))]), f).await
+    }
+
     /// The command line's actor: `$USER` (or `$LOGNAME`) when set.
     pub fn cli() -> Actor {
         let user = std::env::var("USER")

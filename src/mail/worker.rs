@@ -17,8 +17,10 @@ use uuid::Uuid;
 
 use super::Mailer;
 use crate::clock::SharedClock;
+use crate::domain::provenance::Actor;
 use crate::domain::verification;
 use crate::eventstore::EventStore;
+use crate::listener::ListenEvent;
 
 pub const CHANNEL: &str = "mail_outbox";
 
@@ -91,7 +93,7 @@ impl MailWorker {
         opts: WorkerOptions,
     ) -> MailWorker {
         let wake = Arc::new(Notify::new());
-        let (mut events, listener) =
+        let (events, listener) =
             crate::listener::spawn(url.to_string(), vec![CHANNEL.to_string()], "mail");
         let ctx = Ctx {
             pool,
@@ -100,34 +102,12 @@ impl MailWorker {
             clock,
             opts,
         };
+        // The events the worker appends (code sent, undelivered) name it as their actor.
+        let actor = Actor::Service {
+            name: "mail worker",
+        };
         let w = wake.clone();
-        // The events the worker appends (code sent, undelivered) name it as their actor, in
-        // the shape of domain::provenance::Actor::Service.
-        let actor = serde_json::json!({"kind": "service", "name": "mail worker"});
-        let fields = serde_json::Map::from_iter([("actor".to_string(), actor)]);
-        let task = tokio::spawn(crate::eventstore::context::scope(fields, async move {
-            loop {
-                let next_due = match drain(&ctx).await {
-                    Ok(next) => next,
-                    Err(e) => {
-                        tracing::warn!(error = %crate::error_chain(&e), "mail worker: database error; trying again soon");
-                        Some(ctx.clock.now() + chrono::Duration::seconds(1))
-                    }
-                };
-                // Until the next row is due (a backoff), a wake-up, or a slow fallback tick
-                // that only covers lost notifications.
-                let fallback = Duration::from_secs(30);
-                let delay = next_due
-                    .map(|t| (t - ctx.clock.now()).to_std().unwrap_or(Duration::ZERO))
-                    .unwrap_or(fallback)
-                    .min(fallback);
-                tokio::select! {
-                    _ = w.notified() => {}
-                    e = events.recv() => if e.is_none() { return },
-                    _ = tokio::time::sleep(delay) => {} // backoff timer, not a wait for state
-                }
-            }
-        }));
+        let task = tokio::spawn(async move { actor.scope(work(ctx, w, events)).await });
         MailWorker {
             wake,
             task,
@@ -138,6 +118,30 @@ impl MailWorker {
     /// Looks at the outbox now (after an in-process write, or after a test moved the clock).
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+}
+
+/// Sends what is due, then waits until the next row is due (a backoff), a wake-up, or a slow
+/// fallback tick that only covers lost notifications; ends with the listener.
+async fn work(ctx: Ctx, w: Arc<Notify>, mut events: tokio::sync::mpsc::Receiver<ListenEvent>) {
+    loop {
+        let next_due = match drain(&ctx).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "mail worker: database error; trying again soon");
+                Some(ctx.clock.now() + chrono::Duration::seconds(1))
+            }
+        };
+        let fallback = Duration::from_secs(30);
+        let delay = next_due
+            .map(|t| (t - ctx.clock.now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(fallback)
+            .min(fallback);
+        tokio::select! {
+            _ = w.notified() => {}
+            e = events.recv() => if e.is_none() { return },
+            _ = tokio::time::sleep(delay) => {} // backoff timer, not a wait for state
+        }
     }
 }
 
