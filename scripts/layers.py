@@ -29,6 +29,7 @@ FORBIDDEN = [
     ("mail", ["http", "api", "scim", "app"]),
     ("api", ["scim", "app"]),
     ("scim", ["api", "app"]),
+    ("secevents", ["runtime", "read_models", "http", "api", "scim", "app", "mail"]),
 ]
 
 

@@ -39,8 +39,8 @@ pub enum StartError {
 const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Background connections beyond one per projection runner: the hub, the lag sampler, the
-/// mail worker and a rebuild.
-const BACKGROUND_SPARE: usize = 4;
+/// mail worker, a rebuild and security-event delivery.
+const BACKGROUND_SPARE: usize = 6;
 
 impl AppState {
     /// Connects, starts the ProgressHub and (unless switched off) the projections.
@@ -69,23 +69,7 @@ impl AppState {
         let hub = ProgressHub::start(&cfg.database_url, background.clone()).await?;
         let lag_history = crate::runtime::LagHistory::default();
         let sampler = Sampler(lag_history.start_sampling(background.clone()));
-        let smtp_url = cfg.smtp_url.as_ref().map(|u| u.expose_secret());
-        let mailer = Mailer::new(smtp_url, &cfg.mail_from)?;
-        if mailer.is_log() {
-            tracing::warn!(
-                "SMTP_URL is not set: mails, verification codes included, go to the log"
-            );
-        }
-        let mail = cfg.run_mail_worker.then(|| {
-            Arc::new(MailWorker::start(
-                &cfg.database_url,
-                background.clone(),
-                store.clone(),
-                mailer,
-                cfg.clock.clone(),
-                cfg.mail.clone(),
-            ))
-        });
+        let (mail, secevents) = workers(cfg, &background, &store)?;
         let projector = if cfg.run_projections {
             Some(Arc::new(
                 Projector::start(
@@ -118,10 +102,43 @@ impl AppState {
             clock: cfg.clock.clone(),
             verification: Arc::new(cfg.verification.clone()),
             mail,
+            secevents,
             _sampler: Arc::new(sampler),
             lag_history,
         })
     }
+}
+
+/// The mail worker (unless switched off) and security-event delivery.
+fn workers(
+    cfg: &Config,
+    background: &deadpool_postgres::Pool,
+    store: &EventStore,
+) -> Result<(Option<Arc<MailWorker>>, Arc<crate::secevents::SecEvents>), StartError> {
+    let smtp_url = cfg.smtp_url.as_ref().map(|u| u.expose_secret());
+    let mailer = Mailer::new(smtp_url, &cfg.mail_from)?;
+    if mailer.is_log() {
+        tracing::warn!("SMTP_URL is not set: mails, verification codes included, go to the log");
+    }
+    let mail = cfg.run_mail_worker.then(|| {
+        Arc::new(MailWorker::start(
+            &cfg.database_url,
+            background.clone(),
+            store.clone(),
+            mailer,
+            cfg.clock.clone(),
+            cfg.mail.clone(),
+        ))
+    });
+    let secevents = Arc::new(crate::secevents::SecEvents::start(
+        &cfg.database_url,
+        background.clone(),
+        store,
+        cfg.clock.clone(),
+        cfg.secevents.clone(),
+        cfg.run_secevents_worker,
+    ));
+    Ok((mail, secevents))
 }
 
 pub fn router(state: AppState) -> axum::Router {

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod read_models;
 pub mod runtime;
 pub mod scim;
+pub mod secevents;
 pub mod signing;
 pub mod templates;
 

@@ -8,7 +8,8 @@ use tracing_subscriber::EnvFilter;
 use portcullis::app;
 use portcullis::clock::SystemClock;
 use portcullis::config::{
-    Cli, Command, Config, DbArgs, OrgsCommand, ProjectionsCommand, TokensCommand,
+    Cli, Command, Config, DbArgs, OrgsCommand, ProjectionsCommand, ReceiversCommand,
+    SigningKeysCommand, TokensCommand,
 };
 use portcullis::domain::provenance::{Actor, Origin};
 use portcullis::domain::{org, token};
@@ -128,6 +129,8 @@ async fn run(cmd: Command) -> Result<(), BoxError> {
             Ok(())
         }
         Command::Audit(a) => audit(&a).await,
+        Command::Receivers(r) => receivers(r).await,
+        Command::SigningKeys(k) => signing_keys(k).await,
     }
 }
 
@@ -178,6 +181,101 @@ async fn audit(a: &portcullis::config::AuditArgs) -> Result<(), BoxError> {
             actor,
             e.request_id.as_deref().unwrap_or("-"),
         );
+    }
+    Ok(())
+}
+
+async fn receivers(cmd: ReceiversCommand) -> Result<(), BoxError> {
+    use portcullis::secevents::receivers::{self, Registration};
+    match cmd {
+        ReceiversCommand::Add {
+            db,
+            org,
+            name,
+            delivery,
+            endpoint,
+            events,
+            audience,
+            public_url,
+        } => {
+            if !org::exists(&store(&db)?, org).await? {
+                return Err(format!("no organization {org}").into());
+            }
+            let client = pool(&db)?.get().await?;
+            let r = Registration {
+                name,
+                delivery,
+                endpoint,
+                events,
+                audience,
+            };
+            let made = receivers::register(&client, org, &r, &public_url).await?;
+            if let Some(t) = &made.poll_token {
+                let url = receivers::poll_url(&public_url, org, made.receiver.id);
+                eprintln!("poll at {url} with this token (shown once, keep it safe):");
+                eprintln!("{}", t.expose_secret());
+            }
+            println!("{}", serde_json::to_string_pretty(&made.receiver)?);
+        }
+        ReceiversCommand::List { db, org, json } => {
+            let client = pool(&db)?.get().await?;
+            let all = receivers::list(&client, Some(org)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            }
+            for r in all.iter().filter(|_| !json) {
+                let h = &r.health;
+                println!(
+                    "{} {} {:?} {} pending={} rejected={} lag={:.1}s failures={}{}",
+                    r.id,
+                    r.delivery.as_str(),
+                    r.name,
+                    h.status,
+                    h.pending,
+                    h.rejected,
+                    h.lag_seconds,
+                    h.failures,
+                    h.last_error
+                        .as_ref()
+                        .map(|e| format!(" last_error={e:?}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        ReceiversCommand::Remove { db, org, id } => {
+            receivers::remove(&pool(&db)?.get().await?, org, id).await?;
+        }
+        ReceiversCommand::Retry { db, org, id } => {
+            let n = receivers::retry(&pool(&db)?.get().await?, org, id).await?;
+            eprintln!("{n} refused SETs queued again");
+        }
+    }
+    Ok(())
+}
+
+async fn signing_keys(cmd: SigningKeysCommand) -> Result<(), BoxError> {
+    use portcullis::secevents::keys;
+    match cmd {
+        SigningKeysCommand::List { db, org } => {
+            for k in keys::list(&pool(&db)?.get().await?, org).await? {
+                let state = if k.active { "active" } else { "retired" };
+                println!(
+                    "{} {} {state} {}",
+                    k.kid,
+                    k.algorithm,
+                    k.created_at.to_rfc3339()
+                );
+            }
+        }
+        SigningKeysCommand::Rotate { db, org } => {
+            if !org::exists(&store(&db)?, org).await? {
+                return Err(format!("no organization {org}").into());
+            }
+            println!("{}", keys::rotate(&mut pool(&db)?.get().await?, org).await?);
+        }
+        SigningKeysCommand::Remove { db, org, kid } => {
+            keys::remove(&pool(&db)?.get().await?, org, &kid).await?;
+        }
     }
     Ok(())
 }

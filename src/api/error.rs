@@ -39,6 +39,8 @@ pub enum ApiError {
     TooLarge(String),
     #[error(transparent)]
     Domain(crate::domain::DomainError),
+    #[error(transparent)]
+    SecEvents(crate::secevents::SecEventsError),
 }
 
 /// Domain errors mean on this surface what they mean on SCIM's: the client's doing is a 4xx

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod dashboard;
 mod error;
 mod ops;
+mod secevents;
 mod verification;
 
 use axum::routing::get;
@@ -23,6 +24,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(audit::router())
         .merge(verification::router())
         .merge(ops::router())
+        .merge(secevents::router())
         .merge(dashboard::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -36,6 +36,8 @@ pub struct AppState {
     pub verification: Arc<crate::domain::verification::Settings>,
     /// The outbox worker (none when `Config::run_mail_worker` is off).
     pub mail: Option<Arc<MailWorker>>,
+    /// Security events: wake-ups for poll requests, and the delivery worker.
+    pub secevents: Arc<crate::secevents::SecEvents>,
     /// Lag samples for the dashboard's chart.
     pub lag_history: crate::runtime::LagHistory,
     pub(crate) _sampler: Arc<Sampler>,

@@ -26,8 +26,14 @@ pub fn router(m: impl Fn(MethodRouter<AppState>) -> MethodRouter<AppState>) -> R
         .tracked_route("/scim/v2/{org}/Schemas/{urn}", m(get(schema_one)))
 }
 
-async fn service_provider_config(State(state): State<AppState>, ctx: Ctx) -> ScimJson {
-    ScimJson(json!({
+async fn service_provider_config(
+    State(state): State<AppState>,
+    ctx: Ctx,
+) -> Result<ScimJson, ScimError> {
+    let client = state.pool.get().await?;
+    let events = crate::secevents::receivers::any_in(&client, ctx.org).await?;
+    drop(client);
+    let mut config = json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
         "documentationUri": "https://datatracker.ietf.org/doc/html/rfc7644",
         "patch": {"supported": true},
@@ -61,7 +67,20 @@ async fn service_provider_config(State(state): State<AppState>, ctx: Ctx) -> Sci
             "resourceType": "ServiceProviderConfig",
             "location": format!("{}/ServiceProviderConfig", ctx.base),
         },
-    }))
+    });
+    // RFC 9967 §4: absent means not supported or not configured, so only an org with
+    // receivers gets it (strict clients that know only RFC 7643 refuse unknown attributes).
+    // Requests complete synchronously: no asynchronous requests.
+    if events {
+        config["securityEvents"] = json!({
+            "asyncRequest": "none",
+            "eventUris": crate::secevents::uri::EventUri::all()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+        });
+    }
+    Ok(ScimJson(config))
 }
 
 fn list(items: Vec<Value>) -> ScimJson {

@@ -17,6 +17,7 @@ mod read_models;
 mod rebuild;
 mod restore;
 mod scim;
+mod secevents;
 mod sessions;
 mod tls;
 mod tokens;

@@ -7,6 +7,7 @@
 //! none can be pulled).
 
 pub mod pg;
+pub mod receiver;
 pub mod smtp;
 
 use std::time::Duration;

@@ -6,6 +6,14 @@ use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand};
 
+mod db;
+mod http;
+mod secevents;
+
+pub use db::DbArgs;
+pub use http::{HttpArgs, HttpOptions};
+pub use secevents::{ReceiversCommand, SigningKeysCommand};
+
 use crate::eventstore::{NotifyMode, StoreOptions};
 use crate::runtime::{RunnerOptions, Thresholds};
 
@@ -59,6 +67,14 @@ pub enum Command {
     /// Who changed what in an organization, newest first: one line per change (time,
     /// position, event, resource, actor, request id), or JSON lines with --json.
     Audit(AuditArgs),
+    /// Receivers of an organization's SCIM security events (signed SETs, RFC 9967), pushed
+    /// to an endpoint or polled.
+    #[command(subcommand)]
+    Receivers(ReceiversCommand),
+    /// The keys an organization's SETs are signed with (published at
+    /// /api/v1/orgs/{org}/jwks.json).
+    #[command(subcommand)]
+    SigningKeys(SigningKeysCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -196,16 +212,6 @@ pub enum ProjectionsCommand {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct DbArgs {
-    /// PostgreSQL connection URL, e.g. postgres://user:password@localhost:5432/portcullis.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    /// Connections in the pool.
-    #[arg(long, env = "PORTCULLIS_POOL_SIZE", default_value_t = 16)]
-    pub pool_size: usize,
-}
-
-#[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub db: DbArgs,
@@ -328,77 +334,6 @@ impl ScimArgs {
     }
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct HttpArgs {
-    /// The service is reached over plain http, with no TLS in front of it: the dashboard's
-    /// session cookie is then sent without `Secure`. Leave off whenever users reach it over
-    /// https (browsers accept `Secure` cookies from http://localhost too).
-    #[arg(long, env = "PORTCULLIS_PLAIN_HTTP")]
-    pub plain_http: bool,
-    /// Seconds a client may take to send a request's headers; slower connections are closed.
-    #[arg(
-        long,
-        env = "PORTCULLIS_HEADER_READ_TIMEOUT_SECONDS",
-        default_value_t = 10
-    )]
-    pub header_read_timeout_seconds: u64,
-    /// Seconds a request may take, body included; past it the answer is 503.
-    #[arg(long, env = "PORTCULLIS_REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
-    pub request_timeout_seconds: u64,
-    /// Open HTTP connections at most; further clients wait until one closes.
-    #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", default_value_t = 1024)]
-    pub max_connections: usize,
-    /// Seconds shutdown waits for requests in flight before it drops them.
-    #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
-    pub shutdown_grace_seconds: u64,
-    /// Bearer token `/metrics` then requires (unset: open, as Prometheus scrapes usually are).
-    #[arg(long, env = "PORTCULLIS_METRICS_TOKEN", hide_env_values = true)]
-    pub metrics_token: Option<String>,
-}
-
-impl HttpArgs {
-    pub fn options(&self) -> HttpOptions {
-        let secs = |s: u64| std::time::Duration::from_secs(s.max(1));
-        HttpOptions {
-            plain_http: self.plain_http,
-            header_read_timeout: secs(self.header_read_timeout_seconds),
-            request_timeout: secs(self.request_timeout_seconds),
-            max_connections: self.max_connections.max(1),
-            shutdown_grace: secs(self.shutdown_grace_seconds),
-            metrics_token: self
-                .metrics_token
-                .clone()
-                .filter(|t| !t.is_empty())
-                .map(SecretString::from),
-        }
-    }
-}
-
-/// How the HTTP server treats its clients.
-#[derive(Debug, Clone)]
-pub struct HttpOptions {
-    /// Cookies without `Secure` (see [`HttpArgs::plain_http`]).
-    pub plain_http: bool,
-    pub header_read_timeout: std::time::Duration,
-    pub request_timeout: std::time::Duration,
-    pub max_connections: usize,
-    pub shutdown_grace: std::time::Duration,
-    pub metrics_token: Option<SecretString>,
-}
-
-impl Default for HttpOptions {
-    fn default() -> Self {
-        HttpOptions {
-            plain_http: false,
-            header_read_timeout: std::time::Duration::from_secs(10),
-            request_timeout: std::time::Duration::from_secs(60),
-            max_connections: 1024,
-            shutdown_grace: std::time::Duration::from_secs(10),
-            metrics_token: None,
-        }
-    }
-}
-
 /// Limits of the SCIM API.
 #[derive(Debug, Clone)]
 pub struct ScimOptions {
@@ -458,6 +393,9 @@ pub struct Config {
     pub mail: crate::mail::WorkerOptions,
     /// Run the mail worker in this process.
     pub run_mail_worker: bool,
+    pub secevents: crate::secevents::DeliveryOptions,
+    /// Deliver security events from this process.
+    pub run_secevents_worker: bool,
     pub verification: crate::domain::verification::Settings,
     /// Time for expiry, rate limits and backoff (tests pass a ManualClock).
     pub clock: crate::clock::SharedClock,
@@ -497,6 +435,8 @@ impl Config {
             mail_from: "Portcullis <no-reply@localhost>".into(),
             mail: crate::mail::WorkerOptions::default(),
             run_mail_worker: true,
+            secevents: Default::default(),
+            run_secevents_worker: true,
             verification: Default::default(),
             clock: std::sync::Arc::new(crate::clock::SystemClock),
         }
@@ -521,6 +461,11 @@ pub fn human(seconds: i64) -> String {
 impl From<&ServeArgs> for Config {
     fn from(a: &ServeArgs) -> Self {
         let p = &a.projections;
+        let public_url = a
+            .mail
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", a.listen));
         Config {
             database_url: a.db.database_url.clone(),
             pool_size: a.db.pool_size,
@@ -546,17 +491,18 @@ impl From<&ServeArgs> for Config {
                 .map(SecretString::from),
             mail_from: a.mail.mail_from.clone(),
             mail: crate::mail::WorkerOptions {
-                public_url: a
-                    .mail
-                    .public_url
-                    .clone()
-                    .unwrap_or_else(|| format!("http://{}", a.listen)),
+                public_url: public_url.clone(),
                 max_attempts: a.mail.mail_max_attempts.max(1),
                 retry_base: std::time::Duration::from_secs(a.mail.mail_retry_seconds.max(1)),
                 valid_for: human(a.mail.verification_ttl_seconds),
                 ..Default::default()
             },
             run_mail_worker: true,
+            secevents: crate::secevents::DeliveryOptions {
+                public_url: public_url.clone(),
+                ..Default::default()
+            },
+            run_secevents_worker: true,
             verification: crate::domain::verification::Settings {
                 ttl: chrono::Duration::seconds(a.mail.verification_ttl_seconds.max(60)),
                 resend_after: chrono::Duration::seconds(a.mail.verification_resend_seconds.max(0)),
