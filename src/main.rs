@@ -196,20 +196,22 @@ async fn receivers(cmd: ReceiversCommand) -> Result<(), BoxError> {
             endpoint,
             events,
             audience,
+            group,
             public_url,
         } => {
             if !org::exists(&store(&db)?, org).await? {
                 return Err(format!("no organization {org}").into());
             }
-            let client = pool(&db)?.get().await?;
+            let mut client = pool(&db)?.get().await?;
             let r = Registration {
                 name,
                 delivery,
                 endpoint,
                 events,
                 audience,
+                group,
             };
-            let made = receivers::register(&client, org, &r, &public_url).await?;
+            let made = receivers::register(&mut client, org, &r, &public_url).await?;
             if let Some(t) = &made.poll_token {
                 let url = receivers::poll_url(&public_url, org, made.receiver.id);
                 eprintln!("poll at {url} with this token (shown once, keep it safe):");

@@ -130,7 +130,7 @@ async fn register(
         ),
     })?;
     let base = &state.secevents.opts.public_url;
-    let made = receivers::register(&state.pool.get().await?, org, &r, base).await?;
+    let made = receivers::register(&mut state.pool.get().await?, org, &r, base).await?;
     state.secevents.wake();
     let mut out = json!(made.receiver);
     if let Some(t) = &made.poll_token {

@@ -32,6 +32,10 @@ pub enum ReceiversCommand {
         /// The `aud` claim (default: the endpoint, or the poll URL).
         #[arg(long)]
         audience: Option<String>,
+        /// A group of the organization: the feed is its user members (feed:add and
+        /// feed:remove as they join and leave; provisioning events for them only).
+        #[arg(long)]
+        group: Option<Uuid>,
         /// The service's public URL, for `iss` and the poll URL
         /// (as the service has it in PORTCULLIS_PUBLIC_URL).
         #[arg(

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::change::{self, Change};
 use super::error::SecEventsError;
+use super::scope::{Delta, Item};
 use super::set::{self, Addressing, Made};
 use super::uri::{EventKind, Form, Wants};
 use crate::domain::group::{self, Kind};
@@ -35,6 +36,8 @@ struct Reader {
     position: Position,
     pending: i64,
     poll: bool,
+    /// The feed is this group's members.
+    group: Option<Uuid>,
 }
 
 async fn reader<C: GenericClient>(client: &C, id: Uuid) -> Result<Reader, SecEventsError> {
@@ -42,7 +45,8 @@ async fn reader<C: GenericClient>(client: &C, id: Uuid) -> Result<Reader, SecEve
         .prepare_cached(
             "SELECT org_id, audience, event_uris, position_tx, position_seq, \
                (SELECT count(*) FROM secevents.pending p \
-                 WHERE p.receiver_id = r.id AND p.rejected_at IS NULL), delivery = 'poll' \
+                 WHERE p.receiver_id = r.id AND p.rejected_at IS NULL), delivery = 'poll', \
+               feed_group \
                FROM secevents.receivers r WHERE id = $1",
         )
         .await?;
@@ -58,6 +62,7 @@ async fn reader<C: GenericClient>(client: &C, id: Uuid) -> Result<Reader, SecEve
         position: Position::from_sql(r.get(3), r.get(4)),
         pending: r.get(5),
         poll: r.get(6),
+        group: r.get(7),
     })
 }
 
@@ -149,8 +154,8 @@ pub async fn fill(
         });
     }
     let changes = change::changes(&batch.events[..take]);
-    let made = make_all(&client, &r, id, base, &changes, now).await?;
-    let Some(queued) = commit(&mut client, id, &r, to, &made).await? else {
+    let (made, delta) = make_all(&client, &r, id, base, &changes, now).await?;
+    let Some(queued) = commit(&mut client, id, &r, to, &made, &delta).await? else {
         // Someone else filled it meanwhile (or it was removed).
         return Ok(Filled {
             queued: 0,
@@ -175,6 +180,7 @@ async fn commit(
     r: &Reader,
     to: Position,
     made: &[Made],
+    delta: &Delta,
 ) -> Result<Option<u64>, SecEventsError> {
     let tx = client.transaction().await?;
     let moved = tx
@@ -195,6 +201,7 @@ async fn commit(
     if moved == 0 {
         return Ok(None);
     }
+    super::scope::apply(&tx, id, delta).await?;
     let queued = queue(&tx, id, made).await?;
     if queued > 0 && r.poll {
         // Poll requests waiting in other processes: one NOTIFY per batch, never per write.
@@ -215,10 +222,14 @@ async fn make_all<C: GenericClient>(
     base: &str,
     changes: &[Change],
     now: DateTime<Utc>,
-) -> Result<Vec<Made>, SecEventsError> {
+) -> Result<(Vec<Made>, Delta), SecEventsError> {
     if changes.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Delta::default()));
     }
+    let (items, delta) = match r.group {
+        Some(g) => super::scope::scoped(client, id, g, changes).await?,
+        None => (changes.iter().map(Item::Change).collect(), Delta::default()),
+    };
     let key = match super::keys::active(client, r.org).await? {
         Some(k) => k,
         None => {
@@ -237,15 +248,25 @@ async fn make_all<C: GenericClient>(
     };
     let wants_full_put = r.wants.forms(EventKind::Put).contains(&Some(Form::Full));
     let mut made = Vec::new();
-    for c in changes {
-        let state = if wants_full_put && c.is_put() {
-            state_after(client, c).await?
-        } else {
-            None
-        };
-        made.extend(set::make(c, &to, &key, state, now)?);
+    for item in items {
+        made.extend(match item {
+            Item::Change(c) => {
+                let state = if wants_full_put && c.is_put() {
+                    state_after(client, c).await?
+                } else {
+                    None
+                };
+                set::make(c, &to, &key, state, now)?
+            }
+            Item::Feed {
+                user,
+                kind,
+                position,
+                at,
+            } => set::make_feed(user, kind, position, at, &to, &key, now)?,
+        });
     }
-    Ok(made)
+    Ok((made, delta))
 }
 
 /// Queues `made` for receiver `id`.

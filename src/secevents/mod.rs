@@ -11,6 +11,7 @@ mod options;
 pub mod poll;
 pub mod push;
 pub mod receivers;
+mod scope;
 mod service;
 pub mod set;
 pub mod uri;

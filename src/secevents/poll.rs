@@ -123,7 +123,7 @@ pub async fn take(pool: &Pool, id: Uuid, max: usize) -> Result<PollResponse, Sec
     let rows = client
         .query(
             "SELECT jti, token FROM secevents.pending \
-             WHERE receiver_id = $1 AND rejected_at IS NULL ORDER BY tx, seq LIMIT $2",
+             WHERE receiver_id = $1 AND rejected_at IS NULL ORDER BY tx, seq, jti LIMIT $2",
             &[&id, &(max as i64 + 1)],
         )
         .await?;

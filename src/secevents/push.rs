@@ -127,7 +127,7 @@ pub async fn round(
         let sets: Vec<(String, String)> = client
             .query(
                 "SELECT jti, token FROM secevents.pending \
-                 WHERE receiver_id = $1 AND rejected_at IS NULL ORDER BY tx, seq LIMIT $2",
+                 WHERE receiver_id = $1 AND rejected_at IS NULL ORDER BY tx, seq, jti LIMIT $2",
                 &[&id, &ROUND],
             )
             .await?

@@ -54,6 +54,10 @@ pub struct Registration {
     pub events: Vec<String>,
     /// The `aud` claim; by default the push endpoint, or the poll URL.
     pub audience: Option<String>,
+    /// A group of the org: the feed is its user members (feed:add/feed:remove as they join
+    /// and leave, provisioning events for them only). None: every user and group.
+    #[serde(default)]
+    pub group: Option<Uuid>,
 }
 
 /// A receiver and how it is doing.
@@ -66,6 +70,8 @@ pub struct Receiver {
     pub endpoint: Option<String>,
     pub audience: String,
     pub events: Vec<String>,
+    /// The group whose members make its feed, if any.
+    pub group: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub health: Health,
 }
@@ -158,14 +164,16 @@ fn poll_token() -> Result<(SecretString, String), SecEventsError> {
 
 /// Registers a receiver of `org` (which must exist); it gets the changes committed from now
 /// on. `base` is the service's public URL.
-pub async fn register<C: GenericClient>(
-    client: &C,
+pub async fn register(
+    client: &mut deadpool_postgres::Client,
     org: Uuid,
     r: &Registration,
     base: &str,
 ) -> Result<Registered, SecEventsError> {
     let wants = check(r)?;
-    super::keys::ensure(client, org).await?;
+    super::keys::ensure(&*client, org).await?;
+    // The receiver, its feed and its wake-up together, or none of them.
+    let client = client.transaction().await?;
     let id = Uuid::new_v4();
     let (poll_token, hash) = match r.delivery {
         Delivery::Poll => {
@@ -179,12 +187,20 @@ pub async fn register<C: GenericClient>(
         None => poll_url(base, org, id),
     });
     // From the last event every reader may see: whatever commits later sorts after it.
-    let start: Position = crate::eventstore::head(client).await?;
+    let start: Position = crate::eventstore::head(&client).await?;
+    let members = match r.group {
+        Some(g) => Some(
+            super::scope::members_at(&client, org, g, start)
+                .await?
+                .ok_or_else(|| invalid(format!("no group {g} in this organization")))?,
+        ),
+        None => None,
+    };
     client
         .execute(
             "INSERT INTO secevents.receivers (id, org_id, name, delivery, endpoint, \
-               poll_token_hash, audience, event_uris, position_tx, position_seq) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+               poll_token_hash, audience, event_uris, position_tx, position_seq, feed_group) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             &[
                 &id,
                 &org,
@@ -196,16 +212,27 @@ pub async fn register<C: GenericClient>(
                 &wants.strings(),
                 &start.tx_sql(),
                 &start.seq,
+                &r.group,
             ],
         )
         .await?;
+    if let Some(m) = members {
+        client
+            .execute(
+                "INSERT INTO secevents.feed_members (receiver_id, user_id) \
+                 SELECT $1, unnest($2::uuid[])",
+                &[&id, &m],
+            )
+            .await?;
+    }
     client
         .execute(
             "SELECT pg_notify($1, $2)",
             &[&super::options::RECEIVERS_CHANNEL, &id.to_string()],
         )
         .await?;
-    let receiver = get(client, org, id).await?;
+    let receiver = get(&client, org, id).await?;
+    client.commit().await?;
     Ok(Registered {
         receiver,
         poll_token,
@@ -213,7 +240,7 @@ pub async fn register<C: GenericClient>(
 }
 
 const SELECT: &str = "SELECT r.id, r.org_id, r.name, r.delivery, r.endpoint, r.audience, \
-       r.event_uris, r.created_at, h.status, h.position, h.events_unread, h.pending, \
+       r.event_uris, r.feed_group, r.created_at, h.status, h.position, h.events_unread, h.pending, \
        h.rejected, h.lag_seconds, h.delivered_total, h.last_delivered_at, h.failures, \
        h.last_error, h.last_error_at, h.next_attempt_at \
   FROM secevents.receivers r JOIN secevents.receiver_health h USING (id)";
@@ -227,20 +254,21 @@ fn from_row(r: &tokio_postgres::Row) -> Receiver {
         endpoint: r.get(4),
         audience: r.get(5),
         events: r.get(6),
-        created_at: r.get(7),
+        group: r.get(7),
+        created_at: r.get(8),
         health: Health {
-            status: r.get(8),
-            position: r.get(9),
-            events_unread: r.get(10),
-            pending: r.get(11),
-            rejected: r.get(12),
-            lag_seconds: r.get(13),
-            delivered_total: r.get(14),
-            last_delivered_at: r.get(15),
-            failures: r.get(16),
-            last_error: r.get(17),
-            last_error_at: r.get(18),
-            next_attempt_at: r.get(19),
+            status: r.get(9),
+            position: r.get(10),
+            events_unread: r.get(11),
+            pending: r.get(12),
+            rejected: r.get(13),
+            lag_seconds: r.get(14),
+            delivered_total: r.get(15),
+            last_delivered_at: r.get(16),
+            failures: r.get(17),
+            last_error: r.get(18),
+            last_error_at: r.get(19),
+            next_attempt_at: r.get(20),
         },
     }
 }

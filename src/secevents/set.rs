@@ -43,13 +43,14 @@ pub struct Addressing<'a> {
     pub wants: &'a Wants,
 }
 
-/// The same for the same receiver and change, different for any other: 128 bits of
-/// SHA-256 over both, in hex.
-pub fn jti(receiver: Uuid, position: Position) -> String {
+/// The same for the same receiver, change and subject, different for any other: 128 bits
+/// of SHA-256 over them, in hex.
+pub fn jti(receiver: Uuid, position: Position, subject: &str) -> String {
     let mut h = Sha256::new();
     h.update(receiver.as_bytes());
     h.update(position.tx.to_be_bytes());
     h.update(position.seq.to_be_bytes());
+    h.update(subject.as_bytes());
     h.finalize()[..16]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -205,22 +206,70 @@ pub fn make(
     now: DateTime<Utc>,
 ) -> Result<Option<Made>, SecEventsError> {
     let events = events(c, to.wants, state);
-    if events.is_empty() {
-        return Ok(None);
-    }
-    let jti = jti(to.receiver, c.position);
     let mut sub = json!({"format": "scim", "uri": c.uri(), "id": c.id});
     if let Some(x) = c.external_id() {
         sub["externalId"] = json!(x);
     }
+    let subject = Subject {
+        uri: c.uri(),
+        sub_id: sub,
+        position: c.position,
+        at: c.at,
+    };
+    sign(subject, events, to, key, now)
+}
+
+/// A user joining (`FeedAdd`) or leaving (`FeedRemove`) a group's feed at `position`.
+pub fn make_feed(
+    user: Uuid,
+    kind: EventKind,
+    position: Position,
+    at: DateTime<Utc>,
+    to: &Addressing<'_>,
+    key: &ActiveKey,
+    now: DateTime<Utc>,
+) -> Result<Option<Made>, SecEventsError> {
+    let mut events = Map::new();
+    if !to.wants.forms(kind).is_empty() {
+        events.insert(EventUri::new(kind, None).to_string(), json!({}));
+    }
+    let uri = format!("/Users/{user}");
+    let subject = Subject {
+        sub_id: json!({"format": "scim", "uri": uri, "id": user}),
+        uri,
+        position,
+        at,
+    };
+    sign(subject, events, to, key, now)
+}
+
+/// What a SET is about.
+struct Subject {
+    uri: String,
+    sub_id: Value,
+    position: Position,
+    at: DateTime<Utc>,
+}
+
+fn sign(
+    s: Subject,
+    events: Map<String, Value>,
+    to: &Addressing<'_>,
+    key: &ActiveKey,
+    now: DateTime<Utc>,
+) -> Result<Option<Made>, SecEventsError> {
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let jti = jti(to.receiver, s.position, &s.uri);
     let claims = json!({
         "iss": to.issuer,
         "iat": now.timestamp(),
         "jti": jti,
         "aud": to.audience,
-        "txn": c.position.to_string(),
-        "toe": c.at.timestamp(),
-        "sub_id": sub,
+        "txn": s.position.to_string(),
+        "toe": s.at.timestamp(),
+        "sub_id": s.sub_id,
         "events": events,
     });
     let header = jsonwebtoken::Header {
@@ -231,10 +280,10 @@ pub fn make(
     let token = jsonwebtoken::encode(&header, &claims, &key.key)?;
     Ok(Some(Made {
         jti,
-        position: c.position,
-        subject: c.uri(),
+        position: s.position,
+        subject: s.uri,
         token,
-        event_at: c.at,
+        event_at: s.at,
     }))
 }
 
@@ -298,7 +347,14 @@ mod tests {
         assert_eq!(e["urn:ietf:params:scim:event:prov:put:full"]["data"], state);
         let wants = Wants::parse(&["prov:create:notice"]).unwrap();
         assert!(events(&c, &wants, None).is_empty());
-        assert_eq!(jti(Uuid::nil(), c.position).len(), 32);
-        assert_ne!(jti(Uuid::nil(), c.position), jti(Uuid::max(), c.position));
+        assert_eq!(jti(Uuid::nil(), c.position, "/Users/a").len(), 32);
+        assert_ne!(
+            jti(Uuid::nil(), c.position, "/Users/a"),
+            jti(Uuid::max(), c.position, "/Users/a")
+        );
+        assert_ne!(
+            jti(Uuid::nil(), c.position, "/Users/a"),
+            jti(Uuid::nil(), c.position, "/Users/b")
+        );
     }
 }

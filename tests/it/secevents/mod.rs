@@ -1,6 +1,7 @@
 //! SCIM security events (RFC 9967) as signed SETs: pushed to a receiver inside the test,
 //! polled with acknowledgements, verified against the JWKS, over real HTTP.
 
+mod feed;
 mod poll;
 mod push;
 

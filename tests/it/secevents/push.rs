@@ -227,9 +227,9 @@ async fn a_set_the_receiver_refuses_is_kept_aside_and_sent_again_on_retry() {
     .await;
     let id: uuid::Uuid = made["id"].as_str().unwrap().parse().unwrap();
     rx.refuse(true);
-    let (_, p) = user(&s, "refused").await;
-    // The same receiver and change always give the same jti.
-    let refused = portcullis::secevents::set::jti(id, p.parse().unwrap());
+    let (u, p) = user(&s, "refused").await;
+    // The same receiver, change and subject always give the same jti.
+    let refused = portcullis::secevents::set::jti(id, p.parse().unwrap(), &format!("/Users/{u}"));
     let got = rx.wait_for(1, WAIT).await;
     assert_eq!(
         crate::support::receiver::claims(&got[0].token)["jti"],
