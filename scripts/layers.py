@@ -25,7 +25,7 @@ FORBIDDEN = [
     ("read_models", ["http", "api", "scim", "app"]),
     ("domain", ["http", "api", "scim", "app", "runtime"]),
     ("http", ["api", "scim", "app"]),
-    ("metrics", ["eventstore", "runtime", "read_models", "domain", "http", "api", "scim", "app"]),
+    ("metrics", ["eventstore", "runtime", "read_models", "domain", "http", "api", "scim", "app", "secevents"]),
     ("mail", ["http", "api", "scim", "app"]),
     ("api", ["scim", "app"]),
     ("scim", ["api", "app"]),

@@ -34,6 +34,14 @@ pub struct Metrics {
     pub mail_sent: IntCounter,
     pub mail_failed: IntCounter,
     pub mail_given_up: IntCounter,
+    /// SETs made and queued for receivers.
+    pub sets_queued: IntCounter,
+    /// SETs acknowledged by receivers (pushed with 2xx, or acked in a poll).
+    pub sets_delivered: IntCounter,
+    /// Pushes that failed (the receiver backs off).
+    pub set_push_failures: IntCounter,
+    /// From commit to a receiver's acknowledgement of a pushed SET.
+    pub set_delay_seconds: prometheus::Histogram,
     events_behind: GaugeVec,
     seconds_behind: GaugeVec,
     failed: GaugeVec,
@@ -113,6 +121,33 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             IntCounter::new(
                 "portcullis_mail_given_up_total",
                 "Mails given up after the configured attempts (left in mail.outbox).",
+            )
+            .unwrap(),
+        ),
+        sets_queued: register(
+            &r,
+            IntCounter::new("portcullis_sets_queued_total", "Security Event Tokens made and queued for receivers.").unwrap(),
+        ),
+        sets_delivered: register(
+            &r,
+            IntCounter::new(
+                "portcullis_sets_delivered_total",
+                "SETs receivers acknowledged (a push answered 2xx, or acked in a poll).",
+            )
+            .unwrap(),
+        ),
+        set_push_failures: register(
+            &r,
+            IntCounter::new("portcullis_set_push_failures_total", "Failed SET pushes (the receiver backs off).").unwrap(),
+        ),
+        set_delay_seconds: register(
+            &r,
+            prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "portcullis_set_delivery_delay_seconds",
+                    "From a change's commit to the receiver accepting its pushed SET.",
+                )
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0]),
             )
             .unwrap(),
         ),

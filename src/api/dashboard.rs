@@ -11,7 +11,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::error::ApiError;
 use crate::http::auth::{self, Admin, AuthError};
@@ -220,6 +220,24 @@ fn rows(h: &HealthReport) -> Vec<Row<'_>> {
         .collect()
 }
 
+/// Every security-event receiver's health, formatted for display.
+async fn receiver_rows(client: &deadpool_postgres::Client) -> Result<Vec<Value>, ApiError> {
+    let all = crate::secevents::receivers::list(client, None).await?;
+    Ok(all
+        .iter()
+        .map(|r| {
+            let h = &r.health;
+            json!({
+                "id": r.id, "name": r.name, "org_id": r.org_id, "delivery": r.delivery.as_str(),
+                "status": h.status, "pending": h.pending, "rejected": h.rejected,
+                "lag_seconds": format!("{:.1}", h.lag_seconds), "events_unread": h.events_unread,
+                "failures": h.failures, "last_error": h.last_error,
+                "delivered_total": h.delivered_total,
+            })
+        })
+        .collect())
+}
+
 #[derive(Deserialize)]
 struct Notice {
     notice: Option<String>,
@@ -232,10 +250,13 @@ async fn dashboard(
 ) -> Result<Response, ApiError> {
     let client = state.pool.get().await?;
     let h = runtime::health(&client).await?;
+    let receivers = receiver_rows(&client).await?;
+    drop(client);
     let page = crate::templates::render(
         "dashboard.html",
         serde_json::json!({
             "projections": rows(&h),
+            "receivers": receivers,
             "notice": n.notice,
             "horizon": format!("{:.1}", h.horizon_age_seconds),
             "updated": chrono::Utc::now().to_rfc3339(),

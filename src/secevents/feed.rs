@@ -212,6 +212,7 @@ async fn commit(
         .await?;
     }
     tx.commit().await?;
+    crate::metrics::metrics().sets_queued.inc_by(queued);
     Ok(Some(queued))
 }
 

@@ -114,6 +114,7 @@ pub async fn settle(
     )
     .await?;
     tx.commit().await?;
+    crate::metrics::metrics().sets_delivered.inc_by(acked);
     Ok(())
 }
 

@@ -124,15 +124,15 @@ pub async fn round(
         if due > now {
             return Ok(Pushed::BackingOff(due));
         }
-        let sets: Vec<(String, String)> = client
+        let sets: Vec<(String, String, DateTime<Utc>)> = client
             .query(
-                "SELECT jti, token FROM secevents.pending \
+                "SELECT jti, token, event_at FROM secevents.pending \
                  WHERE receiver_id = $1 AND rejected_at IS NULL ORDER BY tx, seq, jti LIMIT $2",
                 &[&id, &ROUND],
             )
             .await?
             .iter()
-            .map(|r| (r.get(0), r.get(1)))
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect();
         (r.get::<_, String>(0), r.get::<_, i32>(1), sets)
     };
@@ -143,11 +143,17 @@ pub async fn round(
     let mut accepted: Vec<&str> = Vec::new();
     let mut rejected: Vec<(&str, String)> = Vec::new();
     let mut failed = None;
-    for (jti, token) in &sets {
+    let m = crate::metrics::metrics();
+    for (jti, token, at) in &sets {
         match pusher.post(&endpoint, token).await {
-            Outcome::Accepted => accepted.push(jti),
+            Outcome::Accepted => {
+                let delay = (chrono::Utc::now() - *at).num_microseconds().unwrap_or(0);
+                m.set_delay_seconds.observe(delay.max(0) as f64 / 1e6);
+                accepted.push(jti)
+            }
             Outcome::Rejected(why) => rejected.push((jti, why)),
             Outcome::Failed(why) => {
+                m.set_push_failures.inc();
                 failed = Some(why);
                 break;
             }
@@ -157,6 +163,7 @@ pub async fn round(
         now + chrono::Duration::from_std(backoff.nth((failures + 1) as u32)).unwrap_or_default()
     });
     record(pool, id, &accepted, &rejected, failed.as_deref(), next, now).await?;
+    m.sets_delivered.inc_by(accepted.len() as u64);
     Ok(match next {
         Some(t) => Pushed::BackingOff(t),
         None if sets.len() as i64 == ROUND => Pushed::More,

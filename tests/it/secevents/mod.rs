@@ -257,3 +257,76 @@ async fn rotated_keys_sign_new_sets_and_old_ones_verify_until_removed() {
     assert_eq!(left["keys"].as_array().unwrap().len(), 1);
     assert_eq!(left["keys"][0]["kid"], new_kid.as_str());
 }
+
+fn portcullis(args: &[&str], db: &TestDb) -> (String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env("PORTCULLIS_LOG", "warn")
+        .output()
+        .expect("run portcullis");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    (stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_registers_lists_and_rotates() {
+    let db = TestDb::new().await;
+    let s = setup(&db).await;
+    let org = s.org.to_string();
+    let (out, err) = portcullis(
+        &[
+            "receivers",
+            "add",
+            "--org",
+            &org,
+            "--name",
+            "from the cli",
+            "--delivery",
+            "poll",
+            "--events",
+            "prov:create:notice,prov:delete",
+        ],
+        &db,
+    );
+    let made: Value = serde_json::from_str(&out).expect("the receiver as JSON");
+    assert_eq!(made["name"], "from the cli");
+    assert_eq!(made["events"].as_array().unwrap().len(), 2);
+    let token = err.lines().last().unwrap().trim();
+    assert!(token.starts_with("pcr_"), "{err}");
+    assert!(
+        !out.contains(token),
+        "the token goes to standard error only"
+    );
+
+    s.user("seen-by-the-cli-receiver", json!({})).await;
+    let mut made = made;
+    made["poll_token"] = json!(token);
+    let got = poll::poll(&s, &made, json!({"returnImmediately": true})).await;
+    assert_eq!(got["sets"].as_object().unwrap().len(), 1);
+
+    let (list, _) = portcullis(&["receivers", "list", "--org", &org], &db);
+    assert!(
+        list.contains("from the cli") && list.contains(" ok "),
+        "{list}"
+    );
+    let (kid, _) = portcullis(&["signing-keys", "rotate", "--org", &org], &db);
+    let (keys, _) = portcullis(&["signing-keys", "list", "--org", &org], &db);
+    assert!(
+        keys.contains(&format!("{} ES256 active", kid.trim())),
+        "{keys}"
+    );
+    assert_eq!(
+        keys.lines().filter(|l| l.contains(" retired ")).count(),
+        1,
+        "{keys}"
+    );
+    let id = made["id"].as_str().unwrap();
+    portcullis(&["receivers", "remove", "--org", &org, id], &db);
+    let (list, _) = portcullis(&["receivers", "list", "--org", &org, "--json"], &db);
+    assert_eq!(serde_json::from_str::<Value>(&list).unwrap(), json!([]));
+}

@@ -192,6 +192,20 @@ async fn a_receiver_that_was_down_gets_what_it_missed_and_holds_up_no_other() {
     .await;
     assert_eq!(h.get::<_, String>("status"), "retrying");
     assert!(h.get::<_, Option<String>>("last_error").is_some());
+    // The dashboard shows it too.
+    let page = s
+        .app
+        .http
+        .get(s.app.url("/admin/projections"))
+        .bearer_auth(super::ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let row = format!("<tr class=\"retrying\" data-receiver=\"{id}\"><td>down</td>");
+    assert!(page.contains(&row), "{page}");
 
     down.up().await;
     let got = down.wait_for(8, WAIT).await;
