@@ -148,12 +148,16 @@ pub fn router(state: AppState) -> axum::Router {
         .with_state(state)
 }
 
-/// Serves HTTP on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// Serves HTTP on `listener` until `shutdown` resolves, then finishes in-flight requests and
+/// gives the security-event leases back.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let opts = state.http.clone();
-    crate::http::server::run(listener, router(state), &opts, shutdown).await
+    let secevents = state.secevents.clone();
+    let served = crate::http::server::run(listener, router(state), &opts, shutdown).await;
+    secevents.stop().await;
+    served
 }

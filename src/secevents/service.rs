@@ -20,6 +20,8 @@ pub struct SecEvents {
     changed: watch::Sender<u64>,
     latest: watch::Receiver<Position>,
     tasks: Vec<JoinHandle<()>>,
+    /// The worker's pool and name, to give its leases back at shutdown.
+    worker: Option<(Pool, String)>,
 }
 
 impl Drop for SecEvents {
@@ -67,13 +69,16 @@ impl SecEvents {
         };
         let wake = tokio::spawn(relay(events, store.subscribe(), wakes));
         let mut tasks = vec![listener, wake];
+        let mut worker = None;
         if run_worker {
+            let me = node_name();
+            worker = Some((pool.clone(), me.clone()));
             let ctx = Arc::new(worker::Ctx {
                 pool,
                 clock,
                 pusher: push::Pusher::new(opts.push_timeout),
                 opts: opts.clone(),
-                me: node_name(),
+                me,
                 changed: changed.clone(),
                 latest: latest.clone(),
             });
@@ -84,6 +89,32 @@ impl SecEvents {
             changed,
             latest,
             tasks,
+            worker,
+        }
+    }
+
+    /// Stops delivering and gives this process's leases back, so that another process takes
+    /// its receivers over at once rather than when the leases run out (a rolling restart).
+    pub async fn stop(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let Some((pool, me)) = &self.worker else {
+            return;
+        };
+        let released = async {
+            pool.get()
+                .await?
+                .execute(
+                    "UPDATE secevents.receivers SET leased_by = NULL, lease_until = NULL \
+                     WHERE leased_by = $1",
+                    &[me],
+                )
+                .await?;
+            Ok::<_, super::SecEventsError>(())
+        };
+        if let Err(e) = released.await {
+            tracing::warn!(error = %crate::error_chain(&e), "security events: leases not given back; they run out");
         }
     }
 

@@ -271,3 +271,70 @@ async fn a_set_the_receiver_refuses_is_kept_aside_and_sent_again_on_retry() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_delivering_node_stops_another_takes_over_from_the_checkpoint() {
+    let db = TestDb::new().await;
+    let config = || {
+        let mut cfg = db.config();
+        cfg.admin_token = Some(super::ADMIN.into());
+        cfg.secevents.lease = Duration::from_secs(1);
+        cfg
+    };
+    let first = Scim::on(crate::support::TestApp::spawn_with(config()).await).await;
+    let rx = Receiver::start().await;
+    let made = register(
+        &first,
+        json!({"name": "app", "delivery": "push", "endpoint": rx.endpoint(), "events": ["prov:create:notice"]}),
+    )
+    .await;
+    let id = made["id"].as_str().unwrap().to_string();
+    user(&first, "on-the-first-node").await;
+    rx.wait_for(1, WAIT).await;
+    let holder: String = health_lease(&db, &id).await;
+
+    // A second node; the first stops (its lease is not renewed any more).
+    let second = crate::support::TestApp::spawn_with(config()).await;
+    let (org, token) = (first.org, first.token.clone());
+    first.app.stop().await;
+    let s = Scim {
+        app: second,
+        org,
+        token,
+    };
+    let mut positions = Vec::new();
+    for i in 0..5 {
+        positions.push(user(&s, &format!("on-the-second-node-{i}")).await.1);
+    }
+    let got = rx.wait_for(6, WAIT).await;
+    let keys = jwks(&s).await;
+    let mut seen = Vec::new();
+    for g in &got[1..] {
+        let txn = verify(&g.token, &keys, &rx.endpoint())["txn"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if !seen.contains(&txn) {
+            seen.push(txn);
+        }
+    }
+    assert_eq!(
+        seen, positions,
+        "each change, in order, from the checkpoint on"
+    );
+    let now: String = health_lease(&db, &id).await;
+    assert_ne!(now, holder, "the second node holds the lease now");
+}
+
+async fn health_lease(db: &TestDb, id: &str) -> String {
+    let id: uuid::Uuid = id.parse().unwrap();
+    db.client()
+        .await
+        .query_one(
+            "SELECT leased_by FROM secevents.receivers WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
