@@ -2,7 +2,7 @@
 //! machine; absolute numbers do not). Needs DATABASE_URL; `scripts/bench.sh` provides a
 //! throwaway cluster with default durability settings.
 //!
-//! usage: cargo bench --bench bench -- [--seconds N] [appends] [waits] [catchup] [rebuild] [statements] [scim] [verification]
+//! usage: cargo bench --bench bench -- [--seconds N] [appends] [waits] [catchup] [rebuild] [statements] [scim] [secevents] [verification]
 
 mod appends;
 mod catchup;
@@ -10,6 +10,7 @@ mod paging;
 mod rebuild;
 mod report;
 mod scim;
+mod secevents;
 // The tests' SMTP sink (a real SMTP server in-process); the benchmark uses part of it.
 #[allow(dead_code)]
 #[path = "../../tests/it/support/smtp.rs"]
@@ -36,7 +37,7 @@ async fn main() {
             "--bench" => {}
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--seconds N] [appends] [waits] [catchup] [rebuild] [statements] [scim] [verification]"
+                    "usage: bench [--seconds N] [appends] [waits] [catchup] [rebuild] [statements] [scim] [secevents] [verification]"
                 );
                 return;
             }
@@ -65,6 +66,9 @@ async fn main() {
     }
     if all || which.iter().any(|w| w == "scim") {
         scim::run(&url, cell, &mut out).await;
+    }
+    if all || which.iter().any(|w| w == "secevents") {
+        secevents::run(&url, cell, &mut out).await;
     }
     if all || which.iter().any(|w| w == "verification") {
         verification::run(&url, cell, &mut out).await;
