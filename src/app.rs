@@ -39,8 +39,11 @@ pub enum StartError {
 const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Background connections beyond one per projection runner: the hub, the lag sampler, the
-/// mail worker, a rebuild and security-event delivery.
-const BACKGROUND_SPARE: usize = 6;
+/// mail worker and a rebuild.
+const BACKGROUND_SPARE: usize = 4;
+
+/// Connections of security-event delivery (fills and pushes' bookkeeping, all receivers).
+const SECEVENTS_POOL: usize = 4;
 
 impl AppState {
     /// Connects, starts the ProgressHub and (unless switched off) the projections.
@@ -130,9 +133,12 @@ fn workers(
             cfg.mail.clone(),
         ))
     });
+    // Their own few connections: however many receivers there are, they cannot take the
+    // projections' (which every write waits for).
+    let delivery = db::pool_for(&cfg.database_url, SECEVENTS_POOL, Purpose::Background)?;
     let secevents = Arc::new(crate::secevents::SecEvents::start(
         &cfg.database_url,
-        background.clone(),
+        delivery,
         store,
         cfg.clock.clone(),
         cfg.secevents.clone(),

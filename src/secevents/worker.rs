@@ -45,37 +45,30 @@ impl Ctx {
     fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
-
-    fn lease_until(&self) -> DateTime<Utc> {
-        self.now() + chrono::Duration::from_std(self.opts.lease).unwrap_or_default()
-    }
 }
 
-/// Renews this process's leases, then takes free ones; returns what it holds.
+/// Renews this process's leases, then takes free ones; returns what it holds. Leases run on
+/// the database's clock, the one all nodes share.
 async fn lease(ctx: &Ctx) -> Result<Vec<(Uuid, Delivery)>, SecEventsError> {
     let client = ctx.pool.get().await?;
-    let (now, until) = (ctx.now(), ctx.lease_until());
+    let secs = ctx.opts.lease.as_secs_f64();
     let rows = client
         .query(
-            "UPDATE secevents.receivers SET lease_until = $2 WHERE leased_by = $1 \
-             RETURNING id, delivery",
-            &[&ctx.me, &until],
+            "UPDATE secevents.receivers SET lease_until = now() + make_interval(secs => $2) \
+              WHERE leased_by = $1 RETURNING id, delivery",
+            &[&ctx.me, &secs],
         )
         .await?;
     let mut held: Vec<(Uuid, Delivery)> = rows.iter().map(row).collect();
     let taken = client
         .query(
-            "UPDATE secevents.receivers r SET leased_by = $1, lease_until = $2 \
+            "UPDATE secevents.receivers r \
+                SET leased_by = $1, lease_until = now() + make_interval(secs => $2) \
               WHERE r.id IN (SELECT id FROM secevents.receivers \
-                              WHERE leased_by IS NULL OR lease_until < $3 \
-                              ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                              WHERE leased_by IS NULL OR lease_until < now() \
+                              ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
              RETURNING id, delivery",
-            &[
-                &ctx.me,
-                &until,
-                &now,
-                &(MAX_LEASED - held.len() as i64).max(0),
-            ],
+            &[&ctx.me, &secs, &(MAX_LEASED - held.len() as i64).max(0)],
         )
         .await?;
     held.extend(taken.iter().map(row));
