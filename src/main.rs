@@ -196,6 +196,7 @@ async fn receivers(cmd: ReceiversCommand) -> Result<(), BoxError> {
             endpoint,
             events,
             audience,
+            authorization,
             group,
             public_url,
         } => {
@@ -209,6 +210,7 @@ async fn receivers(cmd: ReceiversCommand) -> Result<(), BoxError> {
                 endpoint,
                 events,
                 audience,
+                authorization: authorization.map(Into::into),
                 group,
             };
             let made = receivers::register(&mut client, org, &r, &public_url).await?;

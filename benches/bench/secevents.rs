@@ -131,6 +131,7 @@ async fn one(served: &crate::Served, delivery: Delivery, cell: Duration) -> Row 
         endpoint,
         events: vec!["prov:create:full".into()],
         audience: None,
+        authorization: None,
         group: None,
     };
     let base = format!("http://{}", served.addr);

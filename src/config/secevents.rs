@@ -32,6 +32,11 @@ pub enum ReceiversCommand {
         /// The `aud` claim (default: the endpoint, or the poll URL).
         #[arg(long)]
         audience: Option<String>,
+        /// The Authorization header value every push carries, e.g. `Bearer <token the
+        /// receiver issued>` (write-only; from the environment, so it stays out of shell
+        /// history).
+        #[arg(long, env = "PORTCULLIS_PUSH_AUTHORIZATION", hide_env_values = true)]
+        authorization: Option<String>,
         /// A group of the organization: the feed is its user members (feed:add and
         /// feed:remove as they join and leave; provisioning events for them only).
         #[arg(long)]

@@ -19,7 +19,7 @@ pub const MAX_EVENTS: usize = 1000;
 pub const MAX_ACKS: usize = 10_000;
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PollRequest {
     #[serde(default)]
     pub ack: Vec<String>,

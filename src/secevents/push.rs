@@ -44,15 +44,23 @@ impl Pusher {
         Pusher { http }
     }
 
-    async fn post(&self, endpoint: &str, token: &str) -> Outcome {
-        let sent = self
+    async fn post(&self, endpoint: &str, authorization: Option<&str>, token: &str) -> Outcome {
+        let mut req = self
             .http
             .post(endpoint)
             .header(reqwest::header::CONTENT_TYPE, "application/secevent+jwt")
-            .header(reqwest::header::ACCEPT, "application/json")
-            .body(token.to_string())
-            .send()
-            .await;
+            .header(reqwest::header::ACCEPT, "application/json");
+        if let Some(a) = authorization {
+            let mut v = match reqwest::header::HeaderValue::from_str(a) {
+                Ok(v) => v,
+                Err(_) => {
+                    return Outcome::Failed("the stored authorization is not a header value".into())
+                }
+            };
+            v.set_sensitive(true);
+            req = req.header(reqwest::header::AUTHORIZATION, v);
+        }
+        let sent = req.body(token.to_string()).send().await;
         let resp = match sent {
             Ok(r) => r,
             Err(e) => return Outcome::Failed(crate::error_chain(&e)),
@@ -108,11 +116,12 @@ pub async fn round(
     backoff: &Backoff,
     now: DateTime<Utc>,
 ) -> Result<Pushed, SecEventsError> {
-    let (endpoint, failures, sets) = {
+    let (endpoint, failures, authorization, sets) = {
         let client = pool.get().await?;
         let Some(r) = client
             .query_opt(
-                "SELECT endpoint, failures, next_attempt_at FROM secevents.receivers \
+                "SELECT endpoint, failures, next_attempt_at, push_authorization \
+                   FROM secevents.receivers \
                  WHERE id = $1 AND leased_by = $2 AND delivery = 'push'",
                 &[&id, &me],
             )
@@ -134,7 +143,13 @@ pub async fn round(
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect();
-        (r.get::<_, String>(0), r.get::<_, i32>(1), sets)
+        let authorization: Option<String> = r.get(3);
+        (
+            r.get::<_, String>(0),
+            r.get::<_, i32>(1),
+            authorization,
+            sets,
+        )
     };
     if sets.is_empty() {
         return Ok(Pushed::Drained);
@@ -145,7 +160,10 @@ pub async fn round(
     let mut failed = None;
     let m = crate::metrics::metrics();
     for (jti, token, at) in &sets {
-        match pusher.post(&endpoint, token).await {
+        match pusher
+            .post(&endpoint, authorization.as_deref(), token)
+            .await
+        {
             Outcome::Accepted => {
                 let delay = (chrono::Utc::now() - *at).num_microseconds().unwrap_or(0);
                 m.set_delay_seconds.observe(delay.max(0) as f64 / 1e6);

@@ -43,7 +43,7 @@ impl Delivery {
 }
 
 /// What registering a receiver takes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct Registration {
     pub name: String,
     pub delivery: Delivery,
@@ -54,6 +54,10 @@ pub struct Registration {
     pub events: Vec<String>,
     /// The `aud` claim; by default the push endpoint, or the poll URL.
     pub audience: Option<String>,
+    /// The `Authorization` header every push carries (e.g. `Bearer <token the receiver
+    /// issued>`); write-only.
+    #[serde(default)]
+    pub authorization: Option<SecretString>,
     /// A group of the org: the feed is its user members (feed:add/feed:remove as they join
     /// and leave, provisioning events for them only). None: every user and group.
     #[serde(default)]
@@ -135,6 +139,18 @@ fn check(r: &Registration) -> Result<Wants, SecEventsError> {
     if r.events.is_empty() || r.events.len() > 32 {
         return Err(invalid("events lists 1 to 32 event URIs"));
     }
+    if let Some(a) = &r.authorization {
+        use secrecy::ExposeSecret;
+        let v = a.expose_secret();
+        if r.delivery != Delivery::Push {
+            return Err(invalid("only a push receiver takes an authorization"));
+        }
+        if v.is_empty() || v.len() > 4096 || reqwest::header::HeaderValue::from_str(v).is_err() {
+            return Err(invalid(
+                "authorization is an HTTP header value of 1 to 4096 visible characters",
+            ));
+        }
+    }
     if let Some(a) = &r.audience {
         if a.is_empty() || a.len() > MAX_URL || a.chars().any(char::is_control) {
             return Err(invalid("audience takes 1 to 2048 printable characters"));
@@ -199,8 +215,9 @@ pub async fn register(
     client
         .execute(
             "INSERT INTO secevents.receivers (id, org_id, name, delivery, endpoint, \
-               poll_token_hash, audience, event_uris, position_tx, position_seq, feed_group) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+               poll_token_hash, audience, event_uris, position_tx, position_seq, feed_group, \
+               push_authorization) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             &[
                 &id,
                 &org,
@@ -213,6 +230,10 @@ pub async fn register(
                 &start.tx_sql(),
                 &start.seq,
                 &r.group,
+                &r.authorization.as_ref().map(|a| {
+                    use secrecy::ExposeSecret;
+                    a.expose_secret().to_string()
+                }),
             ],
         )
         .await?;

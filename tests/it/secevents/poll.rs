@@ -175,7 +175,7 @@ async fn only_the_receivers_own_token_polls_and_bad_polls_change_nothing() {
     for bad in [
         json!({"maxEvents": 5000}),
         json!({"ack": "not a list"}),
-        json!({"acks": []}),
+        json!({"setErrs": ["not", "an", "object"]}),
     ] {
         let (status, body) = poll_as(&s, &a, a["poll_token"].as_str().unwrap(), bad.clone()).await;
         assert_eq!(status, 400, "{bad}: {body:#}");

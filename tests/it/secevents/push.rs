@@ -41,10 +41,15 @@ async fn each_change_reaches_a_push_receiver_once_signed_and_in_order() {
     ];
     let made = register(
         &s,
-        json!({"name": "app", "delivery": "push", "endpoint": rx.endpoint(), "events": wants}),
+        json!({"name": "app", "delivery": "push", "endpoint": rx.endpoint(), "events": wants,
+               "authorization": "Bearer rx-issued-secret"}),
     )
     .await;
     assert_eq!(made["audience"], rx.endpoint().as_str());
+    assert!(
+        !made.to_string().contains("rx-issued-secret"),
+        "write-only: {made}"
+    );
 
     let body = json!({"schemas": [USER], "userName": "ann", "externalId": "ann-7", "active": true});
     let r = s.post("/Users", &body).await;
@@ -81,6 +86,7 @@ async fn each_change_reaches_a_push_receiver_once_signed_and_in_order() {
         .iter()
         .map(|g| {
             assert_eq!(g.content_type, "application/secevent+jwt");
+            assert_eq!(g.authorization.as_deref(), Some("Bearer rx-issued-secret"));
             verify(&g.token, &keys, &rx.endpoint())
         })
         .collect();
@@ -144,6 +150,13 @@ async fn each_change_reaches_a_push_receiver_once_signed_and_in_order() {
     .await;
     assert_eq!(h.get::<_, String>("status"), "ok");
     assert_eq!(h.get::<_, i64>("delivered_total"), 5);
+    let listed = admin(&s, Method::GET, &format!("/receivers/{id}"), None).await;
+    assert_eq!(listed.status, 200);
+    assert!(
+        !listed.body.to_string().contains("rx-issued-secret"),
+        "{:#}",
+        listed.body
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ use tokio::sync::{oneshot, watch};
 pub struct Got {
     pub token: String,
     pub content_type: String,
+    pub authorization: Option<String>,
 }
 
 #[derive(Default)]
@@ -60,6 +61,10 @@ async fn accept(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string(),
+            authorization: headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
         });
         let n = i.got.len();
         s.count.send_replace(n);
