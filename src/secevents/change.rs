@@ -230,19 +230,8 @@ pub fn changes(events: &[StoredEvent]) -> Vec<Change> {
             merge(c, e);
         }
     }
-    out.retain(|c| match &c.what {
-        What::Modified {
-            set,
-            unset,
-            added,
-            removed,
-            password,
-        } => {
-            !(set.is_empty() && unset.is_empty() && added.is_empty() && removed.is_empty())
-                || *password
-        }
-        _ => true,
-    });
+    // A modification that touched nothing (a PATCH to the same values) makes no SET.
+    out.retain(|c| !matches!(c.what, What::Modified { .. }) || !c.attributes().is_empty());
     out
 }
 

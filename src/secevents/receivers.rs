@@ -246,18 +246,24 @@ pub async fn register(
             )
             .await?;
     }
-    client
-        .execute(
-            "SELECT pg_notify($1, $2)",
-            &[&super::options::RECEIVERS_CHANNEL, &id.to_string()],
-        )
-        .await?;
+    announce(&client, id).await?;
     let receiver = get(&client, org, id).await?;
     client.commit().await?;
     Ok(Registered {
         receiver,
         poll_token,
     })
+}
+
+/// Tells every process's workers about a new or changed receiver (at commit).
+async fn announce<C: GenericClient>(client: &C, id: Uuid) -> Result<(), SecEventsError> {
+    client
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[&super::options::RECEIVERS_CHANNEL, &id.to_string()],
+        )
+        .await?;
+    Ok(())
 }
 
 const SELECT: &str = "SELECT r.id, r.org_id, r.name, r.delivery, r.endpoint, r.audience, \
@@ -363,12 +369,7 @@ pub async fn retry<C: GenericClient>(
             &[&id],
         )
         .await?;
-    client
-        .execute(
-            "SELECT pg_notify($1, $2)",
-            &[&super::options::RECEIVERS_CHANNEL, &id.to_string()],
-        )
-        .await?;
+    announce(client, id).await?;
     Ok(n)
 }
 
