@@ -75,7 +75,7 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(8);
 /// back the event horizon of every node, so idle transactions are bounded everywhere. A node
 /// cut off mid-transaction loses it after the idle bound (its last answer sat in a socket
 /// buffer) or after `tcp_user_timeout` (its answer could not be sent): the cluster test
-/// measures the takeover at about 5 s.
+/// measures the takeover at about 5 s. JIT is off.
 fn session_options(purpose: Purpose) -> Vec<(&'static str, String)> {
     let (statement, lock, idle) = purpose.timeouts();
     vec![
@@ -86,6 +86,10 @@ fn session_options(purpose: Purpose) -> Vec<(&'static str, String)> {
         ("tcp_keepalives_interval", "2".into()),
         ("tcp_keepalives_count", "3".into()),
         ("tcp_user_timeout", TCP_USER_TIMEOUT.as_millis().to_string()),
+        // Every statement of ours is short; JIT compiling one whose estimate crosses
+        // jit_above_cost (a health count over a big log, a 500-row batch) costs more CPU
+        // than it saves, on the cores the requests need.
+        ("jit", "off".into()),
     ]
 }
 
