@@ -231,15 +231,10 @@ async fn make_all<C: GenericClient>(
         Some(g) => super::scope::scoped(client, id, g, changes).await?,
         None => (changes.iter().map(Item::Change).collect(), Delta::default()),
     };
-    let key = match super::keys::active(client, r.org).await? {
-        Some(k) => k,
-        None => {
-            super::keys::ensure(client, r.org).await?;
-            super::keys::active(client, r.org)
-                .await?
-                .ok_or(SecEventsError::NoSigningKey(r.org))?
-        }
-    };
+    // Registration made the org's key; rotation always leaves one active.
+    let key = super::keys::active(client, r.org)
+        .await?
+        .ok_or(SecEventsError::NoSigningKey(r.org))?;
     let issuer = issuer(base, r.org);
     let to = Addressing {
         receiver: id,

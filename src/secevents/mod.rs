@@ -8,6 +8,7 @@ mod error;
 pub mod feed;
 pub mod keys;
 mod options;
+mod pending;
 pub mod poll;
 pub mod push;
 pub mod receivers;

@@ -84,29 +84,20 @@ pub async fn settle(
     }
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let acked = tx
-        .execute(
-            "DELETE FROM secevents.pending WHERE receiver_id = $1 AND jti = ANY($2)",
-            &[&id, &req.ack],
-        )
-        .await?;
-    let (jti, why): (Vec<&str>, Vec<String>) = req
+    let ack: Vec<&str> = req.ack.iter().map(String::as_str).collect();
+    let acked = super::pending::acknowledge(&tx, id, &ack).await?;
+    let refused: Vec<(&str, String)> = req
         .set_errs
         .iter()
         .map(|(j, e)| {
             let d = e.description.as_deref().unwrap_or_default();
-            let why = format!("{}: {}", e.err, d).chars().take(500).collect();
-            (j.as_str(), why)
+            (
+                j.as_str(),
+                format!("{}: {}", e.err, d).chars().take(500).collect(),
+            )
         })
-        .unzip();
-    let refused = tx
-        .execute(
-            "UPDATE secevents.pending p SET rejected_at = $4, rejection = r.why \
-               FROM unnest($2::text[], $3::text[]) AS r(jti, why) \
-              WHERE p.receiver_id = $1 AND p.jti = r.jti AND p.rejected_at IS NULL",
-            &[&id, &jti, &why, &now],
-        )
-        .await?;
+        .collect();
+    let refused = super::pending::refuse(&tx, id, &refused, now).await?;
     tx.execute(
         "UPDATE secevents.receivers SET delivered_total = delivered_total + $2, \
            last_delivered_at = $3 WHERE id = $1",

@@ -202,24 +202,8 @@ async fn record(
 ) -> Result<(), SecEventsError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    if !accepted.is_empty() {
-        tx.execute(
-            "DELETE FROM secevents.pending WHERE receiver_id = $1 AND jti = ANY($2)",
-            &[&id, &accepted],
-        )
-        .await?;
-    }
-    if !rejected.is_empty() {
-        let (jti, why): (Vec<&str>, Vec<&str>) =
-            rejected.iter().map(|(j, w)| (*j, w.as_str())).unzip();
-        tx.execute(
-            "UPDATE secevents.pending p SET rejected_at = $4, rejection = r.why \
-               FROM unnest($2::text[], $3::text[]) AS r(jti, why) \
-              WHERE p.receiver_id = $1 AND p.jti = r.jti",
-            &[&id, &jti, &why, &now],
-        )
-        .await?;
-    }
+    super::pending::acknowledge(&tx, id, accepted).await?;
+    super::pending::refuse(&tx, id, rejected, now).await?;
     tx.execute(
         "UPDATE secevents.receivers SET \
            delivered_total = delivered_total + $2, \

@@ -33,7 +33,8 @@ impl Delivery {
         }
     }
 
-    fn parse(s: &str) -> Delivery {
+    /// As `secevents.receivers.delivery` stores it.
+    pub(crate) fn parse(s: &str) -> Delivery {
         if s == "push" {
             Delivery::Push
         } else {

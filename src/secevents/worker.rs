@@ -76,13 +76,7 @@ async fn lease(ctx: &Ctx) -> Result<Vec<(Uuid, Delivery)>, SecEventsError> {
 }
 
 fn row(r: &tokio_postgres::Row) -> (Uuid, Delivery) {
-    let d: &str = r.get(1);
-    let delivery = if d == "push" {
-        Delivery::Push
-    } else {
-        Delivery::Poll
-    };
-    (r.get(0), delivery)
+    (r.get(0), Delivery::parse(r.get(1)))
 }
 
 /// Keeps a task per leased receiver until the process stops.
