@@ -80,7 +80,8 @@ pub async fn run(server_url: &str, out: &mut Report) {
     )
     .await
     .unwrap();
-    let pool = portcullis::db::pool(&url, 8).unwrap();
+    // The pool the service's runtime has (its session settings included).
+    let pool = portcullis::db::pool_for(&url, 8, portcullis::db::Purpose::Background).unwrap();
     let hub = ProgressHub::start(&url, pool.clone()).await.unwrap();
     let mut rows = Vec::new();
     let cases: [(Arc<dyn Projection>, i64, &str, &str); 2] = [

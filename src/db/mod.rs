@@ -78,7 +78,7 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(8);
 /// measures the takeover at about 5 s. JIT is off.
 fn session_options(purpose: Purpose) -> Vec<(&'static str, String)> {
     let (statement, lock, idle) = purpose.timeouts();
-    vec![
+    let mut options = vec![
         ("statement_timeout", statement.to_string()),
         ("lock_timeout", lock.to_string()),
         ("idle_in_transaction_session_timeout", idle.to_string()),
@@ -90,7 +90,16 @@ fn session_options(purpose: Purpose) -> Vec<(&'static str, String)> {
         // jit_above_cost (a health count over a big log, a 500-row batch) costs more CPU
         // than it saves, on the cores the requests need.
         ("jit", "off".into()),
-    ]
+    ];
+    if purpose == Purpose::Background {
+        // The runtime runs a few fixed statements on keys (a log read on its primary key,
+        // state rows by name, read-model rows by id), over and over with new values: the
+        // generic plan is the custom one, and planning each call again cost more than
+        // running it (0.1-0.3 ms per statement of every batch). Requests keep custom plans:
+        // a client's filter needs its values to pick an index.
+        options.push(("plan_cache_mode", "force_generic_plan".into()));
+    }
+    options
 }
 
 /// `-c k=v` settings in `existing` (libpq's `options`), plus each of `ours` it does not name.
@@ -381,6 +390,18 @@ mod tests {
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert!(unavailable(&refused));
         assert!(!unavailable(&std::fmt::Error));
+    }
+
+    #[test]
+    fn only_the_runtime_forces_generic_plans() {
+        let generic = |p: Purpose| {
+            session_options(p)
+                .iter()
+                .any(|(k, v)| *k == "plan_cache_mode" && v == "force_generic_plan")
+        };
+        assert!(generic(Purpose::Background));
+        assert!(!generic(Purpose::Requests));
+        assert!(!generic(Purpose::Tool));
     }
 
     #[test]
