@@ -1,7 +1,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
+use postgres_types::{Json, ToSql};
 use serde_json::{Map, Value};
+use tokio_postgres::Statement;
 use uuid::Uuid;
 
 use super::rows::{self, to_load, Changes, Rows};
@@ -149,7 +151,7 @@ struct UserColumns<'a> {
     external_ids: Vec<Option<&'a str>>,
     display_names: Vec<Option<&'a str>>,
     active: Vec<bool>,
-    docs: Vec<Value>,
+    docs: Vec<Json<&'a Map<String, Value>>>,
     versions: Vec<i64>,
     created: Vec<DateTime<Utc>>,
     updated: Vec<DateTime<Utc>>,
@@ -168,7 +170,7 @@ impl<'a> UserColumns<'a> {
             c.display_names.push(text(&r.doc, "displayName"));
             c.active
                 .push(r.doc.get("active").and_then(Value::as_bool).unwrap_or(true));
-            c.docs.push(Value::Object(r.doc.clone()));
+            c.docs.push(Json(&r.doc));
             c.versions.push(r.version);
             c.created.push(r.created_at);
             c.updated.push(r.updated_at);
@@ -177,7 +179,7 @@ impl<'a> UserColumns<'a> {
         c
     }
 
-    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 11] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 11] {
         [
             &self.ids,
             &self.orgs,
@@ -231,87 +233,106 @@ impl<'a> EmailColumns<'a> {
             ord += 1;
         }
     }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 7] {
+        [
+            &self.users,
+            &self.orgs,
+            &self.ords,
+            &self.values,
+            &self.types,
+            &self.primary,
+            &self.display,
+        ]
+    }
 }
 
+/// The batch's statements, pipelined in this order on the connection: deletions, the users
+/// rows, the email rows. The users statements go out before the email rows are laid out,
+/// so the server inserts while the client builds the rest.
 async fn write(tx: &Transaction<'_>, changes: Changes<Uuid, UserRow>) -> Result<(), ReduceError> {
-    if !changes.deleted.is_empty() {
-        let (users, emails) = futures::try_join!(
-            tx.prepare_cached("DELETE FROM users WHERE user_id = ANY($1)"),
-            tx.prepare_cached("DELETE FROM user_emails WHERE user_id = ANY($1)"),
-        )?;
-        let ids: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&changes.deleted];
-        futures::try_join!(tx.execute(&users, &ids), tx.execute(&emails, &ids))?;
-    }
-    if !changes.inserted.is_empty() {
-        let stmt = tx
-            .prepare_cached(&format!(
-                "INSERT INTO users (user_id, org_id, user_name, external_id, \
-                 display_name, active, doc, version, created_at, updated_at, verified_email) \
-                 SELECT * FROM {UNNEST_USERS}"
-            ))
-            .await?;
-        let cols = UserColumns::of(&changes.inserted);
-        tx.execute(&stmt, &cols.params()).await?;
-    }
-    if !changes.updated.is_empty() {
-        let stmt = tx
-            .prepare_cached(&format!(
-                "UPDATE users u SET user_name = v.user_name, \
-                 external_id = v.external_id, display_name = v.display_name, active = v.active, \
-                 doc = v.doc, version = v.version, updated_at = v.updated_at, \
-                 verified_email = v.verified_email \
-                 FROM {UNNEST_USERS} WHERE u.user_id = v.user_id"
-            ))
-            .await?;
-        let cols = UserColumns::of(&changes.updated);
-        tx.execute(&stmt, &cols.params()).await?;
-    }
-    write_emails(tx, &changes).await
-}
-
-async fn write_emails(
-    tx: &Transaction<'_>,
-    changes: &Changes<Uuid, UserRow>,
-) -> Result<(), ReduceError> {
-    let rewritten: Vec<Uuid> = changes
+    let s = statements(tx).await?;
+    let deleted: [&(dyn ToSql + Sync); 1] = [&changes.deleted];
+    let (inserted, updated) = (
+        UserColumns::of(&changes.inserted),
+        UserColumns::of(&changes.updated),
+    );
+    let (inserted_params, updated_params) = (inserted.params(), updated.params());
+    // Users whose addresses changed: their email rows are written again.
+    let rewritten_ids: Vec<Uuid> = changes
         .updated
         .iter()
         .filter(|(_, r)| r.emails)
         .map(|(id, _)| *id)
         .collect();
-    if !rewritten.is_empty() {
-        let stmt = tx
-            .prepare_cached("DELETE FROM user_emails WHERE user_id = ANY($1)")
-            .await?;
-        tx.execute(&stmt, &[&rewritten]).await?;
+    let rewritten: [&(dyn ToSql + Sync); 1] = [&rewritten_ids];
+    let mut users = Vec::new();
+    if !changes.deleted.is_empty() {
+        users.push(tx.execute(&s.delete_users, &deleted));
+        users.push(tx.execute(&s.delete_emails, &deleted));
     }
-    let mut cols = EmailColumns::default();
+    if !inserted.ids.is_empty() {
+        users.push(tx.execute(&s.insert_users, &inserted_params));
+    }
+    if !updated.ids.is_empty() {
+        users.push(tx.execute(&s.update_users, &updated_params));
+    }
+    if !rewritten_ids.is_empty() {
+        users.push(tx.execute(&s.delete_emails, &rewritten));
+    }
+    let users = rows::send_now(futures::future::try_join_all(users)).await;
+    let mut emails = EmailColumns::default();
     for (id, row) in changes.inserted.iter().chain(&changes.updated) {
         if row.emails {
-            cols.add(*id, row);
+            emails.add(*id, row);
         }
     }
-    if cols.users.is_empty() {
+    if emails.users.is_empty() {
+        users.await?;
         return Ok(());
     }
-    let stmt = tx
-        .prepare_cached(
+    let emails = emails.params();
+    futures::try_join!(users, tx.execute(&s.insert_emails, &emails))?;
+    Ok(())
+}
+
+/// The users model's statements, prepared once per connection.
+struct Statements {
+    delete_users: Statement,
+    delete_emails: Statement,
+    insert_users: Statement,
+    update_users: Statement,
+    insert_emails: Statement,
+}
+
+async fn statements(tx: &Transaction<'_>) -> Result<Statements, ReduceError> {
+    let insert_users = format!(
+        "INSERT INTO users (user_id, org_id, user_name, external_id, \
+         display_name, active, doc, version, created_at, updated_at, verified_email) \
+         SELECT * FROM {UNNEST_USERS}"
+    );
+    let update_users = format!(
+        "UPDATE users u SET user_name = v.user_name, \
+         external_id = v.external_id, display_name = v.display_name, active = v.active, \
+         doc = v.doc, version = v.version, updated_at = v.updated_at, \
+         verified_email = v.verified_email \
+         FROM {UNNEST_USERS} WHERE u.user_id = v.user_id"
+    );
+    let (delete_users, delete_emails, insert_users, update_users, insert_emails) = futures::try_join!(
+        tx.prepare_cached("DELETE FROM users WHERE user_id = ANY($1)"),
+        tx.prepare_cached("DELETE FROM user_emails WHERE user_id = ANY($1)"),
+        tx.prepare_cached(&insert_users),
+        tx.prepare_cached(&update_users),
+        tx.prepare_cached(
             "INSERT INTO user_emails (user_id, org_id, ord, value, type, is_primary, display) \
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::bool[], $7::text[])",
-        )
-        .await?;
-    tx.execute(
-        &stmt,
-        &[
-            &cols.users,
-            &cols.orgs,
-            &cols.ords,
-            &cols.values,
-            &cols.types,
-            &cols.primary,
-            &cols.display,
-        ],
-    )
-    .await?;
-    Ok(())
+        ),
+    )?;
+    Ok(Statements {
+        delete_users,
+        delete_emails,
+        insert_users,
+        update_users,
+        insert_emails,
+    })
 }

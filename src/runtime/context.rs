@@ -13,7 +13,7 @@ use tokio::sync::{watch, Notify};
 use super::wait::ProgressHub;
 use super::Projection;
 use crate::clock::{SharedClock, SystemClock};
-use crate::eventstore::{EventStore, Position, StoredEvent};
+use crate::eventstore::{self, EventFilter, EventStore, Position, StoredEvent};
 
 /// One runner applies a projection at a time, across every process: a transaction-scoped
 /// advisory lock, which takes no transaction id (so the read below is not held back by it).
@@ -96,4 +96,23 @@ pub(super) struct Progress<'a> {
     pub(super) last: Option<&'a StoredEvent>,
     /// Stopped before the end of what was read: at a failing event's backoff (`Some`).
     pub(super) stopped: Option<Duration>,
+}
+
+/// The batch after `at` (when catching up), read on a connection that is free now: runners
+/// that each held one and waited for a second could starve one another. `None` when there
+/// is none free, or the read fails (the next batch then reads for itself).
+pub(super) async fn read_ahead(
+    inner: &Inner,
+    at: Option<Position>,
+    filter: &EventFilter,
+    limit: i64,
+) -> Option<(Position, eventstore::Batch)> {
+    let at = at?;
+    let mut now = inner.pool.timeouts();
+    now.wait = Some(Duration::ZERO);
+    let client = inner.pool.timeout_get(&now).await.ok()?;
+    let batch = eventstore::read_batch(&client, at, filter, limit)
+        .await
+        .ok()?;
+    Some((at, batch))
 }

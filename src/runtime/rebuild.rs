@@ -10,11 +10,16 @@ use std::time::Duration;
 
 use deadpool_postgres::{Pool, Transaction};
 
-use super::context::{Inner, Progress};
+use futures::StreamExt;
+
+use super::context::{read_ahead, Inner, Progress};
 use super::failures::isolate;
 use super::{FailureClass, Projection, ProjectionError};
 use crate::backoff::Backoff;
 use crate::eventstore::{self, EventFilter, Position};
+
+/// Index builds of one rebuild that run at once (each is a core's work).
+const PARALLEL_INDEX_BUILDS: usize = 2;
 
 /// Woken when a rebuild is asked for.
 pub(crate) const CHANNEL: &str = "projection_rebuild";
@@ -87,8 +92,10 @@ async fn pending(inner: &Inner) -> Result<Vec<usize>, ProjectionError> {
 /// event waits for its backoff (`Some(delay)`).
 async fn build(inner: &Inner, index: usize) -> Result<Option<Duration>, ProjectionError> {
     let p = &*inner.projections[index].0;
+    // The next batch, read while this one is applied (as a runner catching up does).
+    let mut prefetched = None;
     loop {
-        match batch(inner, p).await? {
+        match batch(inner, p, &mut prefetched).await? {
             Step::More => continue,
             Step::Busy => return Ok(Some(Duration::from_secs(1))),
             Step::Wait(d) => return Ok(Some(d)),
@@ -115,12 +122,19 @@ enum Step {
     Gone,
 }
 
-/// One catch-up batch into the copy, and the copy's position moved with it.
-async fn batch(inner: &Inner, p: &dyn Projection) -> Result<Step, ProjectionError> {
+/// One catch-up batch into the copy, and the copy's position moved with it. A full batch
+/// has the next one read on another connection while it is applied; it is used only where
+/// the next batch starts.
+async fn batch(
+    inner: &Inner,
+    p: &dyn Projection,
+    prefetched: &mut Option<(Position, eventstore::Batch)>,
+) -> Result<Step, ProjectionError> {
     let name = p.name();
     let mut client = inner.pool.get().await?;
     let mut tx = client.transaction().await?;
-    if !tx.query_one(LOCK_SQL, &[&name]).await?.get::<_, bool>(0) {
+    let lock = tx.prepare_cached(LOCK_SQL).await?;
+    if !tx.query_one(&lock, &[&name]).await?.get::<_, bool>(0) {
         return Ok(Step::Busy);
     }
     let Some(from) = copy_position(&tx, name).await? else {
@@ -131,7 +145,11 @@ async fn batch(inner: &Inner, p: &dyn Projection) -> Result<Step, ProjectionErro
         event_types: p.event_types(),
         ..Default::default()
     };
-    let read = eventstore::read_batch(&tx, from, &filter, limit).await?;
+    let read = match prefetched.take() {
+        Some((at, batch)) if at == from => batch,
+        _ => eventstore::read_batch(&tx, from, &filter, limit).await?,
+    };
+    let full = read.events.len() as i64 >= limit;
     let todo: Vec<_> = read.events.iter().collect();
     let mut progress = Progress {
         position: from,
@@ -139,7 +157,13 @@ async fn batch(inner: &Inner, p: &dyn Projection) -> Result<Step, ProjectionErro
         last: None,
         stopped: None,
     };
-    if let Err(e) = p.apply(&tx, &todo).await {
+    let next_from = full.then(|| read.read_up_to(from, limit));
+    let (applied, next) = futures::join!(
+        p.apply(&tx, &todo),
+        read_ahead(inner, next_from, &filter, limit)
+    );
+    *prefetched = next;
+    if let Err(e) = applied {
         if matches!(
             e.class(),
             FailureClass::Connection | FailureClass::Transient
@@ -162,28 +186,45 @@ async fn batch(inner: &Inner, p: &dyn Projection) -> Result<Step, ProjectionErro
     let upto = progress.position.max(read.read_up_to(from, limit));
     save(&tx, name, upto, progress.applied).await?;
     tx.commit().await?;
-    Ok(if read.events.len() as i64 >= limit {
-        Step::More
-    } else {
-        Step::CaughtUp
-    })
+    Ok(if full { Step::More } else { Step::CaughtUp })
 }
 
 /// Builds the secondary indexes the copy was filled without, in bulk (much cheaper than
-/// keeping them up row by row); false when there were none left to build.
+/// keeping them up row by row), several at once on connections of their own: a bulk build
+/// keeps one core busy. False when there were none left to build.
 async fn build_indexes(inner: &Inner, p: &dyn Projection) -> Result<bool, ProjectionError> {
     let name = p.name();
-    let mut client = inner.pool.get().await?;
-    let tx = client.transaction().await?;
-    if !tx.query_one(LOCK_SQL, &[&name]).await?.get::<_, bool>(0) {
+    let deferred: Vec<String> = {
+        let client = inner.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT deferred_indexes FROM projections.rebuilds WHERE projection = $1",
+            )
+            .await?;
+        match client.query_opt(&stmt, &[&name]).await? {
+            Some(row) => row.get(0),
+            None => return Ok(false),
+        }
+    };
+    if deferred.is_empty() {
         return Ok(false);
     }
-    let built: i32 = tx
-        .query_one("SELECT projections.build_rebuild_indexes($1)", &[&name])
-        .await?
-        .get(0);
-    tx.commit().await?;
-    Ok(built > 0)
+    let built = futures::stream::iter(deferred)
+        .map(|stmt| async move {
+            let client = inner.pool.get().await?;
+            client
+                .execute(
+                    "SELECT projections.build_rebuild_index($1, $2)",
+                    &[&name, &stmt],
+                )
+                .await?;
+            Ok::<_, ProjectionError>(())
+        })
+        .buffer_unordered(PARALLEL_INDEX_BUILDS)
+        .collect::<Vec<_>>()
+        .await;
+    built.into_iter().collect::<Result<(), _>>()?;
+    Ok(true)
 }
 
 /// Swaps the caught-up copy in, holding the projection's lock: the live model stands still
@@ -243,11 +284,13 @@ async fn copy_position(
     tx: &Transaction<'_>,
     name: &str,
 ) -> Result<Option<Position>, ProjectionError> {
-    Ok(tx
-        .query_opt(
+    let stmt = tx
+        .prepare_cached(
             "SELECT position_tx, position_seq FROM projections.rebuilds WHERE projection = $1",
-            &[&name],
         )
+        .await?;
+    Ok(tx
+        .query_opt(&stmt, &[&name])
         .await?
         .map(|r| Position::from_sql(r.get(0), r.get(1))))
 }
@@ -258,13 +301,15 @@ async fn save(
     at: Position,
     applied: i64,
 ) -> Result<(), ProjectionError> {
-    tx.execute(
-        "UPDATE projections.rebuilds SET position_tx = $2, position_seq = $3, \
-                events_applied = events_applied + $4, updated_at = now() \
-          WHERE projection = $1",
-        &[&name, &at.tx_sql(), &at.seq, &applied],
-    )
-    .await?;
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE projections.rebuilds SET position_tx = $2, position_seq = $3, \
+                    events_applied = events_applied + $4, updated_at = now() \
+              WHERE projection = $1",
+        )
+        .await?;
+    tx.execute(&stmt, &[&name, &at.tx_sql(), &at.seq, &applied])
+        .await?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::context::{Inner, Progress, RemoteWake, RunnerOptions, TRY_LOCK_SQL};
+use super::context::{read_ahead, Inner, Progress, RemoteWake, RunnerOptions, TRY_LOCK_SQL};
 use super::failures::{forget_failures, isolate, runnable, Failure};
 use super::state::{self, register, RetryReport};
 use super::wait::ProgressHub;
@@ -408,25 +408,6 @@ async fn batch_in(
         more,
         retry_in: progress.stopped,
     })
-}
-
-/// The batch after `at` (when catching up), read on a connection that is free now: runners
-/// that each held one and waited for a second could starve one another. `None` when there
-/// is none free, or the read fails (the next batch then reads for itself).
-async fn read_ahead(
-    inner: &Inner,
-    at: Option<Position>,
-    filter: &EventFilter,
-    limit: i64,
-) -> Option<(Position, eventstore::Batch)> {
-    let at = at?;
-    let mut now = inner.pool.timeouts();
-    now.wait = Some(Duration::ZERO);
-    let client = inner.pool.timeout_get(&now).await.ok()?;
-    let batch = eventstore::read_batch(&client, at, filter, limit)
-        .await
-        .ok()?;
-    Some((at, batch))
 }
 
 impl<'a> Progress<'a> {

@@ -192,3 +192,81 @@ async fn a_killed_builder_resumes_and_two_processes_apply_every_event_once() {
     );
     drop((b1, b2));
 }
+
+#[tokio::test]
+async fn deferred_indexes_are_built_once_each_and_nothing_else_is_run() {
+    let db = TestDb::new().await;
+    // The service registers the projections; stopped, it builds nothing itself.
+    Scim::new(&db).await.app.stop().await;
+    let c = db.client().await;
+    c.execute("SELECT projections.request_rebuild('users')", &[])
+        .await
+        .unwrap();
+    let deferred: Vec<String> = c
+        .query_one(
+            "SELECT deferred_indexes FROM projections.rebuilds WHERE projection = 'users'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        deferred.len() >= 3,
+        "users has secondary indexes: {deferred:?}"
+    );
+    let build = |stmt: String| {
+        let c = &c;
+        async move {
+            c.query_one(
+                "SELECT projections.build_rebuild_index('users', $1)",
+                &[&stmt],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+        }
+    };
+    // A statement that is not on the rebuild's list is never run.
+    assert!(!build("DROP TABLE projections.users".into()).await);
+    assert!(!build(deferred[0].replace("projections_rebuild.", "projections.")).await);
+    // Two builders at once: each index is built by one of them.
+    let other = db.client().await;
+    let again = deferred[0].clone();
+    let (first, second) = tokio::join!(build(deferred[0].clone()), async {
+        other
+            .query_one(
+                "SELECT projections.build_rebuild_index('users', $1)",
+                &[&again],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    });
+    assert!(first != second, "exactly one builds it: {first} {second}");
+    for stmt in &deferred[1..] {
+        assert!(build(stmt.clone()).await);
+    }
+    let (left, copies): (Vec<String>, i64) = {
+        let r = c
+            .query_one(
+                "SELECT (SELECT deferred_indexes FROM projections.rebuilds WHERE projection = 'users'), \
+                        (SELECT count(*) FROM pg_indexes WHERE schemaname = 'projections_rebuild' \
+                            AND tablename IN ('users', 'user_emails'))",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(left.is_empty(), "{left:?}");
+    let live: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = 'projections' \
+                AND tablename IN ('users', 'user_emails')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(copies, live, "the copy has every index the live model has");
+}
