@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use deadpool_postgres::Transaction;
+
 use portcullis::eventstore::{
     Aggregate, Append, EventStore, ExpectedVersion, NewEvent, Position, StoreOptions, StoredEvent,
 };
-use portcullis::runtime::{ProgressHub, Projection, Projector, ReduceError, RunnerOptions};
+use portcullis::runtime::{ProgressHub, Projection, Projector, ReduceError, RunnerOptions, Tx};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -32,11 +32,7 @@ impl Projection for Counter {
     fn tables(&self) -> Vec<String> {
         vec![format!("bench.{}", self.0)]
     }
-    async fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        events: &[&StoredEvent],
-    ) -> Result<(), ReduceError> {
+    async fn apply(&self, tx: &Tx<'_>, events: &[&StoredEvent]) -> Result<(), ReduceError> {
         let stmt = tx
             .prepare_cached(&format!(
                 "INSERT INTO bench.{} AS t (org_id, n) SELECT o, count(*) FROM unnest($1::uuid[]) o GROUP BY o \

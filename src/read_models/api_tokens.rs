@@ -1,11 +1,10 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
 use crate::domain::token;
 use crate::eventstore::StoredEvent;
-use crate::runtime::{Projection, ReduceError};
+use crate::runtime::{Projection, ReduceError, Tx};
 
 /// API tokens by hash, for authentication (projections.api_tokens).
 pub struct ApiTokens;
@@ -30,11 +29,7 @@ impl Projection for ApiTokens {
 
     /// Issued tokens go in with one INSERT, then revocations with one UPDATE: a token is
     /// revoked once, after it was issued, so the two never need ordering among themselves.
-    async fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        events: &[&StoredEvent],
-    ) -> Result<(), ReduceError> {
+    async fn apply(&self, tx: &Tx<'_>, events: &[&StoredEvent]) -> Result<(), ReduceError> {
         let (mut ids, mut orgs, mut scopes, mut names, mut hashes, mut created) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
         let (mut revoked, mut revoked_at): (Vec<Uuid>, Vec<DateTime<Utc>>) = (vec![], vec![]);

@@ -1,11 +1,10 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
 use crate::eventstore::StoredEvent;
-use crate::runtime::{Projection, ReduceError};
+use crate::runtime::{Projection, ReduceError, Tx};
 
 /// Events per organization and type (projections.event_counts).
 pub struct EventCounts;
@@ -24,11 +23,7 @@ impl Projection for EventCounts {
         vec!["projections.event_counts".into()]
     }
 
-    async fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        events: &[&StoredEvent],
-    ) -> Result<(), ReduceError> {
+    async fn apply(&self, tx: &Tx<'_>, events: &[&StoredEvent]) -> Result<(), ReduceError> {
         // Counted in memory, then one upsert: events come in log order, so the last one of
         // each key holds its last position.
         let mut counts: HashMap<(Uuid, &str), (i64, String)> = HashMap::new();

@@ -2,7 +2,6 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Transaction;
 use serde_json::Map;
 use uuid::Uuid;
 
@@ -10,7 +9,7 @@ use super::rows::{self, to_load, Changes, Rows};
 use super::text;
 use crate::domain::{apply_change, group, user};
 use crate::eventstore::StoredEvent;
-use crate::runtime::{Projection, ReduceError};
+use crate::runtime::{Projection, ReduceError, Tx};
 
 /// Groups and their direct members (projections.groups, projections.group_members).
 /// Consumes user.removed too: a deleted user leaves every group.
@@ -104,11 +103,7 @@ impl Projection for Groups {
         true
     }
 
-    async fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        events: &[&StoredEvent],
-    ) -> Result<(), ReduceError> {
+    async fn apply(&self, tx: &Tx<'_>, events: &[&StoredEvent]) -> Result<(), ReduceError> {
         let groups: Vec<&StoredEvent> = events
             .iter()
             .copied()
@@ -123,7 +118,7 @@ impl Projection for Groups {
     }
 }
 
-async fn load(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<Rows<Uuid, GroupRow>, ReduceError> {
+async fn load(tx: &Tx<'_>, ids: &[Uuid]) -> Result<Rows<Uuid, GroupRow>, ReduceError> {
     let sql = "SELECT group_id, org_id, display_name, external_id, version, created_at, \
                       updated_at FROM groups WHERE group_id = ANY($1)";
     rows::load(tx, sql, ids, |r| {
@@ -214,7 +209,7 @@ fn fold(
 }
 
 async fn write(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     changes: Changes<Uuid, GroupRow>,
     members: Memberships,
 ) -> Result<(), ReduceError> {
@@ -236,10 +231,7 @@ async fn write(
     write_members(tx, members).await
 }
 
-async fn write_groups(
-    tx: &Transaction<'_>,
-    changes: &Changes<Uuid, GroupRow>,
-) -> Result<(), ReduceError> {
+async fn write_groups(tx: &Tx<'_>, changes: &Changes<Uuid, GroupRow>) -> Result<(), ReduceError> {
     const UNNEST: &str = "unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], \
          $6::timestamptz[], $7::timestamptz[]) \
          AS v(group_id, org_id, display_name, external_id, version, created_at, updated_at)";
@@ -281,7 +273,7 @@ async fn write_groups(
     Ok(())
 }
 
-async fn write_members(tx: &Transaction<'_>, members: Memberships) -> Result<(), ReduceError> {
+async fn write_members(tx: &Tx<'_>, members: Memberships) -> Result<(), ReduceError> {
     let (mut del_g, mut del_m) = (Vec::new(), Vec::new());
     let (mut groups, mut ids, mut orgs, mut kinds, mut ats) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());

@@ -1,12 +1,11 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
 use super::rows::{self, to_load};
 use crate::domain::org;
 use crate::eventstore::StoredEvent;
-use crate::runtime::{Projection, ReduceError};
+use crate::runtime::{Projection, ReduceError, Tx};
 
 /// The organizations (projections.orgs).
 pub struct Orgs;
@@ -35,11 +34,7 @@ impl Projection for Orgs {
         true
     }
 
-    async fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        events: &[&StoredEvent],
-    ) -> Result<(), ReduceError> {
+    async fn apply(&self, tx: &Tx<'_>, events: &[&StoredEvent]) -> Result<(), ReduceError> {
         let sql = "SELECT org_id, name, created_at, verify_email_on_change \
                      FROM orgs WHERE org_id = ANY($1)";
         let ids = to_load(events, &[org::ADDED]);

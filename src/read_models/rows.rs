@@ -4,11 +4,10 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
 use crate::eventstore::StoredEvent;
-use crate::runtime::ReduceError;
+use crate::runtime::{ReduceError, Tx};
 
 struct Slot<V> {
     /// The row is in the table (loaded before the batch).
@@ -104,7 +103,7 @@ pub(crate) fn to_load(events: &[&StoredEvent], created: &[&str]) -> Vec<Uuid> {
 /// Loads the rows of `ids` in one query: `sql` selects them by `= ANY($1)`, the key first;
 /// `row` makes each into the batch's row type.
 pub(crate) async fn load<V>(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     sql: &str,
     ids: &[Uuid],
     row: impl Fn(&tokio_postgres::Row) -> Result<V, ReduceError>,

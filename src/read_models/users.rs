@@ -1,6 +1,5 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Transaction;
 use postgres_types::{Json, ToSql};
 use serde_json::{Map, Value};
 use tokio_postgres::Statement;
@@ -10,7 +9,7 @@ use super::rows::{self, to_load, Changes, Rows};
 use super::text;
 use crate::domain::{apply_change, user, verification};
 use crate::eventstore::StoredEvent;
-use crate::runtime::{Projection, ReduceError};
+use crate::runtime::{Projection, ReduceError, Tx};
 
 /// Users and their email addresses (projections.users, projections.user_emails).
 pub struct Users;
@@ -56,11 +55,7 @@ impl Projection for Users {
         true
     }
 
-    async fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        events: &[&StoredEvent],
-    ) -> Result<(), ReduceError> {
+    async fn apply(&self, tx: &Tx<'_>, events: &[&StoredEvent]) -> Result<(), ReduceError> {
         let mut rows = load(tx, &to_load(events, &[user::ADDED])).await?;
         for event in events {
             fold(&mut rows, event)?;
@@ -69,7 +64,7 @@ impl Projection for Users {
     }
 }
 
-async fn load(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<Rows<Uuid, UserRow>, ReduceError> {
+async fn load(tx: &Tx<'_>, ids: &[Uuid]) -> Result<Rows<Uuid, UserRow>, ReduceError> {
     let sql = "SELECT user_id, org_id, doc, verified_email, version, created_at, updated_at \
                  FROM users WHERE user_id = ANY($1)";
     rows::load(tx, sql, ids, |r| {
@@ -250,7 +245,7 @@ impl<'a> EmailColumns<'a> {
 /// The batch's statements, pipelined in this order on the connection: deletions, the users
 /// rows, the email rows. The users statements go out before the email rows are laid out,
 /// so the server inserts while the client builds the rest.
-async fn write(tx: &Transaction<'_>, changes: Changes<Uuid, UserRow>) -> Result<(), ReduceError> {
+async fn write(tx: &Tx<'_>, changes: Changes<Uuid, UserRow>) -> Result<(), ReduceError> {
     let s = statements(tx).await?;
     let deleted: [&(dyn ToSql + Sync); 1] = [&changes.deleted];
     let (inserted, updated) = (
@@ -305,7 +300,7 @@ struct Statements {
     insert_emails: Statement,
 }
 
-async fn statements(tx: &Transaction<'_>) -> Result<Statements, ReduceError> {
+async fn statements(tx: &Tx<'_>) -> Result<Statements, ReduceError> {
     let insert_users = format!(
         "INSERT INTO users (user_id, org_id, user_name, external_id, \
          display_name, active, doc, version, created_at, updated_at, verified_email) \

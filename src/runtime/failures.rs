@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 
 use super::context::{Inner, Progress, RunnerOptions};
+use super::tx::Tx;
 use super::{FailureClass, Projection, ProjectionError};
 use crate::eventstore::{Position, StoredEvent};
 
@@ -66,7 +67,7 @@ pub(super) async fn isolate<'a>(
     let mut parts = std::collections::VecDeque::from([todo]);
     while let Some(part) = parts.pop_front() {
         let sp = tx.savepoint("apply").await?;
-        let result = p.apply(&sp, part).await;
+        let result = p.apply(&Tx::from(&sp), part).await;
         let e = match result {
             Ok(()) => {
                 sp.commit().await?;

@@ -4,17 +4,20 @@
 //! not write costs no statement of its own, and its position (in projections.health too)
 //! still moves to the horizon. Anything out of the ordinary (a projection far behind, a
 //! failing event, a reducer error, a lost race) goes back to the projection's own runner.
+//! A round is three round trips, since every write waits for one: BEGIN with the read and
+//! the locks; the projections' statements with the positions' UPDATE; COMMIT.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Transaction;
+use deadpool_postgres::Client;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::context::{Inner, RemoteWake};
+use super::tx::Begun;
 use super::{FailureClass, ProjectionError};
 use crate::backoff::Backoff;
 use crate::eventstore::{self, EventFilter, Position, StoredEvent};
@@ -106,32 +109,33 @@ async fn round(inner: &Inner, target: Position) -> Result<Position, ProjectionEr
     let Some(from) = live.iter().map(|&i| inner.hub.current(name(i))).min() else {
         return Ok(Position::ZERO);
     };
-    let mut client = inner.pool.get().await?;
     let limit = inner.opts.live_batch;
     let filter = EventFilter {
         event_types: union_of_types(inner, &live),
         ..Default::default()
     };
-    let read = eventstore::read_batch(&client, from, &filter, limit).await?;
+    // One round trip: BEGIN, the log read and every live projection's lock and state go out
+    // together. The read takes no transaction id (the lock neither), so it holds back no
+    // horizon; a projection that has nothing to apply is left alone below.
+    let begun = Begun::new(inner.pool.get().await?);
+    let names: Vec<&str> = live.iter().map(|&i| name(i)).collect();
+    let (started, read, states) = futures::join!(
+        begun.client().batch_execute("BEGIN"),
+        eventstore::read_batch(begun.client(), from, &filter, limit),
+        lock_states(begun.client(), &names),
+    );
+    started?;
+    let (read, states) = (read?, states?);
     if read.events.len() as i64 >= limit {
         // More than one live batch behind: each runner catches up on its own.
         inner.poke_all();
+        end_early(begun);
         return Ok(from);
     }
     let reached = read.read_up_to(from, limit);
-    let moving: Vec<usize> = live
-        .into_iter()
-        .filter(|&i| inner.hub.current(name(i)) < reached)
-        .collect();
-    if moving.is_empty() {
-        return Ok(reached);
-    }
-    let tx = client.transaction().await?;
-    let names: Vec<&str> = moving.iter().map(|&i| name(i)).collect();
-    let states = lock_states(&tx, &names).await?;
     let mut plans = Vec::new();
     let mut held_back = reached;
-    for &i in &moving {
+    for &i in &live {
         let Some(state) = states.iter().find(|s| s.name == name(i)) else {
             continue;
         };
@@ -169,30 +173,45 @@ async fn round(inner: &Inner, target: Position) -> Result<Position, ProjectionEr
         .iter()
         .all(|p| p.events.is_empty() && p.from >= target)
     {
+        end_early(begun);
         return Ok(held_back);
     }
-    Ok(apply_and_commit(inner, tx, &plans, reached)
+    Ok(apply_and_commit(inner, begun, &plans, reached)
         .await?
         .min(held_back))
+}
+
+/// Ends a round's transaction that wrote nothing, off the round's path: the connection goes
+/// back to the pool once its ROLLBACK is through.
+fn end_early(begun: Begun) {
+    tokio::spawn(async move {
+        if let Err(e) = begun.rollback().await {
+            tracing::debug!(error = %crate::error_chain(&e), "ending an empty live round");
+        }
+    });
 }
 
 /// Applies every plan in the round's transaction, moves their positions and commits; on a
 /// failure rolls back and hands the projections to their runners.
 async fn apply_and_commit(
     inner: &Inner,
-    tx: Transaction<'_>,
+    begun: Begun,
     plans: &[Plan<'_>],
     reached: Position,
 ) -> Result<Position, ProjectionError> {
-    // The projections are independent: their statements go out pipelined on one connection.
-    let shared = &tx;
+    // The projections are independent: their statements, and the positions' UPDATE, go out
+    // pipelined on one connection.
+    let shared = &begun.tx();
     let applying = plans.iter().filter(|p| !p.events.is_empty()).map(|plan| {
         let projection = &inner.projections[plan.index].0;
         async move { (plan, projection.apply(shared, &plan.events).await) }
     });
-    let results = futures::future::join_all(applying).await;
+    let (results, moved) = futures::join!(
+        futures::future::join_all(applying),
+        save_positions(begun.client(), plans, reached)
+    );
     if let Some((plan, Err(e))) = results.into_iter().find(|(_, r)| r.is_err()) {
-        drop(tx); // rolled back
+        end_early(begun);
         for p in plans {
             inner.projections[p.index].1.notify_one();
         }
@@ -204,17 +223,16 @@ async fn apply_and_commit(
             _ => Ok(plans.iter().map(|p| p.from).min().unwrap_or_default()),
         };
     }
-    let moved = save_positions(&tx, plans, reached).await?;
-    if moved != plans.len() as u64 {
+    if moved? != plans.len() as u64 {
         // A state row moved under us (read before its lock was ours): nothing of this round
         // may stand.
-        drop(tx);
+        end_early(begun);
         for p in plans {
             inner.projections[p.index].1.notify_one();
         }
         return Ok(plans.iter().map(|p| p.from).min().unwrap_or_default());
     }
-    tx.commit().await?;
+    begun.commit().await?;
     for plan in plans {
         if !plan.events.is_empty() {
             inner.hub.applied(plan.name);
@@ -246,10 +264,7 @@ struct LockedState {
 /// failing, in one statement; the batch's commit is made asynchronous on the way (a read
 /// model is derived data: a lost batch is applied again). The state may be read just before
 /// its lock was ours; [`save_positions`] moves only rows still where they were read.
-async fn lock_states(
-    tx: &Transaction<'_>,
-    names: &[&str],
-) -> Result<Vec<LockedState>, ProjectionError> {
+async fn lock_states(tx: &Client, names: &[&str]) -> Result<Vec<LockedState>, ProjectionError> {
     let stmt = tx
         .prepare_cached(
             "SELECT s.name, \
@@ -281,7 +296,7 @@ fn last<'a>(p: &Plan<'a>) -> Option<&'a StoredEvent> {
 }
 
 async fn save_positions(
-    tx: &Transaction<'_>,
+    tx: &Client,
     plans: &[Plan<'_>],
     reached: Position,
 ) -> Result<u64, ProjectionError> {

@@ -8,6 +8,7 @@ mod live;
 mod rebuild;
 mod runner;
 mod state;
+mod tx;
 mod wait;
 
 use async_trait::async_trait;
@@ -25,6 +26,7 @@ pub use state::{
     reset, retry_failed, state, states, FailedEvent, HealthReport, Lag, ProjectionHealth,
     ProjectionState, RebuildProgress, RetryReport, Thresholds,
 };
+pub use tx::Tx;
 pub use wait::{confirm_reached, ProgressHub, WaitError, PROGRESS_CHANNEL};
 
 /// Sets up a transaction that applies events to the live read models: projections name
@@ -107,8 +109,7 @@ pub trait Projection: Send + Sync + 'static {
     /// statements. Must leave the same model as applying them one call per event (a test
     /// holds every read model to that), and be deterministic: after a failure the runner
     /// applies parts of the batch again to find the event at fault.
-    async fn apply(&self, tx: &Transaction<'_>, events: &[&StoredEvent])
-        -> Result<(), ReduceError>;
+    async fn apply(&self, tx: &Tx<'_>, events: &[&StoredEvent]) -> Result<(), ReduceError>;
 
     /// Whether applying an aggregate's events again, in order, from any one of them on,
     /// leaves the model as it was (a fold keyed by aggregate). retry-failed then re-applies

@@ -14,6 +14,7 @@ use futures::StreamExt;
 
 use super::context::{read_ahead, Inner, Progress};
 use super::failures::isolate;
+use super::tx::Tx;
 use super::{FailureClass, Projection, ProjectionError};
 use crate::backoff::Backoff;
 use crate::eventstore::{self, EventFilter, Position};
@@ -158,8 +159,9 @@ async fn batch(
         stopped: None,
     };
     let next_from = full.then(|| read.read_up_to(from, limit));
+    let on = Tx::from(&tx);
     let (applied, next) = futures::join!(
-        p.apply(&tx, &todo),
+        p.apply(&on, &todo),
         read_ahead(inner, next_from, &filter, limit)
     );
     *prefetched = next;
@@ -266,7 +268,7 @@ async fn swap(inner: &Inner, p: &dyn Projection) -> Result<bool, ProjectionError
         if todo.len() as i64 >= limit {
             return Ok(false); // too much to take under the lock: catch up first
         }
-        p.apply(&tx, &todo)
+        p.apply(&Tx::from(&tx), &todo)
             .await
             .map_err(|e| reduce_error(name, e))?;
         save(&tx, name, live, todo.len() as i64).await?;

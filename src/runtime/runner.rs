@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::context::{read_ahead, Inner, Progress, RemoteWake, RunnerOptions, TRY_LOCK_SQL};
 use super::failures::{forget_failures, isolate, runnable, Failure};
 use super::state::{self, register, RetryReport};
+use super::tx::Tx;
 use super::wait::ProgressHub;
 use super::{FailureClass, Projection, ProjectionError};
 use crate::backoff::Backoff;
@@ -362,7 +363,8 @@ async fn batch_in(
     if careful {
         isolate(&mut tx, inner, p, &todo, &failures, &mut progress).await?;
     } else if !todo.is_empty() {
-        let (applied, next) = futures::join!(p.apply(&tx, &todo), prefetch);
+        let on = Tx::from(&tx);
+        let (applied, next) = futures::join!(p.apply(&on, &todo), prefetch);
         *prefetched = next;
         match applied {
             Ok(()) => progress.applied_all(&todo),

@@ -9,6 +9,7 @@ use deadpool_postgres::{GenericClient, Pool};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::tx::Tx;
 use super::{Projection, ProjectionError};
 use crate::clock::Clock;
 use crate::eventstore::{self, Position};
@@ -359,7 +360,7 @@ pub async fn retry_failed(
         }
         let refs: Vec<&eventstore::StoredEvent> = events.iter().collect();
         let sp = tx.savepoint("retry").await?;
-        let result = projection.apply(&sp, &refs).await;
+        let result = projection.apply(&Tx::from(&sp), &refs).await;
         let (etx, eseq) = (at.tx_sql(), at.seq);
         match result {
             Ok(()) => {

@@ -3,13 +3,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::Transaction;
+
 use portcullis::eventstore::{
     Aggregate, Append, EventStore, ExpectedVersion, NewEvent, NotifyMode, Position, StoreOptions,
     StoredEvent,
 };
 use portcullis::runtime::{
-    self, ProgressHub, Projection, Projector, ReduceError, RunnerOptions, WaitError,
+    self, ProgressHub, Projection, Projector, ReduceError, RunnerOptions, Tx, WaitError,
 };
 use serde_json::{json, Value};
 use tokio::sync::Notify;
@@ -73,11 +73,7 @@ impl Projection for Ledger {
         vec![Ledger::table(self.name)]
     }
 
-    async fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        events: &[&StoredEvent],
-    ) -> Result<(), ReduceError> {
+    async fn apply(&self, tx: &Tx<'_>, events: &[&StoredEvent]) -> Result<(), ReduceError> {
         for event in events {
             self.reduce(tx, event).await?;
         }
@@ -86,7 +82,7 @@ impl Projection for Ledger {
 }
 
 impl Ledger {
-    async fn reduce(&self, tx: &Transaction<'_>, event: &StoredEvent) -> Result<(), ReduceError> {
+    async fn reduce(&self, tx: &Tx<'_>, event: &StoredEvent) -> Result<(), ReduceError> {
         tx.execute(
             &format!(
                 "INSERT INTO {} (position, aggregate_id, n) VALUES ($1, $2, $3)",

@@ -1,0 +1,115 @@
+//! The connection a batch is applied on, inside a transaction. Runners, rebuilds and the
+//! careful pass use tokio-postgres transactions (and their savepoints); the live round
+//! begins its transaction itself, so that BEGIN goes out pipelined with the round's first
+//! statements instead of costing a round trip of its own ([`Begun`]).
+
+use deadpool_postgres::{Client, Object, Transaction};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Error, Row, Statement, ToStatement};
+
+/// Where a projection applies a batch: always inside a transaction that the runtime commits
+/// together with the projection's position.
+#[derive(Clone, Copy)]
+pub enum Tx<'a> {
+    Transaction(&'a Transaction<'a>),
+    /// A pooled client inside a transaction the runtime began with a BEGIN statement.
+    Begun(&'a Client),
+}
+
+impl<'a> From<&'a Transaction<'a>> for Tx<'a> {
+    fn from(tx: &'a Transaction<'a>) -> Self {
+        Tx::Transaction(tx)
+    }
+}
+
+impl Tx<'_> {
+    /// A prepared statement from the connection's cache (prepared the first time).
+    pub async fn prepare_cached(&self, query: &str) -> Result<Statement, Error> {
+        match self {
+            Tx::Transaction(t) => t.prepare_cached(query).await,
+            Tx::Begun(c) => c.prepare_cached(query).await,
+        }
+    }
+
+    pub async fn execute<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        match self {
+            Tx::Transaction(t) => t.execute(statement, params).await,
+            Tx::Begun(c) => c.execute(statement, params).await,
+        }
+    }
+
+    pub async fn query<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        match self {
+            Tx::Transaction(t) => t.query(statement, params).await,
+            Tx::Begun(c) => c.query(statement, params).await,
+        }
+    }
+
+    pub async fn batch_execute(&self, query: &str) -> Result<(), Error> {
+        match self {
+            Tx::Transaction(t) => t.batch_execute(query).await,
+            Tx::Begun(c) => c.batch_execute(query).await,
+        }
+    }
+}
+
+/// A pooled connection inside a transaction begun with a BEGIN statement. It ends with
+/// [`Begun::commit`] or [`Begun::rollback`]; dropped without either (an error, a cancelled
+/// task), the connection is closed instead of going back to the pool mid-transaction, and
+/// PostgreSQL rolls the transaction back and releases its locks.
+pub(super) struct Begun {
+    client: Option<Object>,
+}
+
+impl Begun {
+    /// Takes the connection; the caller sends BEGIN first on it (pipelined with what follows).
+    pub(super) fn new(client: Object) -> Self {
+        Begun {
+            client: Some(client),
+        }
+    }
+
+    pub(super) fn client(&self) -> &Client {
+        self.client
+            .as_ref()
+            .expect("a Begun holds its client until it ends")
+    }
+
+    pub(super) fn tx(&self) -> Tx<'_> {
+        Tx::Begun(self.client())
+    }
+
+    pub(super) async fn commit(mut self) -> Result<(), Error> {
+        let client = self.client.take().expect("ended once");
+        // A failed COMMIT rolls back: the connection is fit for the pool either way (a
+        // closed one is dropped by the pool's recycling).
+        client.batch_execute("COMMIT").await
+    }
+
+    pub(super) async fn rollback(mut self) -> Result<(), Error> {
+        let client = self.client.take().expect("ended once");
+        client.batch_execute("ROLLBACK").await
+    }
+}
+
+impl Drop for Begun {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            drop(Object::take(client));
+        }
+    }
+}
