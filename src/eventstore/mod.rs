@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod context;
+mod encode;
 mod error;
 mod notify;
 mod position;

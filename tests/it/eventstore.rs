@@ -436,6 +436,52 @@ async fn unique_values_clash_case_insensitively_and_are_released() {
     assert_eq!(holder, b);
 }
 
+#[tokio::test]
+async fn a_creating_push_with_one_value_taken_stores_none_of_its_claims() {
+    let db = TestDb::new().await;
+    let store = db.store(opts(NotifyMode::Coalesced));
+    let org = Uuid::new_v4();
+    let name = |v: &str| UniqueValue::case_insensitive("user.username", v);
+    store
+        .push(&[added(org, Uuid::new_v4(), "alice").claim(name("alice"))])
+        .await
+        .unwrap();
+    // Two creations in one push: the first claims a free value, the second a taken one.
+    let refused = store
+        .push(&[
+            added(org, Uuid::new_v4(), "carol").claim(name("carol")),
+            added(org, Uuid::new_v4(), "Alice")
+                .claim(name("Alice"))
+                .claim(UniqueValue::exact("user.external_id", "e-1")),
+        ])
+        .await;
+    match refused {
+        Err(StoreError::AlreadyExists { constraint, value }) => {
+            assert_eq!(
+                (constraint.as_str(), value.as_str()),
+                ("user.username", "Alice")
+            );
+        }
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    let claims: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM eventstore.unique_constraints", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(claims, 1, "only alice's first claim stands");
+    assert_eq!(count_events(&db).await, 1, "the refused push wrote nothing");
+    // The free values are free still.
+    store
+        .push(&[added(org, Uuid::new_v4(), "carol")
+            .claim(name("carol"))
+            .claim(UniqueValue::exact("user.external_id", "e-1"))])
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_of_one_value_exactly_one_wins() {
     let db = TestDb::new().await;
