@@ -177,10 +177,15 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
         measure(cell, move |i| {
             let store = store.clone();
             async move {
+                // The document the SCIM clients send.
                 let mut doc = portcullis::domain::Doc::new();
                 doc.insert(
                     "userName".into(),
                     json!(format!("direct{run_id}-{i}@bench.example")),
+                );
+                doc.insert(
+                    "emails".into(),
+                    json!([{"value": format!("direct{i}@bench.example")}]),
                 );
                 user::create(&store, org_id, doc, None).await.is_ok()
             }
