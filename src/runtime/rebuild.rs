@@ -12,7 +12,7 @@ use deadpool_postgres::{Pool, Transaction};
 
 use futures::StreamExt;
 
-use super::context::{read_ahead, Inner, Progress};
+use super::context::{read_ahead, release, Inner, Progress};
 use super::failures::isolate;
 use super::tx::Tx;
 use super::{FailureClass, Projection, ProjectionError};
@@ -188,6 +188,7 @@ async fn batch(
     let upto = progress.position.max(read.read_up_to(from, limit));
     save(&tx, name, upto, progress.applied).await?;
     tx.commit().await?;
+    release(read);
     Ok(if full { Step::More } else { Step::CaughtUp })
 }
 

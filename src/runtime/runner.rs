@@ -13,7 +13,9 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::context::{read_ahead, Inner, Progress, RemoteWake, RunnerOptions, TRY_LOCK_SQL};
+use super::context::{
+    read_ahead, release, Inner, Progress, RemoteWake, RunnerOptions, TRY_LOCK_SQL,
+};
 use super::failures::{forget_failures, isolate, runnable, Failure};
 use super::state::{self, register, RetryReport};
 use super::tx::Tx;
@@ -405,10 +407,12 @@ async fn batch_in(
     if position != from {
         inner.commits.send_modify(|n| *n += 1);
     }
+    let retry_in = progress.stopped;
+    release(read);
     Ok(Outcome::Done {
         position,
         more,
-        retry_in: progress.stopped,
+        retry_in,
     })
 }
 
