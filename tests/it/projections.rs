@@ -369,6 +369,58 @@ async fn a_runner_aborted_mid_batch_leaves_nothing_half_applied() {
     assert_exactly_once(&db, "abort").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_round_stopped_mid_batch_leaves_no_transaction_behind() {
+    let db = TestDb::new().await;
+    ledger_tables(&db, &["stopped"]).await;
+    let node = Node::new(&db).await;
+    let (ledger, faults) = Ledger::build("stopped");
+    faults.block.store(true, Ordering::SeqCst);
+    let projector = node.projector(&db, vec![ledger], fast_retries()).await;
+    // Caught up with an empty log: the next write is the live round's, which begins its
+    // transaction with a BEGIN statement, takes the lock, and hangs in the reducer.
+    let first = push_entry(&node.store, Uuid::new_v4(), 0, json!({})).await;
+    node.hub
+        .wait_for_position("stopped", first, WAIT)
+        .await
+        .unwrap();
+    push_entry(&node.store, Uuid::new_v4(), 1, json!({ "block": true })).await;
+    tokio::time::timeout(WAIT, faults.entered.notified())
+        .await
+        .expect("the live round reached the blocking event");
+    projector.stop();
+    // Its connection did not go back to the pool mid-transaction (where it would hold the
+    // projection's lock until the idle-transaction bound, a minute for this pool): it was
+    // closed, and the server let go of the lock at once.
+    let c = db.client().await;
+    eventually(
+        "the stopped round's lock to be free",
+        Duration::from_secs(5),
+        || async {
+            let free: bool = c
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended('portcullis.projection/stopped', 0))",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+            free.then_some(())
+        },
+    )
+    .await;
+    let open: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+              AND state LIKE 'idle in transaction%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0, "no connection is left inside a transaction");
+}
+
 async fn c_pool(node: &Node) -> deadpool_postgres::Client {
     node.store.pool().get().await.unwrap()
 }
