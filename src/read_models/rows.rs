@@ -118,36 +118,3 @@ pub(crate) async fn load<V>(
     }
     Ok(Rows::loaded(loaded))
 }
-
-/// Polls `statement` once, so that it goes out on the connection now (tokio-postgres sends
-/// a prepared statement on the first poll), and hands it back to be awaited later: the
-/// server runs it while the caller lays out the next statement, which is sent after it.
-pub(crate) async fn send_now<F: std::future::Future>(statement: F) -> SentStatement<F> {
-    let mut sent = Box::pin(futures::future::maybe_done(statement));
-    let _ = futures::poll!(sent.as_mut());
-    SentStatement(sent)
-}
-
-/// A statement [`send_now`] sent; awaiting it gives its result.
-pub(crate) struct SentStatement<F: std::future::Future>(
-    std::pin::Pin<Box<futures::future::MaybeDone<F>>>,
-);
-
-impl<F: std::future::Future> std::future::Future for SentStatement<F> {
-    type Output = F::Output;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        match self.0.as_mut().poll(cx) {
-            std::task::Poll::Ready(()) => std::task::Poll::Ready(
-                self.0
-                    .as_mut()
-                    .take_output()
-                    .expect("a sent statement's result is taken once"),
-            ),
-            std::task::Poll::Pending => std::task::Poll::Pending,
-        }
-    }
-}

@@ -275,19 +275,31 @@ async fn write(tx: &Tx<'_>, changes: Changes<Uuid, UserRow>) -> Result<(), Reduc
     if !rewritten_ids.is_empty() {
         users.push(tx.execute(&s.delete_emails, &rewritten));
     }
-    let users = rows::send_now(futures::future::try_join_all(users)).await;
+    // Polled once here, so they go out now (tokio-postgres sends a prepared statement on its
+    // first poll) and the email insert goes out after them.
+    let mut users = std::pin::pin!(futures::future::maybe_done(futures::future::try_join_all(
+        users
+    )));
+    let _ = futures::poll!(users.as_mut());
     let mut emails = EmailColumns::default();
     for (id, row) in changes.inserted.iter().chain(&changes.updated) {
         if row.emails {
             emails.add(*id, row);
         }
     }
-    if emails.users.is_empty() {
-        users.await?;
-        return Ok(());
+    let params = emails.params();
+    let insert_emails = async {
+        if emails.users.is_empty() {
+            Ok(0)
+        } else {
+            tx.execute(&s.insert_emails, &params).await
+        }
+    };
+    let ((), inserted) = futures::join!(users.as_mut(), insert_emails);
+    if let Some(written) = users.as_mut().take_output() {
+        written?;
     }
-    let emails = emails.params();
-    futures::try_join!(users, tx.execute(&s.insert_emails, &emails))?;
+    inserted?;
     Ok(())
 }
 
