@@ -1,3 +1,5 @@
+use std::borrow::Cow;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use postgres_types::{Json, ToSql};
@@ -14,10 +16,12 @@ use crate::runtime::{Projection, ReduceError, Tx};
 /// Users and their email addresses (projections.users, projections.user_emails).
 pub struct Users;
 
-/// A users row as the batch changes it.
-struct UserRow {
+/// A users row as the batch changes it. A user the batch creates borrows its document from
+/// the event until a later event of the batch changes it: a catch-up batch of new users
+/// copies no document.
+struct UserRow<'a> {
     org_id: Uuid,
-    doc: Map<String, Value>,
+    doc: Cow<'a, Map<String, Value>>,
     verified_email: Option<String>,
     version: i64,
     created_at: DateTime<Utc>,
@@ -64,7 +68,7 @@ impl Projection for Users {
     }
 }
 
-async fn load(tx: &Tx<'_>, ids: &[Uuid]) -> Result<Rows<Uuid, UserRow>, ReduceError> {
+async fn load(tx: &Tx<'_>, ids: &[Uuid]) -> Result<Rows<Uuid, UserRow<'static>>, ReduceError> {
     let sql = "SELECT user_id, org_id, doc, verified_email, version, created_at, updated_at \
                  FROM users WHERE user_id = ANY($1)";
     rows::load(tx, sql, ids, |r| {
@@ -73,7 +77,7 @@ async fn load(tx: &Tx<'_>, ids: &[Uuid]) -> Result<Rows<Uuid, UserRow>, ReduceEr
         };
         Ok(UserRow {
             org_id: r.get(1),
-            doc,
+            doc: Cow::Owned(doc),
             verified_email: r.get(3),
             version: r.get(4),
             created_at: r.get(5),
@@ -84,7 +88,7 @@ async fn load(tx: &Tx<'_>, ids: &[Uuid]) -> Result<Rows<Uuid, UserRow>, ReduceEr
     .await
 }
 
-fn fold(rows: &mut Rows<Uuid, UserRow>, event: &StoredEvent) -> Result<(), ReduceError> {
+fn fold<'a>(rows: &mut Rows<Uuid, UserRow<'a>>, event: &'a StoredEvent) -> Result<(), ReduceError> {
     let id = event.aggregate.id;
     let version = event.version as i64;
     match event.event_type.as_str() {
@@ -94,7 +98,7 @@ fn fold(rows: &mut Rows<Uuid, UserRow>, event: &StoredEvent) -> Result<(), Reduc
                 .ok_or("user.added without attributes")?;
             let row = UserRow {
                 org_id: event.org_id,
-                doc: doc.clone(),
+                doc: Cow::Borrowed(doc),
                 verified_email: None,
                 version,
                 created_at: event.created_at,
@@ -109,7 +113,7 @@ fn fold(rows: &mut Rows<Uuid, UserRow>, event: &StoredEvent) -> Result<(), Reduc
             let row = rows
                 .get_mut(&id)
                 .ok_or_else(|| format!("user.changed for unknown user {id}"))?;
-            apply_change(&mut row.doc, &event.payload);
+            apply_change(row.doc.to_mut(), &event.payload);
             row.emails |= ["set", "unset"].iter().any(|k| match &event.payload[*k] {
                 Value::Object(m) => m.contains_key("emails"),
                 Value::Array(a) => a.iter().any(|v| v == "emails"),
@@ -154,7 +158,7 @@ struct UserColumns<'a> {
 }
 
 impl<'a> UserColumns<'a> {
-    fn of(rows: &'a [(Uuid, UserRow)]) -> Self {
+    fn of(rows: &'a [(Uuid, UserRow<'_>)]) -> Self {
         let mut c = UserColumns::default();
         for (id, r) in rows {
             c.ids.push(*id);
@@ -165,7 +169,7 @@ impl<'a> UserColumns<'a> {
             c.display_names.push(text(&r.doc, "displayName"));
             c.active
                 .push(r.doc.get("active").and_then(Value::as_bool).unwrap_or(true));
-            c.docs.push(Json(&r.doc));
+            c.docs.push(Json(&*r.doc));
             c.versions.push(r.version);
             c.created.push(r.created_at);
             c.updated.push(r.updated_at);
@@ -209,7 +213,7 @@ struct EmailColumns<'a> {
 }
 
 impl<'a> EmailColumns<'a> {
-    fn add(&mut self, id: Uuid, row: &'a UserRow) {
+    fn add(&mut self, id: Uuid, row: &'a UserRow<'_>) {
         let emails = row.doc.get("emails").and_then(Value::as_array);
         let emails = emails.into_iter().flatten().filter_map(Value::as_object);
         let mut ord = 0;
@@ -245,7 +249,7 @@ impl<'a> EmailColumns<'a> {
 /// The batch's statements, pipelined in this order on the connection: deletions, the users
 /// rows, the email rows. The users statements go out before the email rows are laid out,
 /// so the server inserts while the client builds the rest.
-async fn write(tx: &Tx<'_>, changes: Changes<Uuid, UserRow>) -> Result<(), ReduceError> {
+async fn write(tx: &Tx<'_>, changes: Changes<Uuid, UserRow<'_>>) -> Result<(), ReduceError> {
     let s = statements(tx).await?;
     let deleted: [&(dyn ToSql + Sync); 1] = [&changes.deleted];
     let (inserted, updated) = (
