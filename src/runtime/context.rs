@@ -35,6 +35,10 @@ pub struct RunnerOptions {
     /// Backoff between attempts at a failing event: base * 2^(failures-1), capped.
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// A model at position zero whose log holds at least this many events of its types is
+    /// filled by a rebuild (a copy without its secondary indexes, built in bulk at the end)
+    /// instead of in place; `None` fills every model in place.
+    pub rebuild_from_zero_at: Option<i64>,
     pub clock: SharedClock,
 }
 
@@ -47,6 +51,7 @@ impl Default for RunnerOptions {
             max_attempts: 5,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
+            rebuild_from_zero_at: Some(50_000),
             clock: Arc::new(SystemClock),
         }
     }

@@ -17,6 +17,7 @@ use super::context::{
     read_ahead, release, Inner, Progress, RemoteWake, RunnerOptions, TRY_LOCK_SQL,
 };
 use super::failures::{forget_failures, isolate, runnable, Failure};
+use super::rebuild::fills_from_zero;
 use super::state::{self, register, RetryReport};
 use super::tx::Tx;
 use super::wait::ProgressHub;
@@ -44,6 +45,8 @@ enum Outcome {
     Busy,
     /// A reducer failed on the fast path: apply the batch again, event by event in savepoints.
     Careful,
+    /// The model is at position zero and a rebuild fills it (see `rebuild::fills_from_zero`).
+    Rebuilding,
     Done {
         position: Position,
         /// More may be waiting right away (a full batch, or the time budget ran out).
@@ -240,7 +243,8 @@ async fn run(inner: Arc<Inner>, index: usize, mut remote: watch::Receiver<Remote
                     horizon_wait = Duration::from_millis(1);
                 }
             }
-            Ok(Outcome::Busy) => wake_in = busy.next_delay(),
+            // The builder pokes us after its swap (one in another process is polled for).
+            Ok(Outcome::Busy | Outcome::Rebuilding) => wake_in = busy.next_delay(),
             Ok(Outcome::Careful) => unreachable!("the careful pass never asks for another"),
             Err(e) => {
                 tracing::warn!(projection = name, error = %crate::error_chain(&e), "projection batch failed; retrying");
@@ -349,6 +353,11 @@ async fn batch_in(
     let Some((from, failures)) = lock_and_load(&tx, name).await? else {
         return Ok(Outcome::Busy);
     };
+    if catch_up && !careful && from == Position::ZERO && fills_from_zero(inner, &tx, p).await? {
+        tx.commit().await?;
+        inner.rebuilds.send_modify(|n| *n += 1);
+        return Ok(Outcome::Rebuilding);
+    }
     let limit = [inner.opts.live_batch, inner.opts.catchup_batch][usize::from(catch_up)];
     let filter = EventFilter {
         event_types: p.event_types(),
@@ -396,17 +405,7 @@ async fn batch_in(
         save_position(&tx, name, &progress).await?;
     }
     tx.commit().await?;
-    let span = tracing::Span::current();
-    span.record("from", tracing::field::display(from));
-    span.record("to", tracing::field::display(position));
-    span.record("events", progress.applied);
-    if progress.applied > 0 {
-        inner.hub.applied(name);
-    }
-    inner.hub.publish_since(name, position, resets);
-    if position != from {
-        inner.commits.send_modify(|n| *n += 1);
-    }
+    committed(inner, name, from, &progress, resets);
     let retry_in = progress.stopped;
     release(read);
     Ok(Outcome::Done {
@@ -414,6 +413,21 @@ async fn batch_in(
         more,
         retry_in,
     })
+}
+
+/// What a committed batch tells: its span, the hub, and runners waiting on a commit.
+fn committed(inner: &Inner, name: &str, from: Position, progress: &Progress<'_>, resets: u64) {
+    let span = tracing::Span::current();
+    span.record("from", tracing::field::display(from));
+    span.record("to", tracing::field::display(progress.position));
+    span.record("events", progress.applied);
+    if progress.applied > 0 {
+        inner.hub.applied(name);
+    }
+    inner.hub.publish_since(name, progress.position, resets);
+    if progress.position != from {
+        inner.commits.send_modify(|n| *n += 1);
+    }
 }
 
 impl<'a> Progress<'a> {

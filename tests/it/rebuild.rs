@@ -94,6 +94,14 @@ async fn a_rebuild_under_reads_and_writes_is_never_seen_partial_and_swaps_atomic
 
 /// A projector of its own: one "process".
 async fn process(db: &TestDb, batch: i64) -> (Projector, ProgressHub) {
+    let opts = RunnerOptions {
+        catchup_batch: batch,
+        ..RunnerOptions::default()
+    };
+    process_with(db, opts).await
+}
+
+async fn process_with(db: &TestDb, opts: RunnerOptions) -> (Projector, ProgressHub) {
     let pool = portcullis::db::pool(&db.url, 8).unwrap();
     let store = EventStore::new(
         pool.clone(),
@@ -103,10 +111,6 @@ async fn process(db: &TestDb, batch: i64) -> (Projector, ProgressHub) {
         },
     );
     let hub = ProgressHub::start(&db.url, pool.clone()).await.unwrap();
-    let opts = RunnerOptions {
-        catchup_batch: batch,
-        ..RunnerOptions::default()
-    };
     let p = Projector::start(
         &db.url,
         pool,
@@ -269,4 +273,87 @@ async fn deferred_indexes_are_built_once_each_and_nothing_else_is_run() {
         .unwrap()
         .get(0);
     assert_eq!(copies, live, "the copy has every index the live model has");
+}
+
+/// The users model, every row of both its tables, as one string.
+async fn users_model(db: &TestDb) -> String {
+    db.client()
+        .await
+        .query_one(
+            "SELECT coalesce((SELECT json_agg(u ORDER BY user_id)::text FROM projections.users u), '') \
+                 || coalesce((SELECT json_agg(e ORDER BY user_id, ord)::text FROM projections.user_emails e), '')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Resets users and fills it again from zero in a process of its own; says whether the
+/// live table was swapped for a rebuilt copy meanwhile.
+async fn fill_from_zero(db: &TestDb, rebuild_from_zero_at: i64) -> bool {
+    let c = db.client().await;
+    let table = "SELECT 'projections.users'::regclass::oid";
+    let before: u32 = c.query_one(table, &[]).await.unwrap().get(0);
+    c.execute("SELECT projections.reset('users')", &[])
+        .await
+        .unwrap();
+    let (p, hub) = process_with(
+        db,
+        RunnerOptions {
+            catchup_batch: 10,
+            rebuild_from_zero_at: Some(rebuild_from_zero_at),
+            ..RunnerOptions::default()
+        },
+    )
+    .await;
+    let pool = portcullis::db::pool(&db.url, 1).unwrap();
+    let head = portcullis::eventstore::head(&pool.get().await.unwrap())
+        .await
+        .unwrap();
+    hub.wait_for_position("users", head, WAIT).await.unwrap();
+    rebuild_done(db).await;
+    p.stop();
+    let after: u32 = c.query_one(table, &[]).await.unwrap().get(0);
+    before != after
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_at_zero_over_a_long_log_is_filled_by_a_rebuild_into_the_same_rows() {
+    let db = TestDb::new().await;
+    let s = Scim::new(&db).await;
+    for i in 0..40 {
+        let email = json!({"emails": [{"value": format!("z{i}@example.com"), "primary": true}]});
+        let id = s.user(&format!("z{i}"), email).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if i % 3 == 0 {
+            let op = json!([{"op": "replace", "path": "displayName", "value": format!("Z {i}")}]);
+            assert_eq!(s.patch(&format!("/Users/{id}"), op).await.status, 200);
+        }
+        if i % 7 == 0 {
+            assert_eq!(s.delete(&format!("/Users/{id}")).await.status, 204);
+        }
+    }
+    let served = users_model(&db).await;
+    s.app.stop().await;
+    // About 60 events of its types: in place below the threshold, by a rebuild from it on.
+    assert!(!fill_from_zero(&db, 1000).await, "filled in place");
+    assert_eq!(users_model(&db).await, served);
+    assert!(fill_from_zero(&db, 50).await, "filled by a rebuild");
+    assert_eq!(users_model(&db).await, served, "the same rows either way");
+    let c = db.client().await;
+    let (rebuilding, complete): (bool, bool) = {
+        let r = c
+            .query_one(
+                "SELECT h.rebuilding, s.complete_at_tx IS NULL FROM projections.health h \
+                   JOIN projections.projection_states s USING (name) WHERE name = 'users'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(!rebuilding && complete, "{rebuilding} {complete}");
 }
