@@ -20,7 +20,7 @@ cargo build --release --bin portcullis >&2
 
 container=$(docker create --entrypoint /bin/true "$base")
 trap 'docker rm -f "$container" >/dev/null 2>&1 || true' EXIT
-docker cp target/release/portcullis "$container:/usr/local/bin/portcullis" >/dev/null
+docker cp "${CARGO_TARGET_DIR:-target}/release/portcullis" "$container:/usr/local/bin/portcullis" >/dev/null
 docker commit \
   --change 'ENTRYPOINT ["/usr/local/bin/portcullis"]' \
   --change 'CMD ["serve"]' \

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 profile=${PORTCULLIS_PROFILE:-debug}
 if [ "$profile" = release ]; then cargo build --release --bin portcullis; else cargo build --bin portcullis; fi
-bin=target/$profile/portcullis
+bin=${CARGO_TARGET_DIR:-target}/$profile/portcullis
 
 if [ -z "${DATABASE_URL:-}" ]; then
   DATABASE_URL=$(scripts/pg-local.sh start)
