@@ -353,7 +353,7 @@ async fn batch_in(
     let Some((from, failures)) = lock_and_load(&tx, name).await? else {
         return Ok(Outcome::Busy);
     };
-    if catch_up && !careful && from == Position::ZERO && fills_from_zero(inner, &tx, p).await? {
+    if !careful && from == Position::ZERO && fills_from_zero(inner, &tx, p).await? {
         tx.commit().await?;
         inner.rebuilds.send_modify(|n| *n += 1);
         return Ok(Outcome::Rebuilding);

@@ -289,32 +289,37 @@ async fn users_model(db: &TestDb) -> String {
         .get(0)
 }
 
-/// Resets users and fills it again from zero in a process of its own; says whether the
-/// live table was swapped for a rebuilt copy meanwhile.
-async fn fill_from_zero(db: &TestDb, rebuild_from_zero_at: i64) -> bool {
+const USERS_TABLE: &str = "SELECT 'projections.users'::regclass::oid";
+
+/// Resets users and fills it again from zero; says whether the live table was swapped for a
+/// rebuilt copy meanwhile. `live`: the reset goes through a process that runs (its runner
+/// following the log), else it is done in SQL before a process of its own starts.
+async fn fill_from_zero(db: &TestDb, rebuild_from_zero_at: i64, live: bool) -> bool {
     let c = db.client().await;
-    let table = "SELECT 'projections.users'::regclass::oid";
-    let before: u32 = c.query_one(table, &[]).await.unwrap().get(0);
-    c.execute("SELECT projections.reset('users')", &[])
-        .await
-        .unwrap();
-    let (p, hub) = process_with(
-        db,
-        RunnerOptions {
-            catchup_batch: 10,
-            rebuild_from_zero_at: Some(rebuild_from_zero_at),
-            ..RunnerOptions::default()
-        },
-    )
-    .await;
     let pool = portcullis::db::pool(&db.url, 1).unwrap();
     let head = portcullis::eventstore::head(&pool.get().await.unwrap())
         .await
         .unwrap();
+    let before: u32 = c.query_one(USERS_TABLE, &[]).await.unwrap().get(0);
+    if !live {
+        c.execute("SELECT projections.reset('users')", &[])
+            .await
+            .unwrap();
+    }
+    let opts = RunnerOptions {
+        catchup_batch: 10,
+        rebuild_from_zero_at: Some(rebuild_from_zero_at),
+        ..RunnerOptions::default()
+    };
+    let (p, hub) = process_with(db, opts).await;
+    if live {
+        hub.wait_for_position("users", head, WAIT).await.unwrap();
+        p.reset("users").await.unwrap();
+    }
     hub.wait_for_position("users", head, WAIT).await.unwrap();
     rebuild_done(db).await;
     p.stop();
-    let after: u32 = c.query_one(table, &[]).await.unwrap().get(0);
+    let after: u32 = c.query_one(USERS_TABLE, &[]).await.unwrap().get(0);
     before != after
 }
 
@@ -339,10 +344,15 @@ async fn a_model_at_zero_over_a_long_log_is_filled_by_a_rebuild_into_the_same_ro
     let served = users_model(&db).await;
     s.app.stop().await;
     // About 60 events of its types: in place below the threshold, by a rebuild from it on.
-    assert!(!fill_from_zero(&db, 1000).await, "filled in place");
+    assert!(!fill_from_zero(&db, 1000, false).await, "filled in place");
     assert_eq!(users_model(&db).await, served);
-    assert!(fill_from_zero(&db, 50).await, "filled by a rebuild");
+    assert!(fill_from_zero(&db, 50, false).await, "filled by a rebuild");
     assert_eq!(users_model(&db).await, served, "the same rows either way");
+    assert!(
+        fill_from_zero(&db, 50, true).await,
+        "a reset under a running service is filled by a rebuild too"
+    );
+    assert_eq!(users_model(&db).await, served);
     let c = db.client().await;
     let (rebuilding, complete): (bool, bool) = {
         let r = c
