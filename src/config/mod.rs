@@ -190,7 +190,9 @@ pub enum ProjectionsCommand {
         name: String,
     },
     /// Empty a projection's read model and replay it from the first event (for DBAs: until it
-    /// has caught up, SCIM reads answer 503). `rebuild` does the same without downtime.
+    /// has caught up, SCIM reads answer 503). Over 50,000 or more events of its types the
+    /// running service replays it by a rebuild (`status` shows it rebuilding). `rebuild` does
+    /// the same without downtime.
     Reset {
         #[command(flatten)]
         db: DbArgs,
