@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Pool, Transaction};
-
 use futures::StreamExt;
 
 use super::context::{read_ahead, release, Inner, Progress};
@@ -41,30 +40,41 @@ pub async fn request_rebuild(pool: &Pool, name: &str) -> Result<(), ProjectionEr
     Ok(())
 }
 
-/// Whether a rebuild fills the projection, whose model is at position zero (its runner then
-/// leaves the model alone: an empty model has nothing to keep up). One is asked for here,
-/// inside the runner's transaction, when the log holds at least
-/// `RunnerOptions::rebuild_from_zero_at` events of its types: a copy filled without its
-/// secondary indexes, built in bulk at the end, fills faster than the live tables, where
-/// every row updates every index (users from zero: about 90% of a bare INSERT's rate
-/// against 60%, see `make bench ARGS=catchup`).
+/// How a model at position zero is filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FromZero {
+    /// In place, by its runner.
+    InPlace,
+    /// By a rebuild already under way: its runner leaves the model alone (an empty model has
+    /// nothing to keep up).
+    Rebuilding,
+    /// By a rebuild asked for just now, in the runner's transaction (under way once it
+    /// commits).
+    Requested,
+}
+
+/// How the projection, whose model is at position zero, is filled. A rebuild is asked for
+/// when the log holds at least `RunnerOptions::rebuild_from_zero_at` events of its types: a
+/// copy filled without its secondary indexes, built in bulk at the end, fills faster than
+/// the live tables, where every row updates every index (users from zero: about 90% of a
+/// bare INSERT's rate against 60%, see `make bench ARGS=catchup`).
 pub(super) async fn fills_from_zero(
     inner: &Inner,
     tx: &Transaction<'_>,
     p: &dyn Projection,
-) -> Result<bool, ProjectionError> {
+) -> Result<FromZero, ProjectionError> {
     let name = p.name();
     let pending = tx
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM projections.rebuilds WHERE projection = $1)")
         .await?;
     if tx.query_one(&pending, &[&name]).await?.get::<_, bool>(0) {
-        return Ok(true);
+        return Ok(FromZero::Rebuilding);
     }
     let Some(at) = inner.opts.rebuild_from_zero_at else {
-        return Ok(false);
+        return Ok(FromZero::InPlace);
     };
     if p.tables().is_empty() {
-        return Ok(false);
+        return Ok(FromZero::InPlace);
     }
     let count = match p.event_types() {
         Some(types) => {
@@ -78,7 +88,7 @@ pub(super) async fn fills_from_zero(
         }
     };
     if count.get::<_, i64>(0) < at {
-        return Ok(false);
+        return Ok(FromZero::InPlace);
     }
     tx.execute("SELECT projections.request_rebuild($1)", &[&name])
         .await?;
@@ -86,7 +96,7 @@ pub(super) async fn fills_from_zero(
         projection = name,
         "the read model fills from the start of a long log: by a rebuild"
     );
-    Ok(true)
+    Ok(FromZero::Requested)
 }
 
 pub(super) async fn run(inner: Arc<Inner>) {

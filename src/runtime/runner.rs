@@ -17,7 +17,7 @@ use super::context::{
     read_ahead, release, Inner, Progress, RemoteWake, RunnerOptions, TRY_LOCK_SQL,
 };
 use super::failures::{forget_failures, isolate, runnable, Failure};
-use super::rebuild::fills_from_zero;
+use super::rebuild::{fills_from_zero, FromZero};
 use super::state::{self, register, RetryReport};
 use super::tx::Tx;
 use super::wait::ProgressHub;
@@ -353,10 +353,15 @@ async fn batch_in(
     let Some((from, failures)) = lock_and_load(&tx, name).await? else {
         return Ok(Outcome::Busy);
     };
-    if !careful && from == Position::ZERO && fills_from_zero(inner, &tx, p).await? {
-        tx.commit().await?;
-        inner.rebuilds.send_modify(|n| *n += 1);
-        return Ok(Outcome::Rebuilding);
+    if !careful && from == Position::ZERO {
+        let fill = fills_from_zero(inner, &tx, p).await?;
+        if fill != FromZero::InPlace {
+            tx.commit().await?;
+            if fill == FromZero::Requested {
+                inner.rebuilds.send_modify(|n| *n += 1); // this process's builder starts now
+            }
+            return Ok(Outcome::Rebuilding);
+        }
     }
     let limit = [inner.opts.live_batch, inner.opts.catchup_batch][usize::from(catch_up)];
     let filter = EventFilter {
