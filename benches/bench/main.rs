@@ -6,6 +6,7 @@
 
 mod appends;
 mod catchup;
+mod cpu;
 mod paging;
 mod rebuild;
 mod report;

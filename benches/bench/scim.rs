@@ -154,6 +154,8 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
 
     // Create (POST, wait for the read models, read back) vs the domain command alone.
     let run_id = std::process::id();
+    let metered = crate::connect(&url).await;
+    let meter = crate::cpu::Meter::start(&metered).await;
     let s = {
         let (http, base, auth) = (http.clone(), base.clone(), auth.clone());
         measure(cell, move |i| {
@@ -172,6 +174,8 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
         })
         .await
     };
+    let scim_cpu = meter.map(|m| m.per_op(s.per_sec * cell.as_secs_f64()));
+    let meter = crate::cpu::Meter::start(&metered).await;
     let d = {
         let store = store.clone();
         measure(cell, move |i| {
@@ -191,6 +195,16 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
             }
         })
         .await
+    };
+    let direct_cpu = meter.map(|m| m.per_op(d.per_sec * cell.as_secs_f64()));
+    let create_cpu = match (scim_cpu, direct_cpu) {
+        (Some(s), Some(d)) => format!(
+            "CPU per create during the cells (this process holds the clients and the service): \
+             POST /Users {s}; user::create {d}."
+        ),
+        _ => {
+            "CPU per create: n/a (the server is not on this machine, or this is not Linux).".into()
+        }
     };
     row(
         "POST /Users (incl. wait + read back)",
@@ -366,6 +380,7 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
                 setup.as_secs_f64(),
                 USERS as f64 / setup.as_secs_f64()
             ),
+            create_cpu,
             format!(
                 "userName eq filter / GET by id: {eq_vs_id:.2} of the rate, measured in turns (target: at least 0.80)."
             ),
