@@ -778,19 +778,31 @@ async fn bad_input_is_refused_with_a_clear_error_and_writes_nothing() {
         dberr.message()
     );
 
-    // And direct INSERTs must follow the same rules.
-    let err = c
-        .execute(
-            "INSERT INTO eventstore.events (org_id, aggregate_type, aggregate_id, version, event_type) \
-             VALUES (gen_random_uuid(), 'user', gen_random_uuid(), 1, 'Bad Type')",
-            &[],
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.as_db_error().unwrap().code(),
-        &tokio_postgres::error::SqlState::CHECK_VIOLATION
-    );
+    // And direct INSERTs must follow the same rules (the table's CHECKs).
+    let long_type = format!("a.{}", "b".repeat(127));
+    let long_aggregate = "a".repeat(65);
+    for (aggregate_type, event_type) in [
+        ("user", "Bad Type"),
+        ("user", "useradded"),
+        ("user", long_type.as_str()),
+        ("User", "user.added"),
+        ("user group", "user.added"),
+        (long_aggregate.as_str(), "user.added"),
+    ] {
+        let err = c
+            .execute(
+                "INSERT INTO eventstore.events (org_id, aggregate_type, aggregate_id, version, event_type) \
+                 VALUES (gen_random_uuid(), $1, gen_random_uuid(), 1, $2)",
+                &[&aggregate_type, &event_type],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.as_db_error().unwrap().code(),
+            &tokio_postgres::error::SqlState::CHECK_VIOLATION,
+            "{aggregate_type:?} {event_type:?}"
+        );
+    }
 
     assert_eq!(count_events(&db).await, 0);
     let claims: i64 = c
