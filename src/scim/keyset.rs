@@ -111,7 +111,7 @@ impl Plan {
             w = self.where_sql,
             cols = cols(self.rt, sel),
         );
-        let rows = run(client, &sql, &params).await?;
+        let rows = run(client, &sql, &params, self.planning).await?;
         let total = rows.first().map_or(0, |r| r.get(r.len() - 1));
         let mut rows: Vec<_> = rows
             .into_iter()

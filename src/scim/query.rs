@@ -67,6 +67,20 @@ impl ToSql for Param {
 pub struct Compiled {
     pub sql: String,
     pub params: Vec<Param>,
+    pub planning: Planning,
+}
+
+/// How a query's statement is planned. A statement kept prepared is planned generically after
+/// a few runs, without its parameters' values. That suits equality, the hot filters, but not a
+/// pattern or a range: PostgreSQL then cannot tell `emails co "x"` is selective, and a generic
+/// plan scanned every user of the org (363 ms where the trigram index takes 8 ms, 100k users).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Planning {
+    /// Prepared once per connection and kept (bounded, see `read::PREPARED_PER_CONNECTION`).
+    #[default]
+    Cached,
+    /// Prepared for each query, so it is always planned for its own values.
+    PerQuery,
 }
 
 /// What a name in a filter refers to, as SQL.
@@ -224,6 +238,7 @@ type LeafSql<'a, L> = dyn Fn(&mut Compiler, &L) -> Result<String, ResolveError> 
 struct Compiler {
     first: usize,
     params: Vec<Param>,
+    planning: Planning,
 }
 
 impl Compiler {
@@ -270,6 +285,11 @@ impl Compiler {
     }
 
     fn test(&mut self, col: Col, test: &Test) -> Result<String, ResolveError> {
+        if let Test::Compare(op, _) = test {
+            if !matches!(op, Op::Eq | Op::Ne) {
+                self.planning = Planning::PerQuery;
+            }
+        }
         let Test::Compare(op, operand) = test else {
             return Ok(match col {
                 Col::Text { expr, .. } => format!("({expr} IS NOT NULL AND {expr} <> '')"),
@@ -364,11 +384,13 @@ pub fn compile(rt: &ResourceType, f: &Resolved, first: usize) -> Result<Compiled
     let mut c = Compiler {
         first,
         params: Vec::new(),
+        planning: Planning::Cached,
     };
     let sql = c.walk(f, &|c: &mut Compiler, cond: &Cond| c.cond(rt, cond))?;
     Ok(Compiled {
         sql,
         params: c.params,
+        planning: c.planning,
     })
 }
 
@@ -442,6 +464,28 @@ mod tests {
 
     fn users(f: &str) -> Result<Compiled, ResolveError> {
         compile_for(&USER_TYPE, f)
+    }
+
+    #[test]
+    fn patterns_and_ranges_are_planned_per_query_equality_is_kept_prepared() {
+        for f in [
+            r#"userName eq "a""#,
+            r#"externalId ne "a""#,
+            r#"emails[type eq "work" and value eq "a@b.c"]"#,
+            "active eq true",
+            "title pr",
+        ] {
+            assert_eq!(users(f).unwrap().planning, Planning::Cached, "{f}");
+        }
+        for f in [
+            r#"emails co "a""#,
+            r#"userName sw "a""#,
+            r#"emails[type eq "work" and value ew "b.c"]"#,
+            r#"meta.lastModified gt "2026-01-01T00:00:00Z""#,
+            r#"userName eq "a" or displayName le "b""#,
+        ] {
+            assert_eq!(users(f).unwrap().planning, Planning::PerQuery, "{f}");
+        }
     }
 
     #[test]

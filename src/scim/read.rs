@@ -10,7 +10,7 @@ use crate::eventstore::Position;
 
 use super::error::ScimError;
 use super::filter::{self, AttrPath, Filter};
-use super::query::{self, Param};
+use super::query::{self, Param, Planning};
 use super::resource::Selection;
 use super::schema::{self, Kind, ResourceType, GROUP_TYPE, USER_TYPE};
 
@@ -312,18 +312,26 @@ pub async fn version<C: GenericClient>(
 /// closed, so a client that varies its filters cannot grow a backend.
 pub const PREPARED_PER_CONNECTION: usize = 64;
 
-/// Runs client-shaped SQL through the connection's bounded statement cache.
+/// Runs client-shaped SQL through the connection's bounded statement cache, or prepared for
+/// this query alone when its plan depends on its values.
 pub(super) async fn run(
     client: &deadpool_postgres::Client,
     sql: &str,
     params: &[Param],
+    planning: Planning,
 ) -> Result<Vec<tokio_postgres::Row>, ScimError> {
     let types: Vec<postgres_types::Type> = params.iter().map(Param::pg_type).collect();
-    if client.statement_cache.size() >= PREPARED_PER_CONNECTION {
-        client.statement_cache.clear();
-    }
-    let st = client.prepare_typed_cached(sql, &types).await?;
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    let st = match planning {
+        Planning::Cached => {
+            if client.statement_cache.size() >= PREPARED_PER_CONNECTION {
+                client.statement_cache.clear();
+            }
+            client.prepare_typed_cached(sql, &types).await?
+        }
+        // Dropped after the query, which closes it on the server.
+        Planning::PerQuery => client.prepare_typed(sql, &types).await?,
+    };
     Ok(client.query(&st, &refs).await?)
 }
 
@@ -336,6 +344,7 @@ pub struct Plan {
     pub(super) sort: Option<(String, &'static str)>,
     pub(super) descending: bool,
     pub(super) params: Vec<Param>,
+    pub(super) planning: Planning,
 }
 
 pub fn plan(rt: &'static ResourceType, ctx: &Ctx, q: &ListQuery) -> Result<Plan, ScimError> {
@@ -350,12 +359,14 @@ fn plan_with(
 ) -> Result<Plan, ScimError> {
     let mut params = vec![Param::Uuid(ctx.org)];
     let mut where_sql = "r.org_id = $1".to_string();
+    let mut planning = Planning::Cached;
     if let Some(f) = &q.filter {
         let c = filter::resolve(rt, f, lenient)
             .and_then(|resolved| query::compile(rt, &resolved, 2))
             .map_err(|e| ScimError::filter(e.to_string()))?;
         where_sql = format!("{where_sql} AND ({})", c.sql);
         params.extend(c.params);
+        planning = c.planning;
     }
     let t = query::table(rt);
     let mut order = format!("r.created_at, {}", t.id);
@@ -378,6 +389,7 @@ fn plan_with(
         sort,
         descending: q.descending,
         params,
+        planning,
     })
 }
 
@@ -388,7 +400,7 @@ impl Plan {
             query::table(self.rt).from,
             self.where_sql
         );
-        Ok(run(client, &sql, &self.params).await?[0].get(0))
+        Ok(run(client, &sql, &self.params, self.planning).await?[0].get(0))
     }
 
     /// One page and the total in one statement (the total row is there even when the page
@@ -418,7 +430,7 @@ impl Plan {
         );
         let mut params = self.params.clone();
         params.extend([Param::Int(limit), Param::Int(offset)]);
-        let rows = run(client, &sql, &params).await?;
+        let rows = run(client, &sql, &params, self.planning).await?;
         let total = rows.first().map_or(0, |r| r.get(r.len() - 1));
         let rows: Vec<_> = rows
             .into_iter()
