@@ -147,7 +147,8 @@ async fn round(inner: &Inner, target: Position) -> Result<Position, ProjectionEr
             held_back = held_back.min(state.position);
             continue;
         }
-        if state.failing || state.position < from {
+        // A model at zero (new or reset) is its runner's: over a long log it asks for a rebuild.
+        if state.failing || state.position < from || state.position == Position::ZERO {
             inner.projections[i].1.notify_one(); // its runner knows what to do
             continue;
         }
