@@ -331,7 +331,11 @@ async fn act(
             match &state.projector {
                 Some(projector) => projector.reset(p.name()).await?,
                 None => {
-                    runtime::reset(&state.pool, &*p).await?;
+                    state.hub.rewinding(p.name());
+                    if let Err(e) = runtime::reset(&state.pool, &*p).await {
+                        state.hub.rewind_failed(p.name());
+                        return Err(e.into());
+                    }
                     state.hub.rewound(p.name());
                 }
             }

@@ -158,7 +158,11 @@ impl Projector {
         let p = self
             .projection(name)
             .ok_or_else(|| ProjectionError::Unknown(name.into()))?;
-        state::reset(&self.inner.pool, &*p).await?;
+        self.inner.hub.rewinding(name);
+        if let Err(e) = state::reset(&self.inner.pool, &*p).await {
+            self.inner.hub.rewind_failed(name);
+            return Err(e);
+        }
         self.inner.hub.rewound(name);
         self.poke(name);
         Ok(())

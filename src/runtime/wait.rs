@@ -82,6 +82,10 @@ struct Inner {
     /// Projections whose read model is incomplete: reset and not yet caught up with the log
     /// as it was at the reset.
     incomplete: Mutex<std::collections::HashSet<String>>,
+    /// Projections this process is resetting whose reset has not come back as a notification
+    /// yet: what arrives before it was committed before the reset (notifications come in
+    /// commit order) and must not raise the position or mark the model complete again.
+    rewinding: Mutex<std::collections::HashSet<String>>,
     listener: Mutex<Option<JoinHandle<()>>>,
     task: Mutex<Option<JoinHandle<()>>>,
     connects: watch::Sender<u64>,
@@ -110,6 +114,7 @@ impl ProgressHub {
                 resets: Mutex::new(HashMap::new()),
                 changes: Mutex::new(HashMap::new()),
                 incomplete: Mutex::new(Default::default()),
+                rewinding: Mutex::new(Default::default()),
                 listener: Mutex::new(None),
                 task: Mutex::new(None),
                 connects,
@@ -170,6 +175,8 @@ impl ProgressHub {
                 &[],
             )
             .await?;
+        // The database is the truth from here: no notification is awaited any more.
+        self.rewinding_set().clear();
         for r in rows {
             let name: String = r.get(0);
             self.expect(&name);
@@ -230,6 +237,13 @@ impl ProgressHub {
         self.changed(name, None);
     }
 
+    fn rewinding_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.inner
+            .rewinding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     fn apply_notification(&self, payload: &str) {
         // name/tx/seq/events_applied/incomplete (name/tx/seq before V10); names
         // contain no slash.
@@ -237,6 +251,16 @@ impl ProgressHub {
         let (Some(name), Some(tx), Some(seq)) = (parts.next(), parts.next(), parts.next()) else {
             return;
         };
+        {
+            let mut rewinding = self.rewinding_set();
+            if rewinding.contains(name) {
+                // Older than this process's reset, unless it is the reset's own (position 0).
+                if (tx, seq) != ("0", "0") {
+                    return;
+                }
+                rewinding.remove(name);
+            }
+        }
         let applied = parts.next().and_then(|n| n.parse::<i64>().ok());
         self.changed(name, applied);
         if let Some(flag) = parts.next() {
@@ -255,6 +279,18 @@ impl ProgressHub {
         w.entry(name.to_string())
             .or_insert_with(|| watch::channel(Position::ZERO).0)
             .clone()
+    }
+
+    /// A reset of the projection is about to be committed here: until its own notification
+    /// comes back, the ones before it are stale. Say it before the reset, since the
+    /// notification may arrive before the reset's caller hears of its commit.
+    pub fn rewinding(&self, name: &str) {
+        self.rewinding_set().insert(name.to_string());
+    }
+
+    /// The reset announced with [`ProgressHub::rewinding`] failed: nothing to wait for.
+    pub fn rewind_failed(&self, name: &str) {
+        self.rewinding_set().remove(name);
     }
 
     /// The projection was reset: its read model is empty until it replays.

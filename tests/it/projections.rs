@@ -596,6 +596,60 @@ async fn a_progress_notify_from_another_connection_wakes_waiters() {
     assert_eq!(waiter.await.unwrap().unwrap(), target);
 }
 
+/// A reset done here is told to the hub after it commits, but its notification may come back
+/// sooner, and notifications committed before it may still be on their way: none of those may
+/// raise the position again or call the emptied model complete.
+#[tokio::test]
+async fn notifications_from_before_a_local_reset_do_not_undo_it() {
+    let db = TestDb::new().await;
+    let node = Node::new(&db).await;
+    let notify = |payload: &'static str| {
+        let db = &db;
+        async move {
+            db.client()
+                .await
+                .execute("SELECT pg_notify('projection_progress', $1)", &[&payload])
+                .await
+                .unwrap();
+        }
+    };
+    // Notifications arrive in order: once `marker` reaches `at`, all before it were applied.
+    let applied = |at: u64| {
+        let hub = node.hub.clone();
+        async move {
+            hub.wait_for_position("marker", Position::new(at, 1), WAIT)
+                .await
+                .unwrap();
+        }
+    };
+    notify("model/500/1/10/0").await;
+    notify("marker/1/1/0/0").await;
+    applied(1).await;
+    assert_eq!(node.hub.current("model"), Position::new(500, 1));
+
+    node.hub.rewinding("model");
+    node.hub.rewound("model");
+    // Committed before the reset, delivered after it.
+    notify("model/600/1/20/0").await;
+    notify("marker/2/1/0/0").await;
+    applied(2).await;
+    assert_eq!(node.hub.current("model"), Position::ZERO);
+    assert!(!node.hub.is_complete("model"));
+
+    // The reset's own notification, then progress after it, count again.
+    notify("model/0/0/0/1").await;
+    notify("model/700/1/5/1").await;
+    notify("marker/3/1/0/0").await;
+    applied(3).await;
+    assert_eq!(node.hub.current("model"), Position::new(700, 1));
+    assert!(!node.hub.is_complete("model"), "not caught up yet");
+    notify("model/800/1/6/0").await;
+    notify("marker/4/1/0/0").await;
+    applied(4).await;
+    assert_eq!(node.hub.current("model"), Position::new(800, 1));
+    assert!(node.hub.is_complete("model"));
+}
+
 #[tokio::test]
 async fn a_poison_event_is_dead_lettered_and_retry_failed_reapplies_it() {
     let db = TestDb::new().await;
