@@ -102,13 +102,10 @@ struct Plan<'a> {
 /// when one of them could not be moved now (its lock was taken), so the loop comes back.
 /// `target` is the newest commit this process heard of.
 async fn round(inner: &Inner, target: Position) -> Result<Position, ProjectionError> {
-    let live: Vec<usize> = (0..inner.projections.len())
-        .filter(|i| !inner.catching_up[*i].load(Ordering::SeqCst))
-        .collect();
-    let name = |i: usize| inner.projections[i].0.name();
-    let Some(from) = live.iter().map(|&i| inner.hub.current(name(i))).min() else {
+    let Some((live, from)) = live_from(inner) else {
         return Ok(Position::ZERO);
     };
+    let name = |i: usize| inner.projections[i].0.name();
     let limit = inner.opts.live_batch;
     let filter = EventFilter {
         event_types: union_of_types(inner, &live),
@@ -180,6 +177,27 @@ async fn round(inner: &Inner, target: Position) -> Result<Position, ProjectionEr
     Ok(apply_and_commit(inner, begun, &plans, reached)
         .await?
         .min(held_back))
+}
+
+/// The projections that follow the log live now, and where the round reads from: the lowest
+/// of their positions, leaving out models at zero unless all are. Those are their runners'
+/// to fill (see [`round`]); reading from zero for them would make every round a full batch on
+/// a long log while one is rebuilt.
+fn live_from(inner: &Inner) -> Option<(Vec<usize>, Position)> {
+    let live: Vec<usize> = (0..inner.projections.len())
+        .filter(|i| !inner.catching_up[*i].load(Ordering::SeqCst))
+        .collect();
+    let positions: Vec<Position> = live
+        .iter()
+        .map(|&i| inner.hub.current(inner.projections[i].0.name()))
+        .collect();
+    let moved = positions
+        .iter()
+        .copied()
+        .filter(|p| *p > Position::ZERO)
+        .min();
+    let from = moved.or_else(|| positions.iter().copied().min())?;
+    Some((live, from))
 }
 
 /// Ends a round's transaction that wrote nothing, off the round's path: the connection goes
