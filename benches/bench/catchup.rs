@@ -136,10 +136,12 @@ pub async fn run(server_url: &str, out: &mut Report) {
     );
     // And from zero as the service fills a model (after a reset here): a long log is
     // filled by a rebuild.
-    c.execute("SELECT projections.reset('users')", &[])
-        .await
-        .unwrap();
-    hub.rewound("users");
+    hub.rewind(
+        "users",
+        c.batch_execute("SELECT projections.reset('users')"),
+    )
+    .await
+    .unwrap();
     let secs = replay(&url, &pool, &hub, Arc::new(Users), RunnerOptions::default()).await;
     row(
         "users from zero, as the service fills them (by a rebuild)",

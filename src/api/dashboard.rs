@@ -331,12 +331,8 @@ async fn act(
             match &state.projector {
                 Some(projector) => projector.reset(p.name()).await?,
                 None => {
-                    state.hub.rewinding(p.name());
-                    if let Err(e) = runtime::reset(&state.pool, &*p).await {
-                        state.hub.rewind_failed(p.name());
-                        return Err(e.into());
-                    }
-                    state.hub.rewound(p.name());
+                    let reset = runtime::reset(&state.pool, &*p);
+                    state.hub.rewind(p.name(), reset).await?
                 }
             }
             format!("{name} was reset and is being rebuilt")

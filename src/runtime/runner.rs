@@ -158,12 +158,8 @@ impl Projector {
         let p = self
             .projection(name)
             .ok_or_else(|| ProjectionError::Unknown(name.into()))?;
-        self.inner.hub.rewinding(name);
-        if let Err(e) = state::reset(&self.inner.pool, &*p).await {
-            self.inner.hub.rewind_failed(name);
-            return Err(e);
-        }
-        self.inner.hub.rewound(name);
+        let reset = state::reset(&self.inner.pool, &*p);
+        self.inner.hub.rewind(name, reset).await?;
         self.poke(name);
         Ok(())
     }

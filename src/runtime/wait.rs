@@ -281,20 +281,26 @@ impl ProgressHub {
             .clone()
     }
 
-    /// A reset of the projection is about to be committed here: until its own notification
-    /// comes back, the ones before it are stale. Say it before the reset, since the
-    /// notification may arrive before the reset's caller hears of its commit.
-    pub fn rewinding(&self, name: &str) {
+    /// Runs `reset`, a reset of the projection in this process, and rewinds the hub after it.
+    /// Until the reset's own notification comes back, the ones before it are stale; the hub
+    /// is told before the reset starts, since that notification may arrive before the reset's
+    /// caller hears of its commit.
+    pub async fn rewind<E>(
+        &self,
+        name: &str,
+        reset: impl std::future::Future<Output = Result<(), E>>,
+    ) -> Result<(), E> {
         self.rewinding_set().insert(name.to_string());
-    }
-
-    /// The reset announced with [`ProgressHub::rewinding`] failed: nothing to wait for.
-    pub fn rewind_failed(&self, name: &str) {
-        self.rewinding_set().remove(name);
+        if let Err(e) = reset.await {
+            self.rewinding_set().remove(name);
+            return Err(e);
+        }
+        self.rewound(name);
+        Ok(())
     }
 
     /// The projection was reset: its read model is empty until it replays.
-    pub fn rewound(&self, name: &str) {
+    fn rewound(&self, name: &str) {
         *self
             .inner
             .resets

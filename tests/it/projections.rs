@@ -627,8 +627,10 @@ async fn notifications_from_before_a_local_reset_do_not_undo_it() {
     applied(1).await;
     assert_eq!(node.hub.current("model"), Position::new(500, 1));
 
-    node.hub.rewinding("model");
-    node.hub.rewound("model");
+    node.hub
+        .rewind("model", async { Ok::<_, ()>(()) })
+        .await
+        .unwrap();
     // Committed before the reset, delivered after it.
     notify("model/600/1/20/0").await;
     notify("marker/2/1/0/0").await;
