@@ -1,8 +1,12 @@
 //! What SCIM handlers take from a request: the authenticated caller's [`Ctx`], the resource
-//! type the path names, a JSON body, the position to wait for, and If-Match.
+//! type the path names, a JSON body, the position to wait for, If-Match, and what the answer
+//! to a write needs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -12,6 +16,7 @@ use serde_json::Value;
 use super::error::ScimError;
 use super::json::MEDIA_TYPE;
 use super::read::Ctx;
+use super::readback::ReadBacks;
 use super::schema::{resource_types, ResourceType};
 use crate::http::auth::OrgCaller;
 use crate::http::AppState;
@@ -132,5 +137,28 @@ impl FromRequestParts<AppState> for Resource {
             .find(|rt| rt.endpoint == segment)
             .map(Resource)
             .ok_or_else(|| ScimError::NotFound("no such endpoint or resource".into()))
+    }
+}
+
+/// What answering a write needs: the query (`attributes`, `excludedAttributes`) and the
+/// app's coalesced read backs (put into every SCIM request by `scim::router`).
+pub struct Answer {
+    pub query: HashMap<String, String>,
+    pub readbacks: Arc<ReadBacks>,
+}
+
+impl FromRequestParts<AppState> for Answer {
+    type Rejection = ScimError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ScimError> {
+        let Query(query) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ScimError::syntax(format!("the query string: {}", e.body_text())))?;
+        let readbacks = match parts.extensions.get::<Arc<ReadBacks>>() {
+            Some(r) => r.clone(),
+            // Outside the SCIM router: read backs still work, one statement each.
+            None => ReadBacks::new(state.pool.clone()),
+        };
+        Ok(Answer { query, readbacks })
     }
 }

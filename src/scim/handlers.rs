@@ -10,7 +10,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::error::ScimError;
-use super::extract::{if_match, Body, MinPosition, Resource};
+use super::extract::{if_match, Answer, Body, MinPosition, Resource};
 use super::json::ScimJson;
 use super::params::{list_query, list_response, params, search_request, selection};
 use super::read::{self, Ctx, ListQuery};
@@ -166,15 +166,19 @@ async fn written(
     rt: &'static ResourceType,
     w: crate::domain::Written,
     status: StatusCode,
-    q: &HashMap<String, String>,
+    answer: Answer,
 ) -> Result<Response, ScimError> {
+    let q = &answer.query;
     wait_after_write(state, w.position).await?;
-    let client = state.pool.get().await?;
     // Read from a model that holds the write in the database, not only in the hub.
     let sel = selection(rt, q);
-    let read = read::by_id_at(&client, rt, ctx, w.id, &sel, w.position).await?;
+    let read = answer
+        .readbacks
+        .by_id_at(rt, ctx, w.id, &sel, w.position)
+        .await?;
     let Some((resource, version)) = read else {
         // Deleted meanwhile, or the model lost the write in a crash of PostgreSQL.
+        let client = state.pool.get().await?;
         return Err(match super::wait::confirm(&client, w.position).await? {
             Err(ScimError::NotCaughtUp(error)) => ScimError::NotVisibleYet {
                 error,
@@ -208,11 +212,11 @@ pub async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
     Resource(rt): Resource,
-    Query(q): Query<HashMap<String, String>>,
+    answer: Answer,
     Body(body): Body,
 ) -> Result<Response, ScimError> {
     let w = write::create(&state, ctx.org, rt, &body).await?;
-    written(&state, &ctx, rt, w, StatusCode::CREATED, &q).await
+    written(&state, &ctx, rt, w, StatusCode::CREATED, answer).await
 }
 
 /// `PUT /{resource}/{id}`.
@@ -222,11 +226,11 @@ pub async fn replace(
     Resource(rt): Resource,
     Path((_, id)): Path<(String, String)>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    answer: Answer,
     Body(body): Body,
 ) -> Result<Response, ScimError> {
     let w = write::replace(&state, ctx.org, rt, &id, if_match(&headers)?, &body).await?;
-    written(&state, &ctx, rt, w, StatusCode::OK, &q).await
+    written(&state, &ctx, rt, w, StatusCode::OK, answer).await
 }
 
 /// `PATCH /{resource}/{id}`.
@@ -236,11 +240,11 @@ pub async fn patch(
     Resource(rt): Resource,
     Path((_, id)): Path<(String, String)>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    answer: Answer,
     Body(body): Body,
 ) -> Result<Response, ScimError> {
     let w = write::patch(&state, ctx.org, rt, &id, if_match(&headers)?, &body).await?;
-    written(&state, &ctx, rt, w, StatusCode::OK, &q).await
+    written(&state, &ctx, rt, w, StatusCode::OK, answer).await
 }
 
 /// `DELETE /{resource}/{id}`.

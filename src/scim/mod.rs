@@ -17,6 +17,7 @@ pub mod patch;
 mod patch_ops;
 pub mod query;
 mod read;
+pub mod readback;
 pub mod resource;
 pub mod schema;
 mod wait;
@@ -61,6 +62,9 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .tracked_route("/scim/v2/{org}/", any(not_found))
         .tracked_route("/scim/v2/{org}/{*rest}", any(not_found))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::Extension(readback::ReadBacks::new(
+            state.pool.clone(),
+        )))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             extract::authenticate,

@@ -278,12 +278,56 @@ async fn by_id_where<C: GenericClient>(
             client.query_opt(&stmt, &params).await?
         }
     };
-    let Some(row) = row else {
-        return Ok(None);
-    };
+    Ok(row.and_then(|row| rendered(rt, ctx, row, sel)))
+}
+
+/// A row of [`cols`] rendered, with its version.
+pub(super) fn rendered(
+    rt: &'static ResourceType,
+    ctx: &Ctx,
+    row: tokio_postgres::Row,
+    sel: &Selection,
+) -> Option<(Value, i64)> {
     let version: i64 = row.get(1);
-    let mut v = render(rt, ctx, &[row], sel);
-    Ok(v.pop().map(|v| (v, version)))
+    render(rt, ctx, &[row], sel).pop().map(|v| (v, version))
+}
+
+/// [`by_id_at`] for many keys at once (see `readback`): the statement, for one column set.
+pub(super) fn by_keys_sql(rt: &ResourceType, sel: &Selection) -> String {
+    let t = query::table(rt);
+    format!(
+        "SELECT {}, k.n FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[]) \
+                WITH ORDINALITY AS k(id, org, tx, seq, n) \
+           JOIN {} ON {} = k.id AND r.org_id = k.org \
+          WHERE NOT EXISTS (SELECT 1 FROM projections.projection_states \
+                 WHERE name = ANY($5) AND (position_tx, position_seq) < (k.tx, k.seq))",
+        cols(rt, sel),
+        t.from,
+        t.id
+    )
+}
+
+/// Runs a [`by_keys_sql`] statement: each row found with the index of its key.
+pub(super) async fn by_keys<C: GenericClient>(
+    client: &C,
+    sql: &str,
+    ids: &[Uuid],
+    orgs: &[Uuid],
+    txs: &[i64],
+    seqs: &[i64],
+) -> Result<Vec<(usize, tokio_postgres::Row)>, ScimError> {
+    let stmt = client.prepare_cached(sql).await?;
+    let models: &[&str] = &super::wait::READ_MODELS;
+    let rows = client
+        .query(&stmt, &[&ids, &orgs, &txs, &seqs, &models])
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let n: i64 = row.get(row.len() - 1);
+            (usize::try_from(n - 1).unwrap_or(usize::MAX), row)
+        })
+        .collect())
 }
 
 /// The current version of a resource (for If-None-Match), None when absent.

@@ -7,8 +7,16 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
+use portcullis::eventstore::Position;
+use portcullis::http::position::POSITION_HEADER;
+use portcullis::scim::readback::ReadBacks;
+use portcullis::scim::resource::Selection;
+use portcullis::scim::schema::{ResourceType, GROUP_TYPE, USER_TYPE};
+use portcullis::scim::Ctx;
+use uuid::Uuid;
+
 use super::{ids, Scim};
-use crate::support::{TestApp, TestDb};
+use crate::support::{eventually, TestApp, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_users_from_sixteen_clients_read_back_at_once() {
@@ -24,6 +32,7 @@ async fn two_hundred_users_from_sixteen_clients_read_back_at_once() {
                         .post("/Users", &json!({"userName": name, "title": "v1"}))
                         .await;
                     assert_eq!(created.status, 201, "{:#}", created.body);
+                    assert_eq!(created.body["userName"], name.as_str(), "its own read back");
                     let id = created.id();
                     let got = s.get(&format!("/Users/{id}")).await;
                     assert_eq!(got.status, 200, "GET right after POST: {:#}", got.body);
@@ -300,4 +309,87 @@ async fn a_position_the_database_lost_in_a_crash_is_not_trusted() {
     assert_eq!(r.header("retry-after"), Some("1"));
     // Without a token the read answers from the model as it is.
     assert_eq!(reader.get(&path).await.status, 404);
+}
+
+/// The read backs of writes that wait together go out as one statement, and each gets its
+/// own resource: users of two orgs, a group, a missing id, a user asked for in the other org,
+/// the same user twice, and a position the read models do not hold yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_backs_waiting_together_share_a_statement_and_each_gets_its_own() {
+    let db = TestDb::new().await;
+    let a = Scim::new(&db).await;
+    let (org_b, _) = super::org_with_token(&a.app).await;
+    let mut users = Vec::new();
+    for i in 0..6 {
+        let r = a
+            .post("/Users", &json!({"userName": format!("rb{i}")}))
+            .await;
+        assert_eq!(r.status, 201);
+        let at: Position = r.header(POSITION_HEADER).unwrap().parse().unwrap();
+        users.push((r.id(), format!("rb{i}"), at));
+    }
+    let g = a.post("/Groups", &json!({"displayName": "rb group"})).await;
+    let g_at: Position = g.header(POSITION_HEADER).unwrap().parse().unwrap();
+    let ctx = |org| Ctx {
+        org,
+        base: "http://rb.example/scim/v2".into(),
+    };
+    let (ctx_a, ctx_b) = (Arc::new(ctx(a.org)), Arc::new(ctx(org_b)));
+    let ahead = Position::from_sql(i64::MAX / 2, 1);
+
+    // One connection, held: the reads queue behind it until it is free.
+    let pool = portcullis::db::pool(&db.url, 1).unwrap();
+    let rb = ReadBacks::new(pool.clone());
+    let held = pool.get().await.unwrap();
+    let mut asks: Vec<(&'static ResourceType, Arc<Ctx>, Uuid, Position)> = users
+        .iter()
+        .map(|(id, _, at)| (&USER_TYPE, ctx_a.clone(), id.parse().unwrap(), *at))
+        .collect();
+    let first: Uuid = users[0].0.parse().unwrap();
+    asks.push((&USER_TYPE, ctx_a.clone(), first, users[5].2)); // the same user again
+    asks.push((&GROUP_TYPE, ctx_a.clone(), g.id().parse().unwrap(), g_at));
+    asks.push((&USER_TYPE, ctx_a.clone(), Uuid::new_v4(), g_at)); // missing
+    asks.push((&USER_TYPE, ctx_b.clone(), first, g_at)); // another org's user
+    asks.push((&USER_TYPE, ctx_a.clone(), first, ahead)); // not projected that far
+    let reads: Vec<_> = asks
+        .iter()
+        .cloned()
+        .map(|(rt, ctx, id, at)| {
+            let rb = rb.clone();
+            tokio::spawn(async move {
+                rb.by_id_at(rt, &ctx, id, &Selection::default(), at)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let n = asks.len();
+    eventually("every read back queued", Duration::from_secs(10), || {
+        let queued = rb.queued();
+        async move { (queued == n).then_some(()) }
+    })
+    .await;
+    drop(held);
+    let mut got = Vec::new();
+    for r in reads {
+        got.push(r.await.unwrap());
+    }
+    assert_eq!(rb.batches(), 1, "one round trip for all of them");
+    for (i, (_, name, _)) in users.iter().enumerate() {
+        let (doc, version) = got[i].clone().expect("the user");
+        assert_eq!(
+            (doc["userName"].as_str(), version),
+            (Some(name.as_str()), 1)
+        );
+        assert_eq!(doc["id"], users[i].0.as_str());
+        assert_eq!(
+            doc["meta"]["location"],
+            format!("http://rb.example/scim/v2/Users/{}", users[i].0)
+        );
+    }
+    assert_eq!(got[6].as_ref().unwrap().0["userName"], "rb0");
+    assert_eq!(got[7].as_ref().unwrap().0["displayName"], "rb group");
+    assert!(got[8].is_none(), "a missing id");
+    assert!(got[9].is_none(), "another org's user");
+    assert!(got[10].is_none(), "a position the read models do not hold");
 }
