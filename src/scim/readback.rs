@@ -1,9 +1,12 @@
-//! The read back after a write, coalesced. The writes one live round makes visible wake
-//! together, and each would read its resource back on a connection and in a statement of its
-//! own. Here the read backs that are waiting when one goes out ride along in a single
-//! statement per column set: under load a round trip and a statement serve several writes,
-//! and a lone write still costs the one statement it did. At most one such statement is in
-//! flight per app; those that arrive meanwhile form the next.
+//! The read back after a write of a user, coalesced. The writes one live round makes visible
+//! wake together, and each would read its resource back on a connection and in a statement of
+//! its own. Here the read backs that wake together ride along in a single statement per
+//! column set: the first starts a reader, which lets the others queue (a yield, and the wait
+//! for a pooled connection) before it takes them all. Under load a round trip and a statement
+//! serve several writes; a lone write still costs the one statement it did. A reader takes
+//! its wave and goes: the next wave has a reader of its own, so a slow statement holds up
+//! nobody but its own wave. Groups are read back alone: one with many members costs far
+//! more than a user, and it should not hold up another org's users.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,10 +19,10 @@ use uuid::Uuid;
 use super::error::ScimError;
 use super::read::{self, Ctx};
 use super::resource::Selection;
-use super::schema::ResourceType;
+use super::schema::{Kind, ResourceType};
 use crate::eventstore::Position;
 
-/// The most read backs in one statement; more wait for the next.
+/// The most read backs in one statement; more go in another.
 const MAX_BATCH: usize = 256;
 
 pub struct ReadBacks {
@@ -31,8 +34,9 @@ pub struct ReadBacks {
 #[derive(Default)]
 struct Queue {
     pending: Vec<Pending>,
-    /// A task is reading: what is pending now goes with its next statement.
-    reading: bool,
+    /// A reader was started and has not taken the pending read backs yet: what is queued now
+    /// goes with its statement.
+    waiting: bool,
 }
 
 struct Pending {
@@ -64,57 +68,61 @@ impl ReadBacks {
         sel: &Selection,
         position: Position,
     ) -> Result<Option<(serde_json::Value, i64)>, ScimError> {
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            sql: read::by_keys_sql(rt, sel),
-            id,
-            org: ctx.org,
-            position,
-            reply,
-        };
-        if self.enqueue(pending) {
-            tokio::spawn(self.clone().read_all());
-        }
-        match answer.await {
-            Ok(row) => Ok(row.and_then(|row| read::rendered(rt, ctx, row, sel))),
-            Err(_) => {
-                let client = self.pool.get().await?;
-                read::by_id_at(&client, rt, ctx, id, sel, position).await
+        if rt.kind == Kind::User {
+            let (reply, answer) = oneshot::channel();
+            self.enqueue(Pending {
+                sql: read::by_keys_sql(rt, sel),
+                id,
+                org: ctx.org,
+                position,
+                reply,
+            });
+            if let Ok(row) = answer.await {
+                return Ok(row.and_then(|row| read::rendered(rt, ctx, row, sel)));
             }
         }
+        let client = self.pool.get().await?;
+        read::by_id_at(&client, rt, ctx, id, sel, position).await
     }
 
-    /// Queues a read back; true when no task is reading and the caller must start one.
-    fn enqueue(&self, pending: Pending) -> bool {
+    /// Queues a read back, and starts a reader unless one is about to take it.
+    fn enqueue(self: &Arc<Self>, pending: Pending) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         q.pending.push(pending);
-        !std::mem::replace(&mut q.reading, true)
+        if !std::mem::replace(&mut q.waiting, true) {
+            self.start_reader();
+        }
     }
 
-    /// Reads what is pending, again and again, until nothing is.
-    async fn read_all(self: Arc<Self>) {
-        loop {
-            // The other writes of the same round are waking now: let them queue first. While
-            // the pool has no connection to spare, the batch grows.
-            tokio::task::yield_now().await;
-            let client = self.pool.get().await;
-            let batch = {
-                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                if q.pending.is_empty() {
-                    q.reading = false;
-                    return;
-                }
-                let n = q.pending.len().min(MAX_BATCH);
-                q.pending.drain(..n).collect::<Vec<_>>()
-            };
-            match client {
-                Ok(client) => {
-                    self.batches_read.fetch_add(1, Ordering::Relaxed);
-                    read_batch(&client, batch).await
-                }
-                // Dropping the batch tells its requests to read on their own and report it.
-                Err(e) => tracing::debug!(error = %crate::error_chain(&e), "coalesced read back"),
+    fn start_reader(self: &Arc<Self>) {
+        tokio::spawn(self.clone().read_wave());
+    }
+
+    /// Reads the read backs that queued while it got going: one statement per column set.
+    async fn read_wave(self: Arc<Self>) {
+        // The other writes of the same round are waking now: let them queue first. While the
+        // pool has no connection to spare, the wave grows.
+        tokio::task::yield_now().await;
+        let client = self.pool.get().await;
+        let batch = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let n = q.pending.len().min(MAX_BATCH);
+            let batch: Vec<Pending> = q.pending.drain(..n).collect();
+            if q.pending.is_empty() {
+                q.waiting = false;
+            } else {
+                // Over the most one statement takes: the rest is another wave's, now.
+                self.start_reader();
             }
+            batch
+        };
+        match client {
+            Ok(client) => {
+                self.batches_read.fetch_add(1, Ordering::Relaxed);
+                read_batch(&client, batch).await
+            }
+            // Dropping the batch tells its requests to read on their own and report it.
+            Err(e) => tracing::debug!(error = %crate::error_chain(&e), "coalesced read back"),
         }
     }
 
