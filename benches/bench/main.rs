@@ -4,10 +4,6 @@
 //!
 //! usage: cargo bench --bench bench -- [--seconds N] [appends] [waits] [catchup] [rebuild] [statements] [scim] [secevents] [verification]
 
-// The allocator the portcullis binary uses, so the service measured here runs as shipped.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod appends;
 mod catchup;
 mod cpu;
