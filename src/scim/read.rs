@@ -230,11 +230,22 @@ pub async fn by_id<C: GenericClient>(
     id: Uuid,
     sel: &Selection,
 ) -> Result<Option<(Value, i64)>, ScimError> {
-    by_id_where(client, rt, ctx, id, sel, None).await
+    let t = query::table(rt);
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {} FROM {} WHERE {} = $1 AND r.org_id = $2",
+            cols(rt, sel),
+            t.from,
+            t.id
+        ))
+        .await?;
+    let row = client.query_opt(&stmt, &[&id, &ctx.org]).await?;
+    Ok(row.and_then(|row| rendered(rt, ctx, row, sel)))
 }
 
 /// [`by_id`] in a read model that holds `position` (confirmed in the same statement, see
-/// `runtime::confirm_reached`): `None` also when it does not.
+/// `runtime::confirm_reached`): `None` also when it does not. The statement is the one
+/// coalesced read backs use (`readback`), with one key.
 pub async fn by_id_at<C: GenericClient>(
     client: &C,
     rt: &'static ResourceType,
@@ -243,42 +254,13 @@ pub async fn by_id_at<C: GenericClient>(
     sel: &Selection,
     position: Position,
 ) -> Result<Option<(Value, i64)>, ScimError> {
-    by_id_where(client, rt, ctx, id, sel, Some(position)).await
-}
-
-async fn by_id_where<C: GenericClient>(
-    client: &C,
-    rt: &'static ResourceType,
-    ctx: &Ctx,
-    id: Uuid,
-    sel: &Selection,
-    at: Option<Position>,
-) -> Result<Option<(Value, i64)>, ScimError> {
-    let t = query::table(rt);
-    let reached = if at.is_some() {
-        " AND NOT EXISTS (SELECT 1 FROM projections.projection_states \
-           WHERE name = ANY($3) AND (position_tx, position_seq) < ($4, $5))"
-    } else {
-        ""
-    };
-    let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {} FROM {} WHERE {} = $1 AND r.org_id = $2{reached}",
-            cols(rt, sel),
-            t.from,
-            t.id
-        ))
-        .await?;
-    let models: &[&str] = &super::wait::READ_MODELS;
-    let row = match at {
-        None => client.query_opt(&stmt, &[&id, &ctx.org]).await?,
-        Some(p) => {
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-                [&id, &ctx.org, &models, &p.tx_sql(), &p.seq];
-            client.query_opt(&stmt, &params).await?
-        }
-    };
-    Ok(row.and_then(|row| rendered(rt, ctx, row, sel)))
+    let sql = by_keys_sql(rt, sel);
+    let (tx, seq) = (position.tx_sql(), position.seq);
+    let rows = by_keys(client, &sql, &[id], &[ctx.org], &[tx], &[seq]).await?;
+    Ok(rows
+        .into_iter()
+        .next()
+        .and_then(|(_, row)| rendered(rt, ctx, row, sel)))
 }
 
 /// A row of [`cols`] rendered, with its version.

@@ -96,6 +96,13 @@ impl Scim {
         Scim::on(app).await
     }
 
+    /// On an app whose pool holds `connections`: what a test of per-connection state needs.
+    pub async fn with_pool(db: &TestDb, connections: usize) -> Scim {
+        let mut cfg = db.config();
+        cfg.pool_size = connections;
+        Scim::on(TestApp::spawn_with(cfg).await).await
+    }
+
     pub async fn on(app: TestApp) -> Scim {
         let (org, token) = org_with_token(&app).await;
         Scim { app, org, token }

@@ -268,9 +268,7 @@ async fn prepared_on_pool(s: &Scim, needle: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pattern_and_range_filters_are_planned_per_query() {
     let db = TestDb::new().await;
-    let mut cfg = db.config();
-    cfg.pool_size = 1;
-    let s = Scim::on(crate::support::TestApp::spawn_with(cfg).await).await;
+    let s = Scim::with_pool(&db, 1).await;
     s.user("ann", json!({"emails": [{"value": "ann@one.example"}]}))
         .await;
     s.user("bob", json!({"emails": [{"value": "bob@two.example"}]}))
@@ -302,9 +300,7 @@ async fn pattern_and_range_filters_are_planned_per_query() {
 async fn client_shaped_filters_keep_a_bounded_number_prepared() {
     let db = TestDb::new().await;
     // Two connections: 150 shapes would leave 75 prepared on each without the bound.
-    let mut cfg = db.config();
-    cfg.pool_size = 2;
-    let s = Scim::on(crate::support::TestApp::spawn_with(cfg).await).await;
+    let s = Scim::with_pool(&db, 2).await;
     s.user("ann", json!({"title": "t"})).await;
     for i in 0..150 {
         let f = format!(r#"title eq "t" or userName eq "{i}" or (nickName pr and title eq "{i}")"#);
