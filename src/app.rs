@@ -11,7 +11,7 @@ use crate::db::{self, DbError, Purpose};
 use crate::eventstore::EventStore;
 use crate::http::cache::Cached;
 use crate::http::throttle::FailureThrottle;
-use crate::http::{AppState, Sampler};
+use crate::http::{AppState, Sampler, Shared};
 use crate::mail::{MailWorker, Mailer};
 use crate::runtime::{ProgressHub, ProjectionError, Projector};
 
@@ -88,7 +88,7 @@ impl AppState {
         } else {
             None
         };
-        Ok(AppState {
+        Ok(AppState::new(Shared {
             pool,
             store,
             hub,
@@ -108,7 +108,7 @@ impl AppState {
             secevents,
             _sampler: Arc::new(sampler),
             lag_history,
-        })
+        }))
     }
 }
 

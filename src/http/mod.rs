@@ -12,5 +12,5 @@ mod state;
 pub mod telemetry;
 pub mod throttle;
 
-pub use state::AppState;
 pub(crate) use state::Sampler;
+pub use state::{AppState, Shared};

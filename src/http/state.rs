@@ -10,8 +10,20 @@ use crate::eventstore::EventStore;
 use crate::mail::MailWorker;
 use crate::runtime::{ProgressHub, Projector};
 
+/// Cloned by every extractor of every request: one reference count to move, not one per
+/// field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub pool: Pool,
     pub store: EventStore,
     pub hub: ProgressHub,
@@ -53,6 +65,10 @@ impl Drop for Sampler {
 }
 
 impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+
     /// Tells the local mail worker there is mail (other processes hear NOTIFY mail_outbox).
     pub fn wake_mailer(&self) {
         if let Some(m) = &self.mail {
