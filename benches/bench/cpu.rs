@@ -40,6 +40,19 @@ fn server_seconds(root: &str) -> f64 {
 
 pub struct Meter {
     postmaster: String,
+}
+
+/// CPU seconds and wall time gathered over one or more measured slices.
+#[derive(Clone, Copy, Default)]
+pub struct Used {
+    server: f64,
+    me: f64,
+    wall: f64,
+}
+
+/// A slice being measured (see [`Meter::slice`]).
+pub struct Slice<'a> {
+    meter: &'a Meter,
     server: f64,
     me: f64,
     started: Instant,
@@ -54,32 +67,47 @@ pub struct Spent {
 }
 
 impl Meter {
-    /// Starts measuring; `None` when the server `c` is connected to is not on this machine.
-    pub async fn start(c: &tokio_postgres::Client) -> Option<Meter> {
+    /// A meter of the server `c` is connected to and of this process; `None` when the server
+    /// is not on this machine.
+    pub async fn new(c: &tokio_postgres::Client) -> Option<Meter> {
         let backend: i32 = c
             .query_one("SELECT pg_backend_pid()", &[])
             .await
             .ok()?
             .get(0);
         let postmaster = parent_of(&backend.to_string())?;
-        Some(Meter {
-            server: server_seconds(&postmaster),
-            me: cpu_seconds("self")?,
-            postmaster,
-            started: Instant::now(),
-        })
+        cpu_seconds("self")?;
+        Some(Meter { postmaster })
     }
 
-    /// What the measurement spent on each of `ops` operations.
+    /// Starts measuring a slice; [`Slice::add_to`] ends it.
+    pub fn slice(&self) -> Slice<'_> {
+        Slice {
+            meter: self,
+            server: server_seconds(&self.postmaster),
+            me: cpu_seconds("self").unwrap_or_default(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Slice<'_> {
+    /// Ends the slice and adds what it spent to `used`.
+    pub fn add_to(self, used: &mut Used) {
+        used.wall += self.started.elapsed().as_secs_f64();
+        used.server += server_seconds(&self.meter.postmaster) - self.server;
+        used.me += cpu_seconds("self").unwrap_or(self.me) - self.me;
+    }
+}
+
+impl Used {
+    /// What the slices spent on each of `ops` operations.
     pub fn per_op(&self, ops: f64) -> Spent {
-        let wall = self.started.elapsed().as_secs_f64();
-        let server = server_seconds(&self.postmaster) - self.server;
-        let me = cpu_seconds("self").unwrap_or(self.me) - self.me;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         Spent {
-            server_ms: server * 1000.0 / ops,
-            me_ms: me * 1000.0 / ops,
-            idle: (1.0 - (server + me) / (cores * wall)).max(0.0),
+            server_ms: self.server * 1000.0 / ops,
+            me_ms: self.me * 1000.0 / ops,
+            idle: (1.0 - (self.server + self.me) / (cores * self.wall)).max(0.0),
         }
     }
 }

@@ -2,7 +2,8 @@
 //! wait for the read models), get by id, `userName eq`, `emails co`, and PATCH membership of
 //! a 1000-member group. Each row also runs its baseline in the same run: the same work
 //! without HTTP and without waiting (the domain command, or the read model's SQL), so the
-//! ratio shows what the API, authentication and read-your-writes cost.
+//! ratio shows what the API, authentication and read-your-writes cost. The create row runs
+//! its two sides in turns, so that neither alone bears the server's background work.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,14 +30,42 @@ struct Stats {
     errors: usize,
 }
 
-/// Runs `op(i)` from CLIENTS tasks for `cell`; `i` counts up across all tasks.
-async fn measure<F, Fut>(cell: Duration, op: F) -> Stats
+/// What one side of a row saw over one or more slices: every request's latency in ms, the
+/// failures, the seconds it ran.
+#[derive(Default)]
+struct Sample {
+    lat: Vec<f64>,
+    errors: usize,
+    secs: f64,
+}
+
+impl Sample {
+    fn add(&mut self, other: Sample) {
+        self.lat.extend(other.lat);
+        self.errors += other.errors;
+        self.secs += other.secs;
+    }
+
+    fn stats(mut self) -> Stats {
+        self.lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let all = &self.lat;
+        let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+        Stats {
+            per_sec: all.len() as f64 / self.secs,
+            p50: pct(0.5),
+            p99: pct(0.99),
+            errors: self.errors,
+        }
+    }
+}
+
+/// Runs `op(i)` from CLIENTS tasks for `cell`; `i` counts up from `next` across all tasks
+/// (and across the slices that share `next`: a create must not repeat a userName).
+async fn sample<F, Fut>(cell: Duration, op: Arc<F>, next: Arc<AtomicUsize>) -> Sample
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = bool> + Send,
 {
-    let op = Arc::new(op);
-    let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let tasks: Vec<_> = (0..CLIENTS)
         .map(|_| {
@@ -56,22 +85,52 @@ where
             })
         })
         .collect();
-    let mut all = Vec::new();
-    let mut errors = 0;
+    let mut all = Sample::default();
     for t in tasks {
-        let (l, e) = t.await.unwrap();
-        all.extend(l);
-        errors += e;
+        let (lat, errors) = t.await.unwrap();
+        all.lat.extend(lat);
+        all.errors += errors;
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    all.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    Stats {
-        per_sec: all.len() as f64 / elapsed,
-        p50: pct(0.5),
-        p99: pct(0.99),
-        errors,
+    all.secs = start.elapsed().as_secs_f64();
+    all
+}
+
+async fn measure<F, Fut>(cell: Duration, op: F) -> Stats
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    sample(cell, Arc::new(op), Arc::default()).await.stats()
+}
+
+/// Runs `a` and `b` in turns, each for `cell` in all, so that the server's background work
+/// (autovacuum after the load, checkpoints) and this machine's changes of speed weigh on both
+/// alike; `meter` adds up the CPU each side spent.
+async fn in_turns<A, FutA, B, FutB>(
+    cell: Duration,
+    meter: Option<&crate::cpu::Meter>,
+    a: A,
+    b: B,
+) -> [(Sample, crate::cpu::Used); 2]
+where
+    A: Fn(usize) -> FutA + Send + Sync + 'static,
+    FutA: Future<Output = bool> + Send,
+    B: Fn(usize) -> FutB + Send + Sync + 'static,
+    FutB: Future<Output = bool> + Send,
+{
+    const TURNS: u32 = 4;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let (next_a, next_b) = (Arc::<AtomicUsize>::default(), Arc::<AtomicUsize>::default());
+    let [mut sa, mut sb] = [(); 2].map(|_| (Sample::default(), crate::cpu::Used::default()));
+    for _ in 0..TURNS {
+        let slice = meter.map(|m| m.slice());
+        sa.0.add(sample(cell / TURNS, a.clone(), next_a.clone()).await);
+        slice.into_iter().for_each(|s| s.add_to(&mut sa.1));
+        let slice = meter.map(|m| m.slice());
+        sb.0.add(sample(cell / TURNS, b.clone(), next_b.clone()).await);
+        slice.into_iter().for_each(|s| s.add_to(&mut sb.1));
     }
+    [sa, sb]
 }
 
 pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
@@ -125,7 +184,7 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
     state
         .hub
         .wait_for_all(
-            &["users", "groups", "api_tokens"],
+            &["users", "groups", "api_tokens", "event_counts", "orgs"],
             last,
             Duration::from_secs(600),
         )
@@ -152,13 +211,14 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
         ]);
     };
 
-    // Create (POST, wait for the read models, read back) vs the domain command alone.
+    // Create (POST, wait for the read models, read back) vs the domain command alone, in
+    // turns (see `in_turns`).
     let run_id = std::process::id();
     let metered = crate::connect(&url).await;
-    let meter = crate::cpu::Meter::start(&metered).await;
-    let s = {
+    let meter = crate::cpu::Meter::new(&metered).await;
+    let scim_create = {
         let (http, base, auth) = (http.clone(), base.clone(), auth.clone());
-        measure(cell, move |i| {
+        move |i| {
             let (http, base, auth) = (http.clone(), base.clone(), auth.clone());
             async move {
                 let body = json!({"userName": format!("new{run_id}-{i}@bench.example"),
@@ -171,14 +231,11 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
                     .await
                     .is_ok_and(|r| r.status() == 201)
             }
-        })
-        .await
+        }
     };
-    let scim_cpu = meter.map(|m| m.per_op(s.per_sec * cell.as_secs_f64()));
-    let meter = crate::cpu::Meter::start(&metered).await;
-    let d = {
+    let direct_create = {
         let store = store.clone();
-        measure(cell, move |i| {
+        move |i| {
             let store = store.clone();
             async move {
                 // The document the SCIM clients send.
@@ -193,19 +250,22 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
                 );
                 user::create(&store, org_id, doc, None).await.is_ok()
             }
-        })
-        .await
+        }
     };
-    let direct_cpu = meter.map(|m| m.per_op(d.per_sec * cell.as_secs_f64()));
-    let create_cpu = match (scim_cpu, direct_cpu) {
-        (Some(s), Some(d)) => format!(
+    let [(s, scim_used), (d, direct_used)] =
+        in_turns(cell, meter.as_ref(), scim_create, direct_create).await;
+    let create_cpu = match meter {
+        Some(_) => format!(
             "CPU per create during the cells (this process holds the clients and the service): \
-             POST /Users {s}; user::create {d}."
+             POST /Users {}; user::create {}.",
+            scim_used.per_op(s.lat.len() as f64),
+            direct_used.per_op(d.lat.len() as f64),
         ),
-        _ => {
+        None => {
             "CPU per create: n/a (the server is not on this machine, or this is not Linux).".into()
         }
     };
+    let (s, d) = (s.stats(), d.stats());
     row(
         "POST /Users (incl. wait + read back)",
         s,
