@@ -23,6 +23,11 @@ impl Projection for EventCounts {
         vec!["projections.event_counts".into()]
     }
 
+    /// One upsert, whatever the events.
+    fn sends_at_once(&self, _events: &[&StoredEvent]) -> bool {
+        true
+    }
+
     async fn apply(&self, tx: &Tx<'_>, events: &[&StoredEvent]) -> Result<(), ReduceError> {
         // Counted in memory, then one upsert: events come in log order, so the last one of
         // each key holds its last position.

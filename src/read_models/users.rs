@@ -59,6 +59,12 @@ impl Projection for Users {
         true
     }
 
+    /// Creations only: nothing to load, and [`write`] sends the users rows and then the email
+    /// rows without waiting for an answer in between.
+    fn sends_at_once(&self, events: &[&StoredEvent]) -> bool {
+        events.iter().all(|e| e.event_type == user::ADDED)
+    }
+
     async fn apply(&self, tx: &Tx<'_>, events: &[&StoredEvent]) -> Result<(), ReduceError> {
         let mut rows = load(tx, &to_load(events, &[user::ADDED])).await?;
         for event in events {

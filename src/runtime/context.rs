@@ -10,6 +10,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio::sync::{watch, Notify};
 
+use super::ride::Riders;
 use super::wait::ProgressHub;
 use super::Projection;
 use crate::clock::{SharedClock, SystemClock};
@@ -76,6 +77,8 @@ pub(super) struct Inner {
     pub(super) commits: watch::Sender<u64>,
     /// Bumped when a rebuild is asked for, here or in another process.
     pub(super) rebuilds: watch::Sender<u64>,
+    /// Reads that ride along the live round's COMMIT.
+    pub(super) riders: Riders,
 }
 
 impl Inner {

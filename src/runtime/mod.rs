@@ -6,6 +6,7 @@ mod failures;
 mod lag;
 mod live;
 mod rebuild;
+mod ride;
 mod runner;
 mod state;
 mod tx;
@@ -20,6 +21,7 @@ use crate::eventstore::{StoreError, StoredEvent};
 pub use context::RunnerOptions;
 pub use lag::{LagHistory, Sample};
 pub use rebuild::request_rebuild;
+pub use ride::{Deliver, RoundRead};
 pub use runner::Projector;
 pub use state::{
     acknowledge_failed, failed_events, health, lag, last_event_timestamp, parse_lag_overrides,
@@ -110,6 +112,15 @@ pub trait Projection: Send + Sync + 'static {
     /// holds every read model to that), and be deterministic: after a failure the runner
     /// applies parts of the batch again to find the event at fault.
     async fn apply(&self, tx: &Tx<'_>, events: &[&StoredEvent]) -> Result<(), ReduceError>;
+
+    /// Whether [`Projection::apply`] of these events sends every statement it will send
+    /// without waiting for any answer but those of [`Tx::prepare_cached`], or fails before
+    /// sending any. The live round then sends its COMMIT right behind them instead of a
+    /// round trip later. A `true` where more statements follow an answer would commit a
+    /// batch without them: claim it only for paths written that way.
+    fn sends_at_once(&self, _events: &[&StoredEvent]) -> bool {
+        false
+    }
 
     /// Whether applying an aggregate's events again, in order, from any one of them on,
     /// leaves the model as it was (a fold keyed by aggregate). retry-failed then re-applies

@@ -86,6 +86,7 @@ impl Projector {
                 .collect(),
             commits: watch::channel(0).0,
             rebuilds: watch::channel(0).0,
+            riders: Default::default(),
         });
         let (remote_tx, remote_rx) = watch::channel(RemoteWake::default());
         let mut listening = remote_rx.clone();
@@ -143,6 +144,11 @@ impl Projector {
             .iter()
             .find(|(p, _)| p.name() == name)
             .map(|(p, _)| p.clone())
+    }
+
+    /// Lets `reader`'s reads ride along the live rounds (see `ride`) for as long as it lives.
+    pub fn ride_with(&self, reader: std::sync::Weak<dyn super::RoundRead>) {
+        self.inner.riders.add(reader);
     }
 
     /// Runs the projection's runner now (after a reset, a retry, or a moved test clock).

@@ -3,6 +3,9 @@
 //! begins its transaction itself, so that BEGIN goes out pipelined with the round's first
 //! statements instead of costing a round trip of its own ([`Begun`]).
 
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use deadpool_postgres::{Client, Object, Transaction};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, Row, Statement, ToStatement};
@@ -13,7 +16,7 @@ use tokio_postgres::{Error, Row, Statement, ToStatement};
 pub enum Tx<'a> {
     Transaction(&'a Transaction<'a>),
     /// A pooled client inside a transaction the runtime began with a BEGIN statement.
-    Begun(&'a Client),
+    Begun(&'a Begun),
 }
 
 impl<'a> From<&'a Transaction<'a>> for Tx<'a> {
@@ -27,7 +30,13 @@ impl Tx<'_> {
     pub async fn prepare_cached(&self, query: &str) -> Result<Statement, Error> {
         match self {
             Tx::Transaction(t) => t.prepare_cached(query).await,
-            Tx::Begun(c) => c.prepare_cached(query).await,
+            Tx::Begun(b) => {
+                // Counted while under way: see [`Begun::preparing`].
+                b.preparing.fetch_add(1, Ordering::SeqCst);
+                let prepared = b.client().prepare_cached(query).await;
+                b.preparing.fetch_sub(1, Ordering::SeqCst);
+                prepared
+            }
         }
     }
 
@@ -41,7 +50,7 @@ impl Tx<'_> {
     {
         match self {
             Tx::Transaction(t) => t.execute(statement, params).await,
-            Tx::Begun(c) => c.execute(statement, params).await,
+            Tx::Begun(b) => b.client().execute(statement, params).await,
         }
     }
 
@@ -55,14 +64,14 @@ impl Tx<'_> {
     {
         match self {
             Tx::Transaction(t) => t.query(statement, params).await,
-            Tx::Begun(c) => c.query(statement, params).await,
+            Tx::Begun(b) => b.client().query(statement, params).await,
         }
     }
 
     pub async fn batch_execute(&self, query: &str) -> Result<(), Error> {
         match self {
             Tx::Transaction(t) => t.batch_execute(query).await,
-            Tx::Begun(c) => c.batch_execute(query).await,
+            Tx::Begun(b) => b.client().batch_execute(query).await,
         }
     }
 }
@@ -71,8 +80,11 @@ impl Tx<'_> {
 /// [`Begun::commit`] or [`Begun::rollback`]; dropped without either (an error, a cancelled
 /// task), the connection is closed instead of going back to the pool mid-transaction, and
 /// PostgreSQL rolls the transaction back and releases its locks.
-pub(super) struct Begun {
+pub struct Begun {
     client: Option<Object>,
+    /// Statements being prepared through [`Tx::prepare_cached`] now: a statement waiting for
+    /// its Parse goes out only after it, so a COMMIT sent meanwhile would overtake it.
+    preparing: AtomicUsize,
 }
 
 impl Begun {
@@ -80,6 +92,7 @@ impl Begun {
     pub(super) fn new(client: Object) -> Self {
         Begun {
             client: Some(client),
+            preparing: AtomicUsize::new(0),
         }
     }
 
@@ -90,14 +103,26 @@ impl Begun {
     }
 
     pub(super) fn tx(&self) -> Tx<'_> {
-        Tx::Begun(self.client())
+        Tx::Begun(self)
     }
 
-    pub(super) async fn commit(mut self) -> Result<(), Error> {
-        let client = self.client.take().expect("ended once");
-        // A failed COMMIT rolls back: the connection is fit for the pool either way (a
-        // closed one is dropped by the pool's recycling).
-        client.batch_execute("COMMIT").await
+    /// Whether a statement of this transaction waits for its Parse (and is not sent yet).
+    pub(super) fn preparing(&self) -> bool {
+        self.preparing.load(Ordering::SeqCst) > 0
+    }
+
+    /// Sends COMMIT (on its first poll) and answers with its outcome. More may go out behind
+    /// it on [`Begun::client`] in the same round trip, a next transaction's BEGIN too;
+    /// afterwards [`Begun::release`] the connection, or keep it for that next transaction.
+    /// When a statement of the transaction failed, the COMMIT rolls back and still answers
+    /// Ok: the caller must look at the statements' answers.
+    pub(super) fn commit_in_pipeline(&self) -> impl Future<Output = Result<(), Error>> + '_ {
+        self.client().batch_execute("COMMIT")
+    }
+
+    /// Hands the connection back to the pool, out of any transaction.
+    pub(super) fn release(mut self) {
+        drop(self.client.take());
     }
 
     pub(super) async fn rollback(mut self) -> Result<(), Error> {

@@ -169,13 +169,21 @@ async fn written(
     answer: Answer,
 ) -> Result<Response, ScimError> {
     let q = &answer.query;
-    wait_after_write(state, w.position).await?;
-    // Read from a model that holds the write in the database, not only in the hub.
     let sel = selection(rt, q);
-    let read = answer
-        .readbacks
-        .by_id_at(rt, ctx, w.id, &sel, w.position)
-        .await?;
+    let mut read = None;
+    if let Some(ride) = answer.readbacks.ride(rt, ctx, w.id, &sel, w.position) {
+        let reached = wait_after_write(state, w.position);
+        let row = answer.readbacks.answer(ride, reached).await?;
+        read = row.and_then(|r| read::rendered(rt, ctx, r, &sel));
+    }
+    if read.is_none() {
+        wait_after_write(state, w.position).await?;
+        // Read from a model that holds the write in the database, not only in the hub.
+        read = answer
+            .readbacks
+            .by_id_at(rt, ctx, w.id, &sel, w.position)
+            .await?;
+    }
     let Some((resource, version)) = read else {
         // Deleted meanwhile, or the model lost the write in a crash of PostgreSQL.
         let client = state.pool.get().await?;

@@ -62,9 +62,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .tracked_route("/scim/v2/{org}/", any(not_found))
         .tracked_route("/scim/v2/{org}/{*rest}", any(not_found))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .layer(axum::Extension(readback::ReadBacks::new(
-            state.pool.clone(),
-        )))
+        .layer(axum::Extension(match &state.projector {
+            Some(projector) => readback::ReadBacks::riding(state.pool.clone(), projector),
+            None => readback::ReadBacks::new(state.pool.clone()),
+        }))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             extract::authenticate,

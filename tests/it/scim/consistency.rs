@@ -404,3 +404,71 @@ async fn read_backs_waiting_together_share_a_statement_and_each_gets_its_own() {
     assert_eq!(later.unwrap().0["userName"], "rb0");
     assert_eq!(rb.batches(), 2, "the next wave reads again");
 }
+
+/// A user's read back rides along the live round that applies the write: offered while that
+/// round cannot commit yet (a row of its positions' UPDATE is held), it is answered once the
+/// round commits, from the round's own connection. A ride offered after its write was applied
+/// is withdrawn as soon as the hub has the position: the request reads on its own, nothing
+/// waits for a round that will not come, and nothing is left queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_back_rides_along_the_round_that_applies_the_write() {
+    let db = TestDb::new().await;
+    let a = Scim::new(&db).await;
+    let state = a.app.state.clone();
+    let projector = state
+        .projector
+        .clone()
+        .expect("the app runs its projections");
+    let rb = ReadBacks::riding(state.pool.clone(), &projector);
+    let ctx = Ctx {
+        org: a.org,
+        base: "http://rb.example/scim/v2".into(),
+    };
+    let sel = Selection::default();
+    let reached = |at: Position| {
+        let hub = state.hub.clone();
+        async move {
+            hub.wait_for_all(&["users", "groups"], at, Duration::from_secs(30))
+                .await
+                .map_err(portcullis::scim::ScimError::from)
+        }
+    };
+
+    let mut blocker = db.client().await;
+    let held = blocker.transaction().await.unwrap();
+    held.execute(
+        "SELECT 1 FROM projections.projection_states WHERE name = 'event_counts' FOR UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut doc = portcullis::domain::Doc::new();
+    doc.insert("userName".into(), json!("rider"));
+    let w = portcullis::domain::user::create(&state.store, a.org, doc, None)
+        .await
+        .unwrap();
+    let ride = rb
+        .ride(&USER_TYPE, &ctx, w.id, &sel, w.position)
+        .expect("a live round runs here");
+    assert_eq!(rb.riding_queued(), 1);
+    held.rollback().await.unwrap();
+    let row = rb.answer(ride, reached(w.position)).await.unwrap();
+    let row = row.expect("the round that applied the write read it back");
+    assert_eq!(row.get::<_, Uuid>(0), w.id);
+    assert_eq!((rb.riding_queued(), rb.batches()), (0, 1));
+
+    // Applied before it was offered: no round carries it.
+    reached(w.position).await.unwrap();
+    let ride = rb.ride(&USER_TYPE, &ctx, w.id, &sel, w.position).unwrap();
+    let row = rb.answer(ride, reached(w.position)).await.unwrap();
+    assert!(row.is_none(), "withdrawn: the request reads on its own");
+    assert_eq!((rb.riding_queued(), rb.batches()), (0, 1));
+    let (doc, _) = rb
+        .by_id_at(&USER_TYPE, &ctx, w.id, &sel, w.position)
+        .await
+        .unwrap()
+        .expect("the user");
+    assert_eq!(doc["userName"], "rider");
+    // Groups are not carried.
+    assert!(rb.ride(&GROUP_TYPE, &ctx, w.id, &sel, w.position).is_none());
+}

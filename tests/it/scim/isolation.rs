@@ -165,3 +165,66 @@ async fn while_a_reset_model_is_behind_reads_answer_503_never_a_partial_200() {
         "the first 200 after the reset is the whole model"
     );
 }
+
+/// The live round sends its COMMIT in the same round trip as its writes when every
+/// projection sends them at once (`Projection::sends_at_once`, as users and event_counts do
+/// for creations). When one of those writes fails, that COMMIT rolls back: nothing of the
+/// round may count as applied. The failing event is dead-lettered, every projection applies
+/// every other event exactly once (event_counts the failing one too), and every position
+/// reaches the log's end.
+#[tokio::test]
+async fn a_live_round_whose_write_fails_behind_its_commit_keeps_none_of_it() {
+    let db = TestDb::new().await;
+    let s = Scim::new(&db).await;
+    db.client()
+        .await
+        .batch_execute(
+            "ALTER TABLE projections.users ADD CONSTRAINT no_poison CHECK (user_name <> 'poison')",
+        )
+        .await
+        .unwrap();
+    let store = &s.app.state.store;
+    let mut at = Vec::new();
+    for name in ["first", "poison", "last"] {
+        let mut doc = portcullis::domain::Doc::new();
+        doc.insert("userName".into(), json!(name));
+        let w = portcullis::domain::user::create(store, s.org, doc, None)
+            .await
+            .unwrap();
+        at.push(w.position);
+    }
+    s.app
+        .state
+        .hub
+        .wait_for_all(
+            &["users", "event_counts"],
+            at[2],
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let c = store.pool().get().await.unwrap();
+    let f = portcullis::runtime::failed_events(&c, "users")
+        .await
+        .unwrap();
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].position, at[1]);
+    assert!(f[0].dead_lettered_at.is_some());
+    let row = c
+        .query_one(
+            "SELECT (SELECT array_agg(user_name ORDER BY user_name) FROM projections.users \
+                      WHERE org_id = $1), \
+                    (SELECT events FROM projections.event_counts \
+                      WHERE org_id = $1 AND event_type = 'user.added')",
+            &[&s.org],
+        )
+        .await
+        .unwrap();
+    let (names, counted): (Vec<String>, i64) = (row.get(0), row.get(1));
+    assert_eq!(names, ["first", "last"]);
+    assert_eq!(counted, 3, "each creation counted once");
+    for name in ["users", "event_counts"] {
+        let state = portcullis::runtime::state(&c, name).await.unwrap().unwrap();
+        assert!(state.position >= at[2], "{name} at {}", state.position);
+    }
+}
