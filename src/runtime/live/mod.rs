@@ -7,7 +7,9 @@
 //! A round is three round trips, since every write waits for one: BEGIN with the read and
 //! the locks; the projections' statements with the positions' UPDATE; COMMIT, with the reads
 //! that ride along it (`ride`). Under a stream of writes the next round's first trip goes out
-//! behind that COMMIT too, so rounds follow one another every two round trips.
+//! behind that COMMIT too, so rounds follow one another every two round trips; when every
+//! projection's writes go out at once, the COMMIT goes with them (`commit`): one round trip
+//! a round.
 
 mod commit;
 mod trip;
