@@ -1015,3 +1015,29 @@ async fn health_status(c: &deadpool_postgres::Client, name: &str) -> String {
     .unwrap()
     .get(0)
 }
+
+/// The live round's positions' UPDATE ends in `projections.expect_moved`: a round whose COMMIT
+/// went out behind its writes cannot look at the count, so a state that moved under it must
+/// fail the transaction (serialization_failure, which the round takes as a lost race), not
+/// commit its writes with a position left behind.
+#[tokio::test]
+async fn expect_moved_fails_the_transaction_unless_every_position_moved() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let moved: i64 = c
+        .query_one("SELECT projections.expect_moved(2, 2)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(moved, 2);
+    let e = c
+        .query_one("SELECT projections.expect_moved(1, 2)", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
+    );
+    let message = e.as_db_error().unwrap().message();
+    assert!(message.contains("moved 1 of 2"), "{message}");
+}
