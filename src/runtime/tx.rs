@@ -77,9 +77,10 @@ impl Tx<'_> {
 }
 
 /// A pooled connection inside a transaction begun with a BEGIN statement. It ends with
-/// [`Begun::commit`] or [`Begun::rollback`]; dropped without either (an error, a cancelled
-/// task), the connection is closed instead of going back to the pool mid-transaction, and
-/// PostgreSQL rolls the transaction back and releases its locks.
+/// [`Begun::commit_in_pipeline`] (then [`Begun::release`]) or [`Begun::rollback`]; dropped
+/// without either (an error, a cancelled task), the connection is closed instead of going
+/// back to the pool mid-transaction, and PostgreSQL rolls the transaction back and releases
+/// its locks.
 pub struct Begun {
     client: Option<Object>,
     /// Statements being prepared through [`Tx::prepare_cached`] now: a statement waiting for
