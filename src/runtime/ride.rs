@@ -16,9 +16,9 @@ use deadpool_postgres::Client;
 
 use crate::eventstore::Position;
 
-/// Answers the reads of one round: called with whether the round committed. Without a
-/// commit the reads' answers are dropped, and their requests read on their own.
-pub type Deliver = Box<dyn FnOnce(bool) + Send>;
+/// Answers the reads of one round, called once its COMMIT went through. Without the COMMIT
+/// it is dropped uncalled (the rows may be gone), and the requests read on their own.
+pub type Deliver = Box<dyn FnOnce() + Send>;
 
 /// A source of reads for live rounds to carry (the SCIM read backs, for one).
 #[async_trait]

@@ -188,7 +188,7 @@ pub(super) fn publish(
     answers: Vec<ride::Deliver>,
 ) {
     for answer in answers {
-        answer(true);
+        answer();
     }
     for plan in plans {
         if !plan.events.is_empty() {
