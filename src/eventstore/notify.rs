@@ -83,9 +83,13 @@ async fn coalesce(pool: Pool, shared: std::sync::Arc<Shared>) {
         let pos = *shared.latest.lock().unwrap_or_else(|e| e.into_inner());
         let sent = async {
             let client = pool.get().await.map_err(StoreError::from)?;
+            // A NOTIFY holds a cluster-wide lock from its commit through the WAL flush, and
+            // every live round's commit NOTIFYs too. A wake-up needs no durability (a
+            // listener catches up by reading after every reconnect), so its commit does not
+            // wait for the flush.
             client
                 .execute(
-                    "SELECT pg_notify($1, $2)",
+                    "SELECT pg_notify($1, $2), set_config('synchronous_commit', 'off', true)",
                     &[&EVENTS_CHANNEL, &pos.to_string()],
                 )
                 .await
