@@ -103,6 +103,23 @@ where
     sample(cell, Arc::new(op), Arc::default()).await.stats()
 }
 
+/// What [`in_turns`] measured: each side's samples and CPU, and the rate of `a` over the rate
+/// of `b` in each turn.
+struct Turns {
+    sides: [(Sample, crate::cpu::Used); 2],
+    ratios: Vec<f64>,
+}
+
+impl Turns {
+    /// The lowest and highest ratio of a single turn: how far the machine's changes of speed
+    /// move a ratio measured over one turn alone.
+    fn spread(&self) -> String {
+        let lo = self.ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = self.ratios.iter().copied().fold(0.0, f64::max);
+        format!("{lo:.2}-{hi:.2}")
+    }
+}
+
 /// Runs `a` and `b` in turns, each for `cell` in all, so that the server's background work
 /// (autovacuum after the load, checkpoints) and this machine's changes of speed weigh on both
 /// alike; `meter` adds up the CPU each side spent.
@@ -111,7 +128,7 @@ async fn in_turns<A, FutA, B, FutB>(
     meter: Option<&crate::cpu::Meter>,
     a: A,
     b: B,
-) -> [(Sample, crate::cpu::Used); 2]
+) -> Turns
 where
     A: Fn(usize) -> FutA + Send + Sync + 'static,
     FutA: Future<Output = bool> + Send,
@@ -122,15 +139,23 @@ where
     let (a, b) = (Arc::new(a), Arc::new(b));
     let (next_a, next_b) = (Arc::<AtomicUsize>::default(), Arc::<AtomicUsize>::default());
     let [mut sa, mut sb] = [(); 2].map(|_| (Sample::default(), crate::cpu::Used::default()));
+    let mut ratios = Vec::new();
+    let rate = |s: &Sample| s.lat.len() as f64 / s.secs;
     for _ in 0..TURNS {
         let slice = meter.map(|m| m.slice());
-        sa.0.add(sample(cell / TURNS, a.clone(), next_a.clone()).await);
+        let turn_a = sample(cell / TURNS, a.clone(), next_a.clone()).await;
         slice.into_iter().for_each(|s| s.add_to(&mut sa.1));
         let slice = meter.map(|m| m.slice());
-        sb.0.add(sample(cell / TURNS, b.clone(), next_b.clone()).await);
+        let turn_b = sample(cell / TURNS, b.clone(), next_b.clone()).await;
         slice.into_iter().for_each(|s| s.add_to(&mut sb.1));
+        ratios.push(rate(&turn_a) / rate(&turn_b));
+        sa.0.add(turn_a);
+        sb.0.add(turn_b);
     }
-    [sa, sb]
+    Turns {
+        sides: [sa, sb],
+        ratios,
+    }
 }
 
 pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
@@ -252,8 +277,9 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
             }
         }
     };
-    let [(s, scim_used), (d, direct_used)] =
-        in_turns(cell, meter.as_ref(), scim_create, direct_create).await;
+    let turns = in_turns(cell, meter.as_ref(), scim_create, direct_create).await;
+    let spread = turns.spread();
+    let [(s, scim_used), (d, direct_used)] = turns.sides;
     let create_cpu = match meter {
         Some(_) => format!(
             "CPU per create during the cells (this process holds the clients and the service): \
@@ -270,7 +296,7 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
         "POST /Users (incl. wait + read back)",
         s,
         d,
-        "baseline: user::create, no HTTP, no wait",
+        &format!("baseline: user::create, no HTTP, no wait; ratio in each of the turns: {spread}"),
     );
 
     // Reads: the SCIM request vs the read model's SQL on a pooled connection.
