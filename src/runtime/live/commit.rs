@@ -1,8 +1,11 @@
 //! A live round's second trip and its COMMIT: every plan's statements and the positions'
 //! UPDATE, pipelined; then the COMMIT, with the reads riding along it and the next round's
 //! first trip behind it. When every projection sends its statements at once, the COMMIT goes
-//! in the same trip as they do.
+//! in the same trip as they do. The writers are told once the COMMIT and the rides are back,
+//! not after the next round's first trip: that one serves only the next round.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -49,6 +52,7 @@ pub(super) async fn apply_and_commit(
         plans.iter().map(|p| p.from).min().unwrap_or_default()
     };
     if let Some((plan, Err(e))) = results.into_iter().find(|(_, r)| r.is_err()) {
+        drop(sent);
         let from = failure(begun);
         return match e.class() {
             FailureClass::Connection => Err(ProjectionError::Reduce {
@@ -59,6 +63,7 @@ pub(super) async fn apply_and_commit(
         };
     }
     if let Err(e) = moved {
+        drop(sent);
         let from = failure(begun);
         // A state row moved under us (read before its lock was ours): nothing of this round
         // may stand (projections.expect_moved).
@@ -67,23 +72,42 @@ pub(super) async fn apply_and_commit(
             false => Err(e),
         };
     }
-    let (committed, (answers, next), begun) = match sent {
-        Some((committed, after)) => (committed, after, begun),
-        None => {
-            let (committed, after) = commit(&begun, &behind).await;
-            (committed, after, begun)
-        }
-    };
+    let Committed {
+        committed,
+        answers,
+        mut next,
+    } = commit_unless_sent(sent, &begun, &behind).await;
     committed?;
+    // The writers hear of the round before the next one's first trip is back.
     publish(inner, plans, reached, answers);
-    Ok((reached, next_round(begun, live, reached, next)))
+    let trip = next.as_mut().await;
+    drop(next);
+    Ok((reached, next_round(begun, live, reached, trip)))
 }
 
-/// What the round's COMMIT carries behind it (see [`BehindCommit`]).
-pub(super) type Behind = (
-    Vec<ride::Deliver>,
-    Option<Result<FirstTrip, ProjectionError>>,
-);
+/// The COMMIT `apply` sent already, or sends it now.
+async fn commit_unless_sent<'b>(
+    sent: Option<Committed<'b>>,
+    begun: &'b Begun,
+    behind: &BehindCommit<'b>,
+) -> Committed<'b> {
+    match sent {
+        Some(sent) => sent,
+        None => commit(begun, behind).await,
+    }
+}
+
+/// A round's COMMIT and the reads that rode along it, back; the next round's first trip,
+/// behind them on the wire, may still be under way.
+pub(super) struct Committed<'a> {
+    pub(super) committed: Result<(), tokio_postgres::Error>,
+    pub(super) answers: Vec<ride::Deliver>,
+    pub(super) next: NextTrip<'a>,
+}
+
+/// The next round's first trip (`None` when no next round began behind the COMMIT).
+pub(super) type NextTrip<'a> =
+    Pin<Box<dyn Future<Output = Option<Result<FirstTrip, ProjectionError>>> + Send + 'a>>;
 pub(super) type FirstTrip = (eventstore::Batch, Vec<LockedState>);
 
 /// Sends every plan's statements and the positions' UPDATE, pipelined, and waits for their
@@ -91,16 +115,16 @@ pub(super) type FirstTrip = (eventstore::Batch, Vec<LockedState>);
 /// none waits for a Parse and none failed before sending, the COMMIT and what goes `behind`
 /// it follow them in the same round trip: returned as `Some`, and the transaction is over
 /// (rolled back if any statement failed).
-pub(super) async fn apply<'p>(
+pub(super) async fn apply<'p, 'b>(
     inner: &Inner,
-    begun: &Begun,
+    begun: &'b Begun,
     plans: &'p [Plan<'p>],
     reached: Position,
-    behind: &BehindCommit<'_>,
+    behind: &BehindCommit<'b>,
 ) -> (
     Vec<(&'p Plan<'p>, Result<(), ReduceError>)>,
     Result<u64, ProjectionError>,
-    Option<(Result<(), tokio_postgres::Error>, Behind)>,
+    Option<Committed<'b>>,
 ) {
     let at_once = plans
         .iter()
@@ -154,30 +178,42 @@ pub(super) struct BehindCommit<'a> {
     pub(super) live: &'a Option<Vec<usize>>,
 }
 
-/// Sends the COMMIT and, behind it in the same round trip, what `behind` holds.
-pub(super) async fn commit(
-    begun: &Begun,
-    behind: &BehindCommit<'_>,
-) -> (Result<(), tokio_postgres::Error>, Behind) {
+/// Sends the COMMIT and, behind it in the same round trip, what `behind` holds; returns
+/// once the COMMIT and the rides are back.
+pub(super) async fn commit<'b>(begun: &'b Begun, behind: &BehindCommit<'b>) -> Committed<'b> {
     let client = begun.client();
-    let BehindCommit {
+    let &BehindCommit {
         inner,
         readers,
         reached,
         live,
     } = behind;
-    // join! polls in order: the COMMIT is on the wire before anything behind it.
-    let (committed, answers, next) = futures::join!(
+    let mut head = std::pin::pin!(futures::future::join(
         begun.commit_in_pipeline(),
-        ride::read_all(readers, client, *reached),
-        async {
-            match live {
-                Some(live) => Some(first_trip(inner, client, live, *reached).await),
-                None => None,
-            }
+        ride::read_all(readers, client, reached),
+    ));
+    let mut next = Box::pin(futures::future::maybe_done(async move {
+        match live {
+            Some(live) => Some(first_trip(inner, client, live, reached).await),
+            None => None,
         }
-    );
-    (committed, (answers, next))
+    }));
+    // The first polls put each on the wire, in this order: the COMMIT, the rides, then the
+    // next round's first trip.
+    let early = futures::poll!(head.as_mut());
+    let _ = futures::poll!(next.as_mut());
+    let (committed, answers) = match early {
+        Poll::Ready(out) => out,
+        Poll::Pending => head.await,
+    };
+    Committed {
+        committed,
+        answers,
+        next: Box::pin(async move {
+            next.as_mut().await;
+            next.as_mut().take_output().flatten()
+        }),
+    }
 }
 
 /// After the COMMIT: answers the reads that rode along, and publishes the positions.
