@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use chrono::{DateTime, Utc};
+use futures::future::MaybeDone;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
@@ -80,7 +81,8 @@ pub(super) async fn apply_and_commit(
     committed?;
     // The writers hear of the round before the next one's first trip is back.
     publish(inner, plans, reached, answers);
-    let trip = next.as_mut().await;
+    (&mut next).await;
+    let trip = Pin::new(&mut next).take_output().flatten();
     drop(next);
     Ok((reached, next_round(begun, live, reached, trip)))
 }
@@ -102,7 +104,7 @@ async fn commit_unless_sent<'b>(
 pub(super) struct Committed<'a> {
     pub(super) committed: Result<(), tokio_postgres::Error>,
     pub(super) answers: Vec<ride::Deliver>,
-    pub(super) next: NextTrip<'a>,
+    pub(super) next: MaybeDone<NextTrip<'a>>,
 }
 
 /// The next round's first trip (`None` when no next round began behind the COMMIT).
@@ -192,16 +194,17 @@ pub(super) async fn commit<'b>(begun: &'b Begun, behind: &BehindCommit<'b>) -> C
         begun.commit_in_pipeline(),
         ride::read_all(readers, client, reached),
     ));
-    let mut next = Box::pin(futures::future::maybe_done(async move {
+    let trip: NextTrip<'b> = Box::pin(async move {
         match live {
             Some(live) => Some(first_trip(inner, client, live, reached).await),
             None => None,
         }
-    }));
+    });
+    let mut next = futures::future::maybe_done(trip);
     // The first polls put each on the wire, in this order: the COMMIT, the rides, then the
     // next round's first trip.
     let early = futures::poll!(head.as_mut());
-    let _ = futures::poll!(next.as_mut());
+    let _ = futures::poll!(&mut next);
     let (committed, answers) = match early {
         Poll::Ready(out) => out,
         Poll::Pending => head.await,
@@ -209,10 +212,7 @@ pub(super) async fn commit<'b>(begun: &'b Begun, behind: &BehindCommit<'b>) -> C
     Committed {
         committed,
         answers,
-        next: Box::pin(async move {
-            next.as_mut().await;
-            next.as_mut().take_output().flatten()
-        }),
+        next,
     }
 }
 
