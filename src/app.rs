@@ -35,6 +35,16 @@ pub enum StartError {
     Store(#[from] crate::eventstore::StoreError),
 }
 
+/// The tokio runtime `portcullis serve` runs on, and `make bench` measures: `worker_threads`
+/// worker threads, or tokio's default (one per core).
+pub fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build()
+}
+
 /// How often `/metrics` and `/readyz` read the database, however often they are asked.
 const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 

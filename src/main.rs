@@ -22,8 +22,7 @@ use secrecy::ExposeSecret;
 
 type BoxError = Box<dyn std::error::Error>;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // The command's name, e.g. `tokens create`, for the events it writes.
@@ -42,22 +41,33 @@ async fn main() -> ExitCode {
         portcullis::config::LogFormat::Json => logs.json().with_current_span(true).init(),
         portcullis::config::LogFormat::Text => logs.init(),
     }
-    let outcome = match cli.command {
-        cmd @ (Command::Serve(_) | Command::Migrate(_)) => run(cmd).await,
-        // Whatever a command writes records who ran it and which command it was.
-        cmd => {
-            let origin = Origin {
-                actor: Some(Actor::cli()),
-                ..Origin::new(&format!("portcullis {command}"))
-            };
-            origin.scope(run(cmd)).await
-        }
+    let threads = match &cli.command {
+        Command::Serve(a) => a.worker_threads.map(usize::from),
+        _ => None,
+    };
+    let outcome = match app::runtime(threads) {
+        Ok(rt) => rt.block_on(run_command(cli.command, &command)),
+        Err(e) => Err(format!("cannot start the runtime: {e}").into()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("portcullis: {}", error_chain(&*e));
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_command(cmd: Command, name: &str) -> Result<(), BoxError> {
+    match cmd {
+        cmd @ (Command::Serve(_) | Command::Migrate(_)) => run(cmd).await,
+        // Whatever a command writes records who ran it and which command it was.
+        cmd => {
+            let origin = Origin {
+                actor: Some(Actor::cli()),
+                ..Origin::new(&format!("portcullis {name}"))
+            };
+            origin.scope(run(cmd)).await
         }
     }
 }
@@ -338,7 +348,11 @@ async fn serve(a: &portcullis::config::ServeArgs) -> Result<(), BoxError> {
     let listener = TcpListener::bind(a.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
-    tracing::info!(address = %listener.local_addr()?, "portcullis is serving");
+    tracing::info!(
+        address = %listener.local_addr()?,
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        "portcullis is serving"
+    );
     app::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

@@ -22,8 +22,18 @@ mod waits;
 
 use std::time::Duration;
 
-#[tokio::main]
-async fn main() {
+/// On the runtime `portcullis serve` runs on (the clients share it), with as many worker
+/// threads as PORTCULLIS_WORKER_THREADS says, as for `serve`.
+fn main() {
+    let threads = std::env::var("PORTCULLIS_WORKER_THREADS")
+        .ok()
+        .map(|n| n.parse().expect("PORTCULLIS_WORKER_THREADS is a number"));
+    portcullis::app::runtime(threads)
+        .expect("a tokio runtime")
+        .block_on(run());
+}
+
+async fn run() {
     let mut seconds = 3.0f64;
     let mut which: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);

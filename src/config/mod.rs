@@ -234,6 +234,11 @@ pub struct ServeArgs {
     /// constant time). Unset: only admin-scope API tokens are accepted.
     #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Threads that run the service's tasks. Default: one per core. On a host PostgreSQL
+    /// shares, fewer leave more of the CPU to its backends, which do most of each request's
+    /// work.
+    #[arg(long, env = "PORTCULLIS_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -162,8 +162,13 @@ async fn projections_status_reset_retry_and_acknowledge() {
 
 /// `portcullis serve` on a free port, logging JSON at info to a pipe.
 fn serve_with_json_logs(database_url: &str) -> std::process::Child {
+    serve_with_json_logs_and(database_url, &[])
+}
+
+fn serve_with_json_logs_and(database_url: &str, env: &[(&str, &str)]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .envs(env.iter().copied())
         .env("DATABASE_URL", database_url)
         .env("PORTCULLIS_LOG_FORMAT", "json")
         .env("PORTCULLIS_LOG", "info")
@@ -173,12 +178,9 @@ fn serve_with_json_logs(database_url: &str) -> std::process::Child {
         .expect("start serve")
 }
 
-/// `PORTCULLIS_LOG_FORMAT=json`: one JSON object per line, with the span fields.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_are_one_object_per_line() {
+/// The lines `child` logs up to the one saying it serves, then stops it.
+async fn lines_until_serving(mut child: std::process::Child) -> Vec<String> {
     use std::io::BufRead;
-    let db = TestDb::new().await;
-    let mut child = serve_with_json_logs(&db.url);
     let stderr = child.stderr.take().unwrap();
     // Reads until the service says it serves (a line per event; the process ends the stream).
     let lines = tokio::task::spawn_blocking(move || {
@@ -201,6 +203,14 @@ async fn json_logs_are_one_object_per_line() {
         .unwrap();
     let _ = child.kill();
     let _ = child.wait();
+    lines
+}
+
+/// `PORTCULLIS_LOG_FORMAT=json`: one JSON object per line, with the span fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let db = TestDb::new().await;
+    let lines = lines_until_serving(serve_with_json_logs(&db.url)).await;
     assert!(!lines.is_empty());
     for l in &lines {
         let v: serde_json::Value =
@@ -211,6 +221,27 @@ async fn json_logs_are_one_object_per_line() {
         .last()
         .unwrap()
         .contains("\"message\":\"portcullis is serving\""));
+}
+
+/// `--worker-threads` (`PORTCULLIS_WORKER_THREADS`) sizes the runtime `serve` runs on, as its
+/// start-up line says; zero is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_on_the_worker_threads_it_is_given() {
+    let db = TestDb::new().await;
+    let workers = |lines: Vec<String>| {
+        let v: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+        v["fields"]["worker_threads"]
+            .as_u64()
+            .expect("worker_threads")
+    };
+    let three = serve_with_json_logs_and(&db.url, &[("PORTCULLIS_WORKER_THREADS", "3")]);
+    assert_eq!(workers(lines_until_serving(three).await), 3);
+    let one = serve_with_json_logs_and(&db.url, &[("PORTCULLIS_WORKER_THREADS", "1")]);
+    assert_eq!(workers(lines_until_serving(one).await), 1);
+    let zero = portcullis(&["serve", "--worker-threads", "0"], &db.url);
+    assert!(!zero.status.success());
+    let said = String::from_utf8_lossy(&zero.stderr);
+    assert!(said.contains("--worker-threads"), "{said}");
 }
 
 /// A client's mistakes (4xx) and an unimplemented feature (/Me's 501) are not the service's
