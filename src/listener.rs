@@ -39,14 +39,43 @@ pub fn spawn(
     channels: Vec<String>,
     purpose: &'static str,
 ) -> (mpsc::Receiver<ListenEvent>, JoinHandle<()>) {
+    spawn_then(url, channels, purpose, Vec::new())
+}
+
+/// [`spawn`], and on every (re)connect runs `then` on the LISTEN connection once LISTEN is
+/// in place, each statement in a transaction of its own, before `Connected` is announced.
+pub fn spawn_then(
+    url: String,
+    channels: Vec<String>,
+    purpose: &'static str,
+    then: Vec<String>,
+) -> (mpsc::Receiver<ListenEvent>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(1024);
-    let task = tokio::spawn(run(url, channels, purpose, tx));
+    let task = tokio::spawn(run(url, channels, then, purpose, tx));
     (rx, task)
+}
+
+/// LISTEN on every channel, then each of `then` in turn.
+async fn listen(
+    client: &tokio_postgres::Client,
+    channels: &[String],
+    then: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    let listen: String = channels
+        .iter()
+        .map(|c| format!("LISTEN \"{c}\";"))
+        .collect();
+    client.batch_execute(&listen).await?;
+    for statement in then {
+        client.batch_execute(statement).await?;
+    }
+    Ok(())
 }
 
 async fn run(
     url: String,
     channels: Vec<String>,
+    then: Vec<String>,
     purpose: &'static str,
     tx: mpsc::Sender<ListenEvent>,
 ) {
@@ -73,11 +102,7 @@ async fn run(
                     }
                     let _ = msg_tx.send(Err(Lost::Closed));
                 });
-                let listen: String = channels
-                    .iter()
-                    .map(|c| format!("LISTEN \"{c}\";"))
-                    .collect();
-                if let Err(e) = client.batch_execute(&listen).await {
+                if let Err(e) = listen(&client, &channels, &then).await {
                     tracing::warn!(purpose, error = %crate::error_chain(&e), "LISTEN failed; reconnecting");
                     driver.abort();
                 } else {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
 use super::ProjectionError;
 use crate::eventstore::Position;
@@ -89,6 +90,9 @@ struct Inner {
     listener: Mutex<Option<JoinHandle<()>>>,
     task: Mutex<Option<JoinHandle<()>>>,
     connects: watch::Sender<u64>,
+    /// Names this hub in projections.progress_hubs: while no other process's hub is there,
+    /// this process's live rounds send no progress NOTIFY (V26).
+    id: Uuid,
 }
 
 impl Drop for Inner {
@@ -118,13 +122,23 @@ impl ProgressHub {
                 listener: Mutex::new(None),
                 task: Mutex::new(None),
                 connects,
+                id: Uuid::new_v4(),
             }),
         };
         let mut connected = hub.inner.connects.subscribe();
-        let (mut events, listener) = listener::spawn(
+        // Registered once listening, then every round that looked for hubs before is waited
+        // out: the reload below sees what those rounds committed without announcing it.
+        let (mut events, listener) = listener::spawn_then(
             url.to_string(),
             vec![PROGRESS_CHANNEL.into()],
             "progress hub",
+            vec![
+                format!(
+                    "SELECT projections.register_progress_hub('{}')",
+                    hub.inner.id
+                ),
+                "SELECT projections.progress_hubs_settled()".into(),
+            ],
         );
         let weak = Arc::downgrade(&hub.inner);
         let task = tokio::spawn(async move {
@@ -159,6 +173,11 @@ impl ProgressHub {
         for outcome in WAIT_OUTCOMES {
             waits.with_label_values(&[name, outcome]);
         }
+    }
+
+    /// This hub's id in projections.progress_hubs.
+    pub fn id(&self) -> Uuid {
+        self.inner.id
     }
 
     /// How many times the hub has (re)connected and reloaded; for tests and metrics.

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Client, Pool};
+use futures::FutureExt;
 use tokio::sync::oneshot;
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -148,10 +149,16 @@ impl ReadBacks {
         reached: impl std::future::Future<Output = Result<(), ScimError>>,
     ) -> Result<Option<Row>, ScimError> {
         let Ride { ticket, mut answer } = ride;
+        let mut reached = std::pin::pin!(reached);
         tokio::select! {
             biased;
-            row = &mut answer => Ok(row.ok().flatten()),
-            waited = reached => {
+            row = &mut answer => {
+                // The round told the hub before it answered: the wait ends at once, and
+                // ending it counts it (portcullis_wait_for_position_seconds).
+                let _ = reached.now_or_never();
+                Ok(row.ok().flatten())
+            }
+            waited = &mut reached => {
                 waited?;
                 if self.withdraw(ticket) {
                     return Ok(None);

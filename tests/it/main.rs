@@ -12,6 +12,7 @@ mod eventstore;
 mod faults;
 mod http;
 mod ops;
+mod progress;
 mod projections;
 mod read_models;
 mod rebuild;

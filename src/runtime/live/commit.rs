@@ -223,14 +223,16 @@ pub(super) fn publish(
     reached: Position,
     answers: Vec<ride::Deliver>,
 ) {
-    for answer in answers {
-        answer();
-    }
+    // The hub first: a request answered by a ride finds its wait over too, and a read that
+    // follows it in this process never finds the hub behind what it was given.
     for plan in plans {
         if !plan.events.is_empty() {
             inner.hub.applied(plan.name);
         }
         inner.hub.publish_since(plan.name, reached, plan.resets);
+    }
+    for answer in answers {
+        answer();
     }
     inner.commits.send_modify(|n| *n += 1);
 }

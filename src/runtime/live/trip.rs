@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use deadpool_postgres::Client;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use super::super::context::{Inner, RemoteWake};
 use super::super::tx::Begun;
@@ -81,7 +82,7 @@ pub(super) async fn first_trip(
     let (started, read, states) = futures::join!(
         client.batch_execute("BEGIN"),
         eventstore::read_batch(client, from, &filter, inner.opts.live_batch),
-        lock_states(client, &names),
+        lock_states(client, &names, inner.hub.id()),
     );
     started?;
     Ok((read?, states?))
@@ -142,11 +143,14 @@ pub(super) struct LockedState {
 
 /// Tries each projection's lock and reads its state and whether events ahead of it are
 /// failing, in one statement; the batch's commit is made asynchronous on the way (a read
-/// model is derived data: a lost batch is applied again). The state may be read just before
-/// its lock was ours; `commit::save_positions` moves only rows still where they were read.
+/// model is derived data: a lost batch is applied again), and its position updates quiet
+/// while no other process's hub listens (`hub` is this process's; V26). The state may be
+/// read just before its lock was ours; `commit::save_positions` moves only rows still where
+/// they were read.
 pub(super) async fn lock_states(
     tx: &Client,
     names: &[&str],
+    hub: Uuid,
 ) -> Result<Vec<LockedState>, ProjectionError> {
     let stmt = tx
         .prepare_cached(
@@ -156,11 +160,12 @@ pub(super) async fn lock_states(
                     EXISTS (SELECT 1 FROM projections.failed_events f WHERE f.projection = s.name \
                               AND (f.event_tx, f.event_seq) > (s.position_tx, s.position_seq)), \
                     set_config('synchronous_commit', 'off', true) IS NOT NULL, \
-                    set_config('search_path', 'projections, public', true) IS NOT NULL \
+                    set_config('search_path', 'projections, public', true) IS NOT NULL, \
+                    (SELECT projections.quiet_progress($2)) \
                FROM projections.projection_states s WHERE s.name = ANY($1) ORDER BY s.name",
         )
         .await?;
-    let rows = tx.query(&stmt, &[&names]).await?;
+    let rows = tx.query(&stmt, &[&names, &hub]).await?;
     Ok(rows
         .iter()
         .map(|r| LockedState {
