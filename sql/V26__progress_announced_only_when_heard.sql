@@ -61,23 +61,19 @@ END
 $$;
 COMMENT ON FUNCTION projections.quiet_progress(uuid) IS 'For a live round of the process whose hub is own_hub: when no other process''s hub listens, its position updates send no progress NOTIFY in this transaction (its own hub hears of them directly). Holds the progress_hubs lock shared to the end of the transaction.';
 
-CREATE OR REPLACE FUNCTION projections.notify_progress() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'DELETE' THEN
-        PERFORM pg_notify('projection_progress', OLD.name || '/0/0/0/1');
-        RETURN OLD;
-    END IF;
-    -- A model that becomes complete again (it reached the end of the log at its reset) is
-    -- always announced: the round's own process learns that from the notification too.
-    IF TG_OP = 'UPDATE' AND OLD.complete_at_tx IS NULL
-       AND current_setting('portcullis.progress', true) = 'quiet' THEN
-        RETURN NEW;
-    END IF;
-    PERFORM pg_notify('projection_progress',
-        NEW.name || '/' || NEW.position_tx || '/' || NEW.position_seq || '/' || NEW.events_applied
-        || '/' || CASE WHEN NEW.complete_at_tx IS NULL THEN '0' ELSE '1' END);
-    RETURN NEW;
-END
-$$;
-COMMENT ON FUNCTION projections.notify_progress() IS 'NOTIFY projection_progress with name/tx/seq/events_applied/incomplete (1 while a reset model has not caught up) when a projection''s position changes; not for a live round that projections.quiet_progress() found unheard.';
+-- The progress trigger splits in two, so that a quiet round's position updates skip it in
+-- its WHEN clause and cost no call of notify_progress(). A model that becomes complete again
+-- (it reached the end of the log at its reset) is always announced: the round's own process
+-- learns that from the notification too.
+DROP TRIGGER projection_states_progress ON projections.projection_states;
+CREATE TRIGGER projection_states_progress
+    AFTER INSERT OR DELETE ON projections.projection_states
+    FOR EACH ROW EXECUTE FUNCTION projections.notify_progress();
+COMMENT ON TRIGGER projection_states_progress ON projections.projection_states IS 'Wakes waiters (ProgressHub) in every process when a projection is added or removed.';
+CREATE TRIGGER projection_states_progress_moved
+    AFTER UPDATE OF position_tx, position_seq ON projections.projection_states
+    FOR EACH ROW
+    WHEN (OLD.complete_at_tx IS NOT NULL
+          OR current_setting('portcullis.progress', true) IS DISTINCT FROM 'quiet')
+    EXECUTE FUNCTION projections.notify_progress();
+COMMENT ON TRIGGER projection_states_progress_moved ON projections.projection_states IS 'Wakes waiters (ProgressHub) in every process when a position moves; not for a live round that projections.quiet_progress() found unheard, unless it completes a reset model.';
