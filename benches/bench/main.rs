@@ -25,9 +25,19 @@ use std::time::Duration;
 /// On the runtime `portcullis serve` runs on (the clients share it), with as many worker
 /// threads as PORTCULLIS_WORKER_THREADS says, as for `serve`.
 fn main() {
-    let threads = std::env::var("PORTCULLIS_WORKER_THREADS")
-        .ok()
-        .map(|n| n.parse().expect("PORTCULLIS_WORKER_THREADS is a number"));
+    // The same range `serve` accepts: tokio panics on 0.
+    let threads =
+        std::env::var("PORTCULLIS_WORKER_THREADS")
+            .ok()
+            .map(|n| match n.parse::<usize>() {
+                Ok(t @ 1..=1024) => t,
+                _ => {
+                    eprintln!(
+                        "PORTCULLIS_WORKER_THREADS must be a number from 1 to 1024, not {n:?}"
+                    );
+                    std::process::exit(2)
+                }
+            });
     portcullis::app::runtime(threads)
         .expect("a tokio runtime")
         .block_on(run());
