@@ -25,22 +25,23 @@ use std::time::Duration;
 /// On the runtime `portcullis serve` runs on (the clients share it), with as many worker
 /// threads as PORTCULLIS_WORKER_THREADS says, as for `serve`.
 fn main() {
-    // The same range `serve` accepts: tokio panics on 0.
-    let threads =
-        std::env::var("PORTCULLIS_WORKER_THREADS")
-            .ok()
-            .map(|n| match n.parse::<usize>() {
-                Ok(t @ 1..=1024) => t,
-                _ => {
-                    eprintln!(
-                        "PORTCULLIS_WORKER_THREADS must be a number from 1 to 1024, not {n:?}"
-                    );
-                    std::process::exit(2)
-                }
-            });
+    let threads = std::env::var("PORTCULLIS_WORKER_THREADS")
+        .ok()
+        .map(worker_threads);
     portcullis::app::runtime(threads)
         .expect("a tokio runtime")
         .block_on(run());
+}
+
+/// PORTCULLIS_WORKER_THREADS in the range `serve` accepts (tokio panics on 0), or exit 2.
+fn worker_threads(n: String) -> usize {
+    match n.parse() {
+        Ok(t @ 1..=1024) => t,
+        _ => {
+            eprintln!("PORTCULLIS_WORKER_THREADS must be a number from 1 to 1024, not {n:?}");
+            std::process::exit(2)
+        }
+    }
 }
 
 async fn run() {
