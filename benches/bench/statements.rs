@@ -1,8 +1,11 @@
 //! One SCIM client creating users one after another, each read back: the latency a single
 //! provisioning client sees, and how many statements PostgreSQL runs per create (counted by
 //! pg_stat_statements across every connection of the service: the write, the projections'
-//! work, wake-ups and the read back).
+//! work, wake-ups and the read back). The baseline is an in-memory SCIM server in Python,
+//! driven by the same client in the same run.
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use portcullis::config::Config;
@@ -12,6 +15,94 @@ use serde_json::json;
 use crate::report::Report;
 
 const CREATES: usize = 200;
+
+/// The baseline server, beside this file.
+const INMEMORY_SCRIPT: &str = "benches/bench/inmemory_scim.py";
+
+/// A SCIM endpoint and the client that talks to it.
+struct Scim {
+    http: reqwest::Client,
+    base: String,
+    auth: String,
+}
+
+impl Scim {
+    /// Creates user `n` and reads it back by id; the milliseconds both took.
+    async fn create_and_read(&self, n: usize) -> f64 {
+        let start = Instant::now();
+        let body = json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": format!("single{n}@bench.example"),
+            "emails": [{"value": format!("single{n}@bench.example"), "type": "work", "primary": true}],
+        });
+        let res = (self.http.post(format!("{}/Users", self.base)))
+            .header("Authorization", &self.auth)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "{}", self.base);
+        let body: serde_json::Value = res.json().await.unwrap();
+        let id = body["id"].as_str().unwrap();
+        let got = (self.http.get(format!("{}/Users/{id}", self.base)))
+            .header("Authorization", &self.auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), 200, "{}", self.base);
+        got.bytes().await.unwrap();
+        start.elapsed().as_secs_f64() * 1000.0
+    }
+}
+
+/// Latencies, sorted.
+struct Percentiles(Vec<f64>);
+
+impl Percentiles {
+    fn of(mut all: Vec<f64>) -> Percentiles {
+        all.sort_by(f64::total_cmp);
+        Percentiles(all)
+    }
+
+    fn at(&self, q: f64) -> f64 {
+        self.0[((self.0.len() - 1) as f64 * q) as usize]
+    }
+}
+
+/// The in-memory Python SCIM server, killed when dropped.
+struct InMemory {
+    child: Child,
+    port: u16,
+}
+
+impl InMemory {
+    /// `None` when it does not start (no python3) or does not say its port.
+    fn start(token: &str) -> Option<InMemory> {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(INMEMORY_SCRIPT);
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(token)
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| eprintln!("python3 {INMEMORY_SCRIPT}: {e}"))
+            .ok()?;
+        // Killed on the way out (drop) when it does not say its port.
+        let mut server = InMemory { child, port: 0 };
+        let mut line = String::new();
+        BufReader::new(server.child.stdout.take()?)
+            .read_line(&mut line)
+            .ok()?;
+        server.port = line.trim().strip_prefix("port ")?.parse().ok()?;
+        Some(server)
+    }
+}
+
+impl Drop for InMemory {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 pub async fn run(server_url: &str, out: &mut Report) {
     let (db, url) = crate::scratch_database(server_url, "statements").await;
@@ -31,22 +122,24 @@ pub async fn run(server_url: &str, out: &mut Report) {
         )
         .await
         .unwrap();
-    let base = format!("http://{}/scim/v2/{}", served.addr, served.org);
-    let auth = format!("Bearer {}", served.token.token.expose_secret());
-    let http = reqwest::Client::new();
-    let create = |n: usize| {
-        let body = json!({
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
-            "userName": format!("single{n}@bench.example"),
-            "emails": [{"value": format!("single{n}@bench.example"), "type": "work", "primary": true}],
-        });
-        http.post(format!("{base}/Users"))
-            .header("Authorization", &auth)
-            .json(&body)
-            .send()
+    let portcullis = Scim {
+        http: reqwest::Client::new(),
+        base: format!("http://{}/scim/v2/{}", served.addr, served.org),
+        auth: format!("Bearer {}", served.token.token.expose_secret()),
     };
+    let python = tokio::task::spawn_blocking(|| InMemory::start("bench-token"))
+        .await
+        .unwrap();
+    let python_scim = python.as_ref().map(|p| Scim {
+        http: reqwest::Client::new(),
+        base: format!("http://127.0.0.1:{}/scim/v2", p.port),
+        auth: "Bearer bench-token".into(),
+    });
     for n in 0..20 {
-        create(n).await.unwrap();
+        portcullis.create_and_read(n).await;
+        if let Some(py) = &python_scim {
+            py.create_and_read(n).await;
+        }
     }
     let calls = "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
                  WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())";
@@ -56,21 +149,13 @@ pub async fn run(server_url: &str, out: &mut Report) {
             .await
             .unwrap();
     }
-    let mut latencies = Vec::with_capacity(CREATES);
+    // One after the other, so that the machine's changes of speed weigh on both alike.
+    let (mut ours, mut theirs) = (Vec::with_capacity(CREATES), Vec::with_capacity(CREATES));
     for n in 0..CREATES {
-        let start = Instant::now();
-        let res = create(1000 + n).await.unwrap();
-        assert_eq!(res.status(), 201);
-        let body: serde_json::Value = res.json().await.unwrap();
-        let id = body["id"].as_str().unwrap();
-        let got = http
-            .get(format!("{base}/Users/{id}"))
-            .header("Authorization", &auth)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(got.status(), 200);
-        latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+        ours.push(portcullis.create_and_read(1000 + n).await);
+        if let Some(py) = &python_scim {
+            theirs.push(py.create_and_read(1000 + n).await);
+        }
     }
     let statements = if counted {
         let total: i64 = admin.query_one(calls, &[]).await.unwrap().get(0);
@@ -93,23 +178,48 @@ pub async fn run(server_url: &str, out: &mut Report) {
     } else {
         "n/a (pg_stat_statements is not loaded)".into()
     };
-    latencies.sort_by(f64::total_cmp);
-    let pct = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    let ours = Percentiles::of(ours);
+    let mut rows = vec![vec![
+        "Portcullis".into(),
+        CREATES.to_string(),
+        format!("{:.2}", ours.at(0.5)),
+        format!("{:.2}", ours.at(0.99)),
+        statements,
+    ]];
+    let mut notes = vec!["Targets (issue 10): p50 <= 2.5 ms, <= 12 statements.".to_string()];
+    match python {
+        Some(_) => {
+            let theirs = Percentiles::of(theirs);
+            rows.push(vec![
+                "baseline: an in-memory Python SCIM server".into(),
+                CREATES.to_string(),
+                format!("{:.2}", theirs.at(0.5)),
+                format!("{:.2}", theirs.at(0.99)),
+                "none (no database)".into(),
+            ]);
+            notes.push(format!(
+                "Portcullis p50 / baseline p50: {:.2}. The baseline ({}) keeps users in a dict, \
+                 answers over HTTP/1.1 with the same client, and stores nothing; the two take \
+                 turns, one create and read back each.",
+                ours.at(0.5) / theirs.at(0.5),
+                INMEMORY_SCRIPT
+            ));
+        }
+        None => notes.push(format!(
+            "baseline: n/a ({INMEMORY_SCRIPT} did not start; it needs python3 on the PATH)."
+        )),
+    }
     out.section(
         "One client: POST /Users then GET it back, one after another",
         &[
+            "server",
             "creates",
             "p50 ms",
             "p99 ms",
             "statements per create (incl. read back)",
         ],
-        vec![vec![
-            CREATES.to_string(),
-            format!("{:.2}", pct(0.5)),
-            format!("{:.2}", pct(0.99)),
-            statements,
-        ]],
-        vec!["Targets (issue 10): p50 <= 2.5 ms, <= 12 statements.".into()],
+        rows,
+        notes,
     );
     served.stop().await;
     drop(admin);
