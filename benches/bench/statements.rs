@@ -35,7 +35,9 @@ impl Scim {
             "userName": format!("single{n}@bench.example"),
             "emails": [{"value": format!("single{n}@bench.example"), "type": "work", "primary": true}],
         });
-        let res = (self.http.post(format!("{}/Users", self.base)))
+        let res = self
+            .http
+            .post(format!("{}/Users", self.base))
             .header("Authorization", &self.auth)
             .json(&body)
             .send()
@@ -44,7 +46,9 @@ impl Scim {
         assert_eq!(res.status(), 201, "{}", self.base);
         let body: serde_json::Value = res.json().await.unwrap();
         let id = body["id"].as_str().unwrap();
-        let got = (self.http.get(format!("{}/Users/{id}", self.base)))
+        let got = self
+            .http
+            .get(format!("{}/Users/{id}", self.base))
             .header("Authorization", &self.auth)
             .send()
             .await
