@@ -14,7 +14,7 @@ const PAGE: usize = 100;
 const BIG_GROUP: usize = 99_000;
 const ADDED: usize = 1000;
 
-/// The org served over HTTP: base URL of its SCIM API and the bearer header.
+/// A SCIM API served over HTTP: its base URL and the bearer header.
 pub struct Api {
     pub http: reqwest::Client,
     pub base: String,
@@ -22,7 +22,7 @@ pub struct Api {
 }
 
 impl Api {
-    async fn get(&self, path: &str) -> Value {
+    pub async fn get(&self, path: &str) -> Value {
         let r = self
             .http
             .get(format!("{}{path}", self.base))

@@ -12,6 +12,7 @@ use portcullis::config::Config;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
+use crate::paging::Api;
 use crate::report::Report;
 
 const CREATES: usize = 200;
@@ -19,44 +20,27 @@ const CREATES: usize = 200;
 /// The baseline server, beside this file.
 const INMEMORY_SCRIPT: &str = "benches/bench/inmemory_scim.py";
 
-/// A SCIM endpoint and the client that talks to it.
-struct Scim {
-    http: reqwest::Client,
-    base: String,
-    auth: String,
-}
-
-impl Scim {
-    /// Creates user `n` and reads it back by id; the milliseconds both took.
-    async fn create_and_read(&self, n: usize) -> f64 {
-        let start = Instant::now();
-        let body = json!({
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
-            "userName": format!("single{n}@bench.example"),
-            "emails": [{"value": format!("single{n}@bench.example"), "type": "work", "primary": true}],
-        });
-        let res = self
-            .http
-            .post(format!("{}/Users", self.base))
-            .header("Authorization", &self.auth)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 201, "{}", self.base);
-        let body: serde_json::Value = res.json().await.unwrap();
-        let id = body["id"].as_str().unwrap();
-        let got = self
-            .http
-            .get(format!("{}/Users/{id}", self.base))
-            .header("Authorization", &self.auth)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(got.status(), 200, "{}", self.base);
-        got.bytes().await.unwrap();
-        start.elapsed().as_secs_f64() * 1000.0
-    }
+/// Creates user `n` and reads it back by id; the milliseconds both took.
+async fn create_and_read(api: &Api, n: usize) -> f64 {
+    let start = Instant::now();
+    let body = json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": format!("single{n}@bench.example"),
+        "emails": [{"value": format!("single{n}@bench.example"), "type": "work", "primary": true}],
+    });
+    let res = api
+        .http
+        .post(format!("{}/Users", api.base))
+        .header("Authorization", &api.auth)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", api.base);
+    let body: serde_json::Value = res.json().await.unwrap();
+    let id = body["id"].as_str().unwrap();
+    api.get(&format!("/Users/{id}")).await;
+    start.elapsed().as_secs_f64() * 1000.0
 }
 
 /// Latencies, sorted.
@@ -126,7 +110,7 @@ pub async fn run(server_url: &str, out: &mut Report) {
         )
         .await
         .unwrap();
-    let portcullis = Scim {
+    let portcullis = Api {
         http: reqwest::Client::new(),
         base: format!("http://{}/scim/v2/{}", served.addr, served.org),
         auth: format!("Bearer {}", served.token.token.expose_secret()),
@@ -134,15 +118,15 @@ pub async fn run(server_url: &str, out: &mut Report) {
     let python = tokio::task::spawn_blocking(|| InMemory::start("bench-token"))
         .await
         .unwrap();
-    let python_scim = python.as_ref().map(|p| Scim {
+    let python_scim = python.as_ref().map(|p| Api {
         http: reqwest::Client::new(),
         base: format!("http://127.0.0.1:{}/scim/v2", p.port),
         auth: "Bearer bench-token".into(),
     });
     for n in 0..20 {
-        portcullis.create_and_read(n).await;
+        create_and_read(&portcullis, n).await;
         if let Some(py) = &python_scim {
-            py.create_and_read(n).await;
+            create_and_read(py, n).await;
         }
     }
     let statements = statements_per_create(&admin, counted, &portcullis).await;
@@ -150,9 +134,9 @@ pub async fn run(server_url: &str, out: &mut Report) {
     // of speed weigh on both alike.
     let (mut ours, mut theirs) = (Vec::with_capacity(CREATES), Vec::with_capacity(CREATES));
     for n in 0..CREATES {
-        ours.push(portcullis.create_and_read(2000 + n).await);
+        ours.push(create_and_read(&portcullis, 2000 + n).await);
         if let Some(py) = &python_scim {
-            theirs.push(py.create_and_read(2000 + n).await);
+            theirs.push(create_and_read(py, 2000 + n).await);
         }
     }
     report(out, ours, python.map(|_| theirs), statements);
@@ -166,7 +150,7 @@ pub async fn run(server_url: &str, out: &mut Report) {
 async fn statements_per_create(
     admin: &tokio_postgres::Client,
     counted: bool,
-    portcullis: &Scim,
+    portcullis: &Api,
 ) -> String {
     if !counted {
         return "n/a (pg_stat_statements is not loaded)".into();
@@ -178,7 +162,7 @@ async fn statements_per_create(
     // Counted alone: the baseline's requests would stretch the run, and whatever the service
     // does on a timer meanwhile would be counted against these creates.
     for n in 0..CREATES {
-        portcullis.create_and_read(1000 + n).await;
+        create_and_read(portcullis, 1000 + n).await;
     }
     let calls = "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
                  WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())";
