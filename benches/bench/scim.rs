@@ -22,8 +22,6 @@ use crate::report::Report;
 const CLIENTS: usize = 16;
 const USERS: usize = 100_000;
 const GROUP_MEMBERS: usize = 1000;
-/// The service's read models, which every write waits for.
-const PROJECTIONS: [&str; 5] = ["users", "groups", "api_tokens", "event_counts", "orgs"];
 
 struct Stats {
     per_sec: f64,
@@ -183,6 +181,13 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
     let store = state.store.clone();
     let tok = issued.token.expose_secret().to_string();
 
+    // The service's read models, which a write waits for.
+    let projections: Vec<&str> = portcullis::read_models::all()
+        .iter()
+        .map(|p| p.name())
+        .collect();
+    let projections = &projections;
+
     // 100k users, written as the domain writes them but 500 to a push, then projected.
     let setup = Instant::now();
     let mut ids = Vec::with_capacity(USERS);
@@ -222,7 +227,7 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
     last = last.max(big.position);
     state
         .hub
-        .wait_for_all(&PROJECTIONS, last, Duration::from_secs(600))
+        .wait_for_all(projections, last, Duration::from_secs(600))
         .await
         .expect("projections catch up");
     let setup = setup.elapsed();
@@ -294,7 +299,7 @@ pub async fn run(server_url: &str, cell: Duration, out: &mut Report) {
         let written = *store.subscribe().borrow();
         state
             .hub
-            .wait_for_all(&PROJECTIONS, written, Duration::from_secs(60))
+            .wait_for_all(projections, written, Duration::from_secs(60))
             .await
             .expect("the read models catch up between turns");
     };
