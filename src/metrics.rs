@@ -42,6 +42,9 @@ pub struct Metrics {
     pub set_push_failures: IntCounter,
     /// From commit to a receiver's acknowledgement of a pushed SET.
     pub set_delay_seconds: prometheus::Histogram,
+    /// Live rounds that applied this process's own events without reading the log, by
+    /// outcome (applied, or declined: the database had others in between).
+    pub known_rounds: IntCounterVec,
     events_behind: GaugeVec,
     seconds_behind: GaugeVec,
     failed: GaugeVec,
@@ -86,6 +89,17 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 )
                 .buckets(wait_buckets),
                 &["projection", "outcome"],
+            )
+            .unwrap(),
+        ),
+        known_rounds: register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "portcullis_live_rounds_known_total",
+                    "Live projection rounds that applied events this process appended without reading them back, by outcome (applied, declined).",
+                ),
+                &["outcome"],
             )
             .unwrap(),
         ),

@@ -14,12 +14,19 @@
 //! a creation runs at ~90% of a bare INSERT (a CTE form at ~80%), and a claiming creation at
 //! about a quarter more per second than through eventstore.append.
 
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
 use postgres_types::{to_sql_checked, IsNull, Json, ToSql, Type};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::error::StoreError;
-use super::types::{Append, ExpectedVersion, NotifyMode, StoreOptions, UniqueValue};
+use super::position::Position;
+use super::types::{
+    Aggregate, Append, ExpectedVersion, NewEvent, NotifyMode, StoreOptions, StoredEvent,
+    UniqueValue,
+};
 
 const APPEND_SQL: &str = "SELECT tx, seqs FROM eventstore.append($1::jsonb, $2, $3, $4, $5, $6)";
 
@@ -29,7 +36,7 @@ const CREATE_ONE_SQL: &str = "INSERT INTO eventstore.events \
      SELECT (SELECT eventstore.current_tx()), $1, $2, $3, e.v, e.t, e.p, e.m \
        FROM unnest($4::text[], $5::jsonb[], $6::jsonb[]) WITH ORDINALITY AS e(t, p, m, v) \
       WHERE (SELECT set_config('portcullis.notify', CASE WHEN $7 THEN 'on' ELSE 'off' END, true)) IS NOT NULL \
-     RETURNING tx, seq";
+     RETURNING tx, seq, created_at, aggregate_id, version";
 
 const CREATE_SQL: &str = "INSERT INTO eventstore.events \
        (tx, org_id, aggregate_type, aggregate_id, version, event_type, payload, metadata) \
@@ -37,7 +44,7 @@ const CREATE_SQL: &str = "INSERT INTO eventstore.events \
        FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::bigint[], $5::text[], $6::jsonb[], $7::jsonb[]) \
             AS e(o, a, i, v, t, p, m) \
       WHERE (SELECT set_config('portcullis.notify', CASE WHEN $8 THEN 'on' ELSE 'off' END, true)) IS NOT NULL \
-     RETURNING tx, seq";
+     RETURNING tx, seq, created_at, aggregate_id, version";
 
 /// CREATE_SQL after the claims ($9..$14, one row per claimed value); the events' WHERE holds
 /// until every claim was inserted.
@@ -59,7 +66,7 @@ const CREATE_CLAIMING_SQL: &str = "WITH claimed AS ( \
       WHERE (SELECT set_config('portcullis.notify', CASE WHEN $8 THEN 'on' ELSE 'off' END, true)) IS NOT NULL \
         AND (SELECT CASE WHEN h.n = cardinality($10::text[]) THEN true \
                          ELSE eventstore.claims_taken($10, $11, h.names, h.vals) END FROM held h) \
-     RETURNING tx, seq";
+     RETURNING tx, seq, created_at, aggregate_id, version";
 
 /// The parameters of the statement that appends a push, borrowed from the appends.
 pub(super) struct Encoded<'a> {
@@ -73,13 +80,15 @@ pub(super) struct Encoded<'a> {
     creations: Option<Creations<'a>>,
 }
 
-/// Per event: the columns eventstore.append would have worked out; per claim, its row.
+/// Per event: the columns eventstore.append would have worked out, and the event with its
+/// metadata as stored (for [`Encoded::known`]); per claim, its row.
 #[derive(Default)]
 struct Creations<'a> {
     orgs: Vec<Uuid>,
     atypes: Vec<&'a str>,
     aids: Vec<Uuid>,
     versions: Vec<i64>,
+    events: Vec<(&'a NewEvent, Value)>,
     claims: Claims<'a>,
 }
 
@@ -167,9 +176,45 @@ impl<'a> Encoded<'a> {
                     }
                     out.push(json);
                 }
+                if let Some(c) = &mut e.creations {
+                    c.events.push((ev, metadata));
+                }
             }
         }
         Ok(e)
+    }
+
+    /// The events a creating push wrote, as the log holds them, from the rows its INSERT
+    /// returned; `None` for a push through eventstore.append (its versions and timestamps
+    /// were worked out in SQL), and for one too large to keep (`recent`).
+    pub(super) fn known(&self, rows: &[tokio_postgres::Row]) -> Option<Vec<StoredEvent>> {
+        let c = self
+            .creations
+            .as_ref()
+            .filter(|c| c.events.len() <= super::recent::PUSH_EVENTS)?;
+        let mut at: HashMap<(Uuid, i64), (Position, DateTime<Utc>)> = HashMap::new();
+        for r in rows {
+            let position = Position::from_sql(r.try_get(0).ok()?, r.try_get(1).ok()?);
+            at.insert(
+                (r.try_get(3).ok()?, r.try_get(4).ok()?),
+                (position, r.try_get(2).ok()?),
+            );
+        }
+        let mut events = Vec::with_capacity(c.events.len());
+        for (k, (ev, metadata)) in c.events.iter().enumerate() {
+            let (position, created_at) = *at.get(&(c.aids[k], c.versions[k]))?;
+            events.push(StoredEvent {
+                position,
+                org_id: c.orgs[k],
+                aggregate: Aggregate::new(c.atypes[k], c.aids[k]),
+                version: c.versions[k] as u64,
+                event_type: ev.event_type.clone(),
+                payload: ev.payload.clone(),
+                metadata: metadata.clone(),
+                created_at,
+            });
+        }
+        Some(events)
     }
 
     pub(super) fn sql(&self) -> &'static str {

@@ -8,6 +8,7 @@ mod error;
 mod notify;
 mod position;
 mod read;
+mod recent;
 mod store;
 mod types;
 

@@ -1,4 +1,5 @@
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -19,7 +20,7 @@ const COALESCE_INTERVAL: Duration = Duration::from_millis(5);
 
 pub(crate) struct Waker {
     local: watch::Sender<Position>,
-    shared: std::sync::Arc<Shared>,
+    shared: Arc<Shared>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -31,7 +32,7 @@ struct Shared {
 impl Waker {
     pub(crate) fn start(pool: Pool, mode: NotifyMode) -> Self {
         let (local, _) = watch::channel(Position::ZERO);
-        let shared = std::sync::Arc::new(Shared {
+        let shared = Arc::new(Shared {
             pending: Notify::new(),
             latest: Mutex::new(Position::ZERO),
         });
@@ -49,9 +50,9 @@ impl Waker {
     }
 
     pub(crate) fn wake(&self, pos: Position) {
-        // Every commit wakes the readers, also one below the highest position: it may have
-        // been the transaction that held the horizon back.
-        self.local.send_modify(|cur| *cur = (*cur).max(pos));
+        if HELD.try_with(|h| h.hold(pos)).is_err() {
+            self.wake_local(pos);
+        }
         if self.task.is_some() {
             let mut latest = self.shared.latest.lock().unwrap_or_else(|e| e.into_inner());
             if pos > *latest {
@@ -61,6 +62,55 @@ impl Waker {
             self.shared.pending.notify_one();
         }
     }
+
+    fn wake_local(&self, pos: Position) {
+        // Every commit wakes the readers, also one below the highest position: it may have
+        // been the transaction that held the horizon back.
+        self.local.send_modify(|cur| *cur = (*cur).max(pos));
+    }
+
+    /// Wakes this process's readers for what the current task's [`holding`] held back.
+    pub(crate) fn release(&self) {
+        if let Some(pos) = HELD.try_with(|h| h.take()).ok().flatten() {
+            self.wake_local(pos);
+        }
+    }
+}
+
+tokio::task_local! {
+    static HELD: Arc<Held>;
+}
+
+/// The highest position a task pushed while its wake-ups were held.
+#[derive(Default)]
+struct Held(Mutex<Option<Position>>);
+
+impl Held {
+    fn hold(&self, pos: Position) {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *held = Some(held.map_or(pos, |p| p.max(pos)));
+    }
+
+    fn take(&self) -> Option<Position> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Runs `f` with the in-process wake-ups of its pushes held back until it calls
+/// [`Waker::release`], or ends (also when it is dropped half-way). Other processes are
+/// woken as usual.
+pub(crate) async fn holding<F: Future>(waker: Arc<Waker>, f: F) -> F::Output {
+    struct Release(Arc<Held>, Arc<Waker>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            if let Some(pos) = self.0.take() {
+                self.1.wake_local(pos);
+            }
+        }
+    }
+    let held = Arc::new(Held::default());
+    let _release = Release(held.clone(), waker);
+    HELD.scope(held, f).await
 }
 
 impl Drop for Waker {
@@ -73,7 +123,7 @@ impl Drop for Waker {
 
 /// Sends the coalesced NOTIFY: wakes on the first append after the last one sent, keeps to
 /// the interval (appends meanwhile ride along), retries with backoff when the database fails.
-async fn coalesce(pool: Pool, shared: std::sync::Arc<Shared>) {
+async fn coalesce(pool: Pool, shared: Arc<Shared>) {
     let mut last_sent = Instant::now() - COALESCE_INTERVAL;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     loop {

@@ -12,7 +12,10 @@ use super::error::StoreError;
 use super::notify::Waker;
 use super::position::Position;
 use super::read::load_version;
-use super::types::{valid_aggregate_type, valid_event_type, Append, Pushed, StoreOptions};
+use super::recent::Recent;
+use super::types::{
+    valid_aggregate_type, valid_event_type, Append, Pushed, StoreOptions, StoredEvent,
+};
 
 /// Appends events and wakes readers. Cheap to clone; clones share the wake-up machinery.
 #[derive(Clone)]
@@ -20,6 +23,7 @@ pub struct EventStore {
     pool: Pool,
     opts: StoreOptions,
     waker: Arc<Waker>,
+    recent: Arc<Recent>,
 }
 
 impl EventStore {
@@ -27,7 +31,12 @@ impl EventStore {
     /// the cross-process wake-ups.
     pub fn new(pool: Pool, opts: StoreOptions) -> Self {
         let waker = Arc::new(Waker::start(pool.clone(), opts.notify));
-        EventStore { pool, opts, waker }
+        EventStore {
+            pool,
+            opts,
+            waker,
+            recent: Arc::default(),
+        }
     }
 
     pub fn pool(&self) -> &Pool {
@@ -48,15 +57,44 @@ impl EventStore {
     pub async fn push(&self, appends: &[Append]) -> Result<Pushed, StoreError> {
         let encoded = self.encode(appends)?;
         let rows = {
+            let _sending = self.recent.sending();
             let client = self.pool.get().await?;
             let append = client.prepare_cached(encoded.sql()).await?;
             client.query(&append, &encoded.params()).await
         };
+        let known = rows.as_ref().ok().and_then(|rows| encoded.known(rows));
         // The connection is back in the pool before decode, which may take one to read the
         // version after a conflict (holding two at once starves the pool under contention).
         let pushed = self.decode(rows).await?;
-        self.committed(&pushed);
+        self.recent.record(pushed.last(), known);
+        self.wake(&pushed);
         Ok(pushed)
+    }
+
+    /// Runs `f` with the in-process wake-ups of its pushes held back until it calls
+    /// [`EventStore::release_wakes`] (or ends, or is dropped): a writer that hands the live
+    /// round something to carry for it (a read back) hands it over before the round starts.
+    /// Other processes are woken as usual.
+    pub async fn holding_wakes<F: std::future::Future>(&self, f: F) -> F::Output {
+        super::notify::holding(self.waker.clone(), f).await
+    }
+
+    /// Wakes this process's readers for the pushes the current task made while
+    /// [`EventStore::holding_wakes`]; outside of it, does nothing.
+    pub fn release_wakes(&self) {
+        self.waker.release();
+    }
+
+    /// Every event this process appended after `after`, in log order, when it knows all of
+    /// them without reading the log (see `recent`); `None` otherwise. Another process's
+    /// events in between are not known here: whoever uses these must check for them.
+    pub fn pushed_after(&self, after: Position) -> Option<Vec<StoredEvent>> {
+        self.recent.after(after)
+    }
+
+    /// How many of this process's appends are on their way now.
+    pub fn appends_in_flight(&self) -> usize {
+        self.recent.in_flight()
     }
 
     /// Appends inside the caller's transaction (for writes that must commit together with
@@ -124,8 +162,14 @@ impl EventStore {
         Ok(Pushed { positions })
     }
 
-    /// Wakes this process's readers at once and, in coalesced mode, other processes soon after.
+    /// After the commit of a [`EventStore::push_in`]: wakes this process's readers at once
+    /// and, in coalesced mode, other processes soon after.
     pub fn committed(&self, pushed: &Pushed) {
+        self.recent.record(pushed.last(), None);
+        self.wake(pushed);
+    }
+
+    fn wake(&self, pushed: &Pushed) {
         crate::metrics::metrics()
             .events_appended
             .inc_by(pushed.positions.len() as u64);

@@ -3,7 +3,7 @@
 //! takes, and what a batch reports. The runner, the live round, the rebuilder and failure
 //! isolation all build on it; it imports none of them.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +79,17 @@ pub(super) struct Inner {
     pub(super) rebuilds: watch::Sender<u64>,
     /// Reads that ride along the live round's COMMIT.
     pub(super) riders: Riders,
+    /// No other process's progress hub listened at the last live round: the live round may
+    /// then apply this process's own events without reading them (`live::known`).
+    pub(super) alone: AtomicBool,
+    pub(super) known_rounds: KnownRounds,
+}
+
+/// How many live rounds applied known events, and how many found others in between.
+#[derive(Default)]
+pub(super) struct KnownRounds {
+    pub(super) applied: AtomicU64,
+    pub(super) declined: AtomicU64,
 }
 
 impl Inner {

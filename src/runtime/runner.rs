@@ -87,6 +87,8 @@ impl Projector {
             commits: watch::channel(0).0,
             rebuilds: watch::channel(0).0,
             riders: Default::default(),
+            alone: AtomicBool::new(false),
+            known_rounds: Default::default(),
         });
         let (remote_tx, remote_rx) = watch::channel(RemoteWake::default());
         let mut listening = remote_rx.clone();
@@ -149,6 +151,16 @@ impl Projector {
     /// Lets `reader`'s reads ride along the live rounds (see `ride`) for as long as it lives.
     pub fn ride_with(&self, reader: std::sync::Weak<dyn super::RoundRead>) {
         self.inner.riders.add(reader);
+    }
+
+    /// How many live rounds applied events this process knew without reading them, and how
+    /// many tried and found they had to read the log (see `live::known`).
+    pub fn known_rounds(&self) -> (u64, u64) {
+        let k = &self.inner.known_rounds;
+        (
+            k.applied.load(Ordering::Relaxed),
+            k.declined.load(Ordering::Relaxed),
+        )
     }
 
     /// Runs the projection's runner now (after a reset, a retry, or a moved test clock).

@@ -171,7 +171,10 @@ async fn written(
     let q = &answer.query;
     let sel = selection(rt, q);
     let mut read = None;
-    if let Some(ride) = answer.readbacks.ride(rt, ctx, w.id, &sel, w.position) {
+    let ride = answer.readbacks.ride(rt, ctx, w.id, &sel, w.position);
+    // The live round may begin now: the read back is in its queue.
+    state.store.release_wakes();
+    if let Some(ride) = ride {
         let reached = wait_after_write(state, w.position);
         let row = answer.readbacks.answer(ride, reached).await?;
         read = row.and_then(|r| read::rendered(rt, ctx, r, &sel));
@@ -223,8 +226,13 @@ pub async fn create(
     answer: Answer,
     Body(body): Body,
 ) -> Result<Response, ScimError> {
-    let w = write::create(&state, ctx.org, rt, &body).await?;
-    written(&state, &ctx, rt, w, StatusCode::CREATED, answer).await
+    state
+        .store
+        .holding_wakes(async {
+            let w = write::create(&state, ctx.org, rt, &body).await?;
+            written(&state, &ctx, rt, w, StatusCode::CREATED, answer).await
+        })
+        .await
 }
 
 /// `PUT /{resource}/{id}`.
@@ -237,8 +245,13 @@ pub async fn replace(
     answer: Answer,
     Body(body): Body,
 ) -> Result<Response, ScimError> {
-    let w = write::replace(&state, ctx.org, rt, &id, if_match(&headers)?, &body).await?;
-    written(&state, &ctx, rt, w, StatusCode::OK, answer).await
+    state
+        .store
+        .holding_wakes(async {
+            let w = write::replace(&state, ctx.org, rt, &id, if_match(&headers)?, &body).await?;
+            written(&state, &ctx, rt, w, StatusCode::OK, answer).await
+        })
+        .await
 }
 
 /// `PATCH /{resource}/{id}`.
@@ -251,8 +264,13 @@ pub async fn patch(
     answer: Answer,
     Body(body): Body,
 ) -> Result<Response, ScimError> {
-    let w = write::patch(&state, ctx.org, rt, &id, if_match(&headers)?, &body).await?;
-    written(&state, &ctx, rt, w, StatusCode::OK, answer).await
+    state
+        .store
+        .holding_wakes(async {
+            let w = write::patch(&state, ctx.org, rt, &id, if_match(&headers)?, &body).await?;
+            written(&state, &ctx, rt, w, StatusCode::OK, answer).await
+        })
+        .await
 }
 
 /// `DELETE /{resource}/{id}`.

@@ -843,3 +843,112 @@ async fn creating_one_aggregate_twice_is_a_conflict_even_concurrently() {
     assert_eq!(ok, 1);
     assert_eq!(count_events(&db).await, 2);
 }
+
+#[tokio::test]
+async fn a_writer_holds_its_wakes_until_it_releases_them_or_ends() {
+    let db = TestDb::new().await;
+    let store = db.store(opts(NotifyMode::Coalesced));
+    let org = Uuid::new_v4();
+    let mut woken = store.subscribe();
+    woken.borrow_and_update();
+
+    let second = store
+        .holding_wakes(async {
+            let first = store
+                .push(&[added(org, Uuid::new_v4(), "a")])
+                .await
+                .unwrap();
+            assert!(
+                !woken.has_changed().unwrap(),
+                "held while the writer holds it"
+            );
+            store.release_wakes();
+            assert_eq!(*woken.borrow_and_update(), first.last());
+            let second = store
+                .push(&[added(org, Uuid::new_v4(), "b")])
+                .await
+                .unwrap();
+            assert!(
+                !woken.has_changed().unwrap(),
+                "held again after the release"
+            );
+            second.last()
+        })
+        .await;
+    assert_eq!(
+        *woken.borrow_and_update(),
+        second,
+        "woken when the writer ended"
+    );
+
+    // A writer dropped half-way (a client that went away) wakes the readers too.
+    let (pushed, on_pushed) = tokio::sync::oneshot::channel();
+    let writer = store.holding_wakes(async {
+        let p = store
+            .push(&[added(org, Uuid::new_v4(), "c")])
+            .await
+            .unwrap();
+        let _ = pushed.send(p.last());
+        std::future::pending::<()>().await
+    });
+    let third = tokio::select! {
+        _ = writer => unreachable!("the writer never ends"),
+        p = on_pushed => p.unwrap(),
+    };
+    assert_eq!(*woken.borrow_and_update(), third);
+
+    // Outside a writer's hold nothing is held.
+    let fourth = store
+        .push(&[added(org, Uuid::new_v4(), "d")])
+        .await
+        .unwrap();
+    assert_eq!(*woken.borrow_and_update(), fourth.last());
+}
+
+#[tokio::test]
+async fn the_store_knows_its_own_creations_as_the_log_holds_them() {
+    let db = TestDb::new().await;
+    let store = db.store(opts(NotifyMode::Coalesced));
+    let org = Uuid::new_v4();
+    let start = store
+        .push(&[added(org, Uuid::new_v4(), "first")])
+        .await
+        .unwrap();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let two = Append::new(org, user(b), ExpectedVersion::NEW)
+        .event(NewEvent::new(
+            "user.added",
+            json!({"z": 1, "a": [1.5, "ü"]}),
+        ))
+        .event(NewEvent::new("user.changed", json!({"set": {"y": null}})))
+        .claim(UniqueValue::case_insensitive("user_name", "two"));
+    store.push(&[added(org, a, "one"), two]).await.unwrap();
+    let known = store
+        .pushed_after(start.last())
+        .expect("creations are known");
+    let client = store.pool().get().await.unwrap();
+    let filter = EventFilter::default();
+    // Read below the horizon, which another test's open transaction may hold back a while.
+    let logged = eventually(
+        "the push below the horizon",
+        Duration::from_secs(30),
+        || {
+            let (client, filter, after) = (&client, &filter, start.last());
+            async move {
+                let events = eventstore::read_after(client, after, filter, 100)
+                    .await
+                    .unwrap();
+                (events.len() >= 3).then_some(events)
+            }
+        },
+    )
+    .await;
+    assert_eq!(known, logged, "what the store knows is what the log holds");
+    assert_eq!(known.len(), 3);
+
+    // An update's versions are worked out in SQL: past it nothing is known until it is read.
+    let update = Append::new(org, user(a), ExpectedVersion::Any)
+        .event(NewEvent::new("user.changed", json!({})));
+    store.push(&[update]).await.unwrap();
+    assert!(store.pushed_after(start.last()).is_none());
+}

@@ -11,6 +11,7 @@ mod dashboard;
 mod eventstore;
 mod faults;
 mod http;
+mod known_rounds;
 mod ops;
 mod progress;
 mod projections;

@@ -194,7 +194,7 @@ async fn push_all(store: &EventStore, events: &[Ev]) -> Position {
 }
 
 /// Every read model as text, without what differs between two databases (times, positions).
-async fn models(db: &TestDb) -> Vec<String> {
+pub(crate) async fn models(db: &TestDb) -> Vec<String> {
     let c = db.client().await;
     let queries = [
         "SELECT user_id, org_id, user_name, external_id, display_name, active, doc, version, verified_email FROM projections.users ORDER BY user_id",

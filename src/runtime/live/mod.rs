@@ -9,9 +9,11 @@
 //! that ride along it (`ride`). Under a stream of writes the next round's first trip goes out
 //! behind that COMMIT too, so rounds follow one another every two round trips; when every
 //! projection's writes go out at once, the COMMIT goes with them (`commit`): one round trip
-//! a round.
+//! a round. A round whose events this process appended itself skips the read, and with it
+//! the first trip (`known`).
 
 mod commit;
+mod known;
 mod trip;
 
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use self::commit::apply_and_commit;
+use self::known::Known;
 use self::trip::{end_early, open, Heard, LockedState, Opened, Plan};
 use super::context::{Inner, RemoteWake};
 use super::ProjectionError;
@@ -117,8 +120,11 @@ impl Wakes {
                     }
                     let announced = self.remote.borrow_and_update().position;
                     newest = newest.max(announced);
-                    // Our own commits come back this way too: only news wakes a round.
-                    if announced >= read_up_to {
+                    // Our own commits come back this way too: only news wakes a round. A
+                    // round read up to an event's position (a round from known events) or
+                    // to the horizon (seq 0, which no event has): one announced at exactly
+                    // that position was in it.
+                    if announced > read_up_to {
                         return newest;
                     }
                 }
@@ -145,9 +151,12 @@ async fn round(
 ) -> Result<(Position, Option<Opened>), ProjectionError> {
     let opened = match opened {
         Some(o) => o,
-        None => match open(inner).await? {
-            Some(o) => o,
-            None => return Ok((Position::ZERO, None)),
+        None => match known::round(inner, heard).await? {
+            Known::Applied(reached) => return Ok((reached, None)),
+            Known::Read => match open(inner).await? {
+                Some(o) => o,
+                None => return Ok((Position::ZERO, None)),
+            },
         },
     };
     let Opened {

@@ -85,7 +85,11 @@ pub(super) async fn first_trip(
         lock_states(client, &names, inner.hub.id()),
     );
     started?;
-    Ok((read?, states?))
+    let states = states?;
+    if let Some(s) = states.first() {
+        inner.alone.store(s.quiet, Ordering::SeqCst);
+    }
+    Ok((read?, states))
 }
 
 /// The projections that follow the log live now, and where the round reads from: the lowest
@@ -139,6 +143,8 @@ pub(super) struct LockedState {
     pub(super) locked: bool,
     pub(super) position: Position,
     pub(super) failing: bool,
+    /// No other process's hub listens (projections.quiet_progress; the same in every row).
+    pub(super) quiet: bool,
 }
 
 /// Tries each projection's lock and reads its state and whether events ahead of it are
@@ -173,6 +179,7 @@ pub(super) async fn lock_states(
             locked: r.get(1),
             position: Position::from_sql(r.get(2), r.get(3)),
             failing: r.get(4),
+            quiet: r.get(7),
         })
         .collect())
 }
