@@ -13,7 +13,7 @@
 //! this process's appends is on its way (it may hold the horizon back), and every projection
 //! sends its writes at once.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
@@ -23,7 +23,7 @@ use super::super::ride::Deliver;
 use super::super::tx::Begun;
 use super::super::ProjectionError;
 use super::commit::{apply, commit, publish, BehindCommit, Committed};
-use super::trip::{end_early, live_now, union_of_types, Heard, Plan};
+use super::trip::{end_early, live_now, of_types, union_of_types, Heard, Plan};
 use crate::eventstore::{Position, StoredEvent};
 
 const CHECK_SQL: &str = "SELECT projections.known_round($1, $2, $3, $4, $5, $6, $7, $8)";
@@ -52,11 +52,7 @@ pub(super) async fn round(inner: &Inner, heard: &Heard) -> Result<Known, Project
         return Ok(Known::Read);
     };
     let types = union_of_types(inner, &c.live);
-    let expected = c
-        .events
-        .iter()
-        .filter(|e| types.as_ref().is_none_or(|t| t.contains(&e.event_type)))
-        .count() as i64;
+    let expected = c.events.iter().filter(|e| of_types(&types, e)).count() as i64;
     let begun = Begun::new(inner.pool.get().await?);
     // Prepared first, so that it goes out ahead of the writes and the COMMIT.
     let check = begun.client().prepare_cached(CHECK_SQL).await?;
@@ -76,29 +72,28 @@ pub(super) async fn round(inner: &Inner, heard: &Heard) -> Result<Known, Project
             publish(inner, &plans, reached, answers);
             begun.release();
             inner.alone.store(quiet, Ordering::SeqCst);
-            counts.applied.fetch_add(1, Ordering::Relaxed);
-            known_rounds("applied");
+            count(&counts.applied, "applied");
             Ok(Known::Applied(reached))
         }
-        Err(Unsent::Commit) => {
-            end_early(begun);
-            counts.declined.fetch_add(1, Ordering::Relaxed);
-            known_rounds("declined");
-            Ok(Known::Read)
-        }
-        Err(Unsent::Writes { connection_ok }) => {
-            match connection_ok {
-                true => begun.release(),
-                false => drop(begun), // closes it
+        Err(unsent) => {
+            match unsent {
+                Unsent::Commit => end_early(begun),
+                Unsent::Writes {
+                    connection_ok: true,
+                } => begun.release(),
+                Unsent::Writes {
+                    connection_ok: false,
+                } => drop(begun), // closes it
             }
-            counts.declined.fetch_add(1, Ordering::Relaxed);
-            known_rounds("declined");
+            count(&counts.declined, "declined");
             Ok(Known::Read)
         }
     }
 }
 
-fn known_rounds(outcome: &str) {
+/// Counts a round for `Projector::known_rounds` and for the metric.
+fn count(counter: &AtomicU64, outcome: &str) {
+    counter.fetch_add(1, Ordering::Relaxed);
     crate::metrics::metrics()
         .known_rounds
         .with_label_values(&[outcome])
@@ -131,11 +126,7 @@ fn plans<'a>(inner: &Inner, c: &'a Candidate) -> Option<Vec<Plan<'a>>> {
     for &i in &c.live {
         let projection = &inner.projections[i].0;
         let types = projection.event_types();
-        let events: Vec<&StoredEvent> = c
-            .events
-            .iter()
-            .filter(|e| types.as_ref().is_none_or(|t| t.contains(&e.event_type)))
-            .collect();
+        let events: Vec<&StoredEvent> = c.events.iter().filter(|e| of_types(&types, e)).collect();
         if !events.is_empty() && !projection.sends_at_once(&events) {
             return None;
         }

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use self::commit::apply_and_commit;
 use self::known::Known;
-use self::trip::{end_early, open, Heard, LockedState, Opened, Plan};
+use self::trip::{end_early, of_types, open, Heard, LockedState, Opened, Plan};
 use super::context::{Inner, RemoteWake};
 use super::ProjectionError;
 use crate::backoff::Backoff;
@@ -224,7 +224,7 @@ fn plan<'a>(
             .events
             .iter()
             .filter(|e| e.position > state.position)
-            .filter(|e| types.as_ref().is_none_or(|t| t.contains(&e.event_type)))
+            .filter(|e| of_types(&types, e))
             .collect();
         plans.push(Plan {
             index: i,

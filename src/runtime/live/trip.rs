@@ -128,6 +128,11 @@ pub(super) fn end_early(begun: Begun) {
     });
 }
 
+/// Whether `event` is of `types` (`None`: every type), as `Projection::event_types` says.
+pub(super) fn of_types(types: &Option<Vec<String>>, event: &StoredEvent) -> bool {
+    types.as_ref().is_none_or(|t| t.contains(&event.event_type))
+}
+
 pub(super) fn union_of_types(inner: &Inner, live: &[usize]) -> Option<Vec<String>> {
     let mut all = Vec::new();
     for &i in live {
