@@ -121,6 +121,9 @@ impl Drop for Waker {
     }
 }
 
+/// The coalesced wake-up, committed without waiting for the WAL flush (see [`coalesce`]).
+const NOTIFY_SQL: &str = "SELECT pg_notify($1, $2), set_config('synchronous_commit', 'off', true)";
+
 /// Sends the coalesced NOTIFY: wakes on the first append after the last one sent, keeps to
 /// the interval (appends meanwhile ride along), retries with backoff when the database fails.
 async fn coalesce(pool: Pool, shared: Arc<Shared>) {
@@ -136,12 +139,11 @@ async fn coalesce(pool: Pool, shared: Arc<Shared>) {
             // A NOTIFY holds a cluster-wide lock from its commit through the WAL flush, and
             // every live round's commit NOTIFYs too. A wake-up needs no durability (a
             // listener catches up by reading after every reconnect), so its commit does not
-            // wait for the flush.
+            // wait for the flush. Prepared once per connection: unprepared, every wake-up
+            // would cost a round trip to parse it first, and a Close.
+            let notify = client.prepare_cached(NOTIFY_SQL).await?;
             client
-                .execute(
-                    "SELECT pg_notify($1, $2), set_config('synchronous_commit', 'off', true)",
-                    &[&EVENTS_CHANNEL, &pos.to_string()],
-                )
+                .execute(&notify, &[&EVENTS_CHANNEL, &pos.to_string()])
                 .await
                 .map_err(StoreError::from)
         }
