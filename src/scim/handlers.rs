@@ -159,6 +159,26 @@ pub async fn get_one(
     ))
 }
 
+/// Runs `write`, then answers with the resource as [`written`] reads it back. The write's
+/// in-process wake-ups are held until its read back is queued, so that the live round they
+/// start carries it.
+async fn answer_write(
+    state: &AppState,
+    ctx: &Ctx,
+    rt: &'static ResourceType,
+    write: impl std::future::Future<Output = Result<crate::domain::Written, ScimError>>,
+    status: StatusCode,
+    answer: Answer,
+) -> Result<Response, ScimError> {
+    state
+        .store
+        .holding_wakes(async {
+            let w = write.await?;
+            written(state, ctx, rt, w, status, answer).await
+        })
+        .await
+}
+
 /// After a write: wait for the read models, read the resource back, answer with it.
 async fn written(
     state: &AppState,
@@ -226,13 +246,8 @@ pub async fn create(
     answer: Answer,
     Body(body): Body,
 ) -> Result<Response, ScimError> {
-    state
-        .store
-        .holding_wakes(async {
-            let w = write::create(&state, ctx.org, rt, &body).await?;
-            written(&state, &ctx, rt, w, StatusCode::CREATED, answer).await
-        })
-        .await
+    let write = write::create(&state, ctx.org, rt, &body);
+    answer_write(&state, &ctx, rt, write, StatusCode::CREATED, answer).await
 }
 
 /// `PUT /{resource}/{id}`.
@@ -245,13 +260,8 @@ pub async fn replace(
     answer: Answer,
     Body(body): Body,
 ) -> Result<Response, ScimError> {
-    state
-        .store
-        .holding_wakes(async {
-            let w = write::replace(&state, ctx.org, rt, &id, if_match(&headers)?, &body).await?;
-            written(&state, &ctx, rt, w, StatusCode::OK, answer).await
-        })
-        .await
+    let write = write::replace(&state, ctx.org, rt, &id, if_match(&headers)?, &body);
+    answer_write(&state, &ctx, rt, write, StatusCode::OK, answer).await
 }
 
 /// `PATCH /{resource}/{id}`.
@@ -264,13 +274,8 @@ pub async fn patch(
     answer: Answer,
     Body(body): Body,
 ) -> Result<Response, ScimError> {
-    state
-        .store
-        .holding_wakes(async {
-            let w = write::patch(&state, ctx.org, rt, &id, if_match(&headers)?, &body).await?;
-            written(&state, &ctx, rt, w, StatusCode::OK, answer).await
-        })
-        .await
+    let write = write::patch(&state, ctx.org, rt, &id, if_match(&headers)?, &body);
+    answer_write(&state, &ctx, rt, write, StatusCode::OK, answer).await
 }
 
 /// `DELETE /{resource}/{id}`.
