@@ -207,17 +207,9 @@ async fn written(
             .by_id_at(rt, ctx, w.id, &sel, w.position)
             .await?;
     }
-    let Some((resource, version)) = read else {
-        // Deleted meanwhile, or the model lost the write in a crash of PostgreSQL.
-        let client = state.pool.get().await?;
-        return Err(match super::wait::confirm(&client, w.position).await? {
-            Err(ScimError::NotCaughtUp(error)) => ScimError::NotVisibleYet {
-                error,
-                position: w.position,
-            },
-            Err(other) => other,
-            Ok(()) => ScimError::NotFound(format!("{} {} was deleted meanwhile", rt.name, w.id)),
-        });
+    let (resource, version) = match read {
+        Some(read) => read,
+        None => read_confirmed(state, ctx, rt, w.id, &sel, w.position).await?,
     };
     if status == StatusCode::OK && params(q, "attributes").is_some_and(|a| a.trim().is_empty()) {
         // PATCH with an empty `attributes`: the client asked for no body.
@@ -236,6 +228,33 @@ async fn written(
         location,
         Some(w.position),
     ))
+}
+
+/// A write's read back that found nothing: deleted meanwhile, or the model lost the write in a
+/// crash of PostgreSQL and may since have applied it again. The read alone cannot tell which
+/// (its statement skips a row whose model is behind), and a model that catches up between it
+/// and a later check would turn a write that is there into a 404. So this confirms the
+/// position first and then reads on the same connection: positions only move forward until a
+/// crash, and a crash ends the connection.
+async fn read_confirmed(
+    state: &AppState,
+    ctx: &Ctx,
+    rt: &'static ResourceType,
+    id: Uuid,
+    sel: &Selection,
+    position: Position,
+) -> Result<(Value, i64), ScimError> {
+    let client = state.pool.get().await?;
+    match super::wait::confirm(&client, position).await? {
+        Err(ScimError::NotCaughtUp(error)) => {
+            return Err(ScimError::NotVisibleYet { error, position })
+        }
+        Err(other) => return Err(other),
+        Ok(()) => {}
+    }
+    read::by_id_at(&client, rt, ctx, id, sel, position)
+        .await?
+        .ok_or_else(|| ScimError::NotFound(format!("{} {id} was deleted meanwhile", rt.name)))
 }
 
 /// `POST /{resource}`.

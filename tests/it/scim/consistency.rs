@@ -311,6 +311,55 @@ async fn a_position_the_database_lost_in_a_crash_is_not_trusted() {
     assert_eq!(reader.get(&path).await.status, 404);
 }
 
+/// The same for a write: its hub says the read models hold it, but the database does not (a
+/// crash took the batches the hub was told of). The write is kept and answered 503 with its
+/// position, never 404; once a runner has applied it, it reads back at that position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_read_models_the_database_lost_answers_503_never_404() {
+    let db = TestDb::new().await;
+    let writer = Scim::new(&db).await;
+    writer.app.stop().await;
+    let mut cfg = db.config();
+    cfg.run_projections = false;
+    let node = Scim {
+        app: TestApp::spawn_with(cfg).await,
+        org: writer.org,
+        token: writer.token.clone(),
+    };
+    // What this hub heard of before the crash: both models far ahead of the database.
+    let ahead = Position::from_sql(i64::MAX / 2, 1);
+    for model in ["users", "groups"] {
+        node.app.state.hub.publish(model, ahead);
+    }
+    let r = node.post("/Users", &json!({"userName": "kept"})).await;
+    r.assert_error(503, None);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let at = r
+        .header(POSITION_HEADER)
+        .expect("the write's position")
+        .to_string();
+
+    // A runner applies it again: it reads back at that position, and it was written once.
+    let live = Scim {
+        app: TestApp::spawn(&db).await,
+        org: writer.org,
+        token: writer.token.clone(),
+    };
+    let found = live
+        .send(
+            Method::GET,
+            "/Users?filter=userName%20eq%20%22kept%22",
+            None,
+            &[("portcullis-min-position", &at)],
+        )
+        .await;
+    assert_eq!(found.status, 200, "{:#}", found.body);
+    assert_eq!(found.body["totalResults"], 1, "{:#}", found.body);
+    live.post("/Users", &json!({"userName": "kept"}))
+        .await
+        .assert_error(409, Some("uniqueness"));
+}
+
 /// The read backs of user writes that wait together go out as one statement, and each gets
 /// its own resource: users of two orgs, a missing id, a user asked for in the other org, the
 /// same user twice, and a position the read models do not hold yet. A group is read back on
