@@ -214,19 +214,47 @@ impl Bed {
             .await
             .unwrap();
         let stall = Stall(c);
-        let holder = eventually(
-            "a runner holding a projection lock to wait on the users table",
+        let what = "a runner holding a projection lock to wait on the users table";
+        let found = tokio::time::timeout(
             Duration::from_secs(30),
-            || async {
+            eventually(what, Duration::from_secs(60), || async {
                 let rows = stall.0.query(LOCK_HOLDER_SQL, &[]).await.ok()?;
                 let ip: String = rows.first()?.get(0);
                 self.addresses.read().unwrap().iter().position(|a| *a == ip)
-            },
+            }),
         )
         .await;
-        (stall, holder)
+        match found {
+            Ok(holder) => (stall, holder),
+            // Rare and not reproduced: what the sessions were doing, for whoever meets it.
+            Err(_) => {
+                let nodes = self.addresses.read().unwrap().clone();
+                let sessions = sessions(&stall.0).await;
+                panic!("timed out after 30s waiting for {what}; nodes at {nodes:?}; sessions:\n{sessions}")
+            }
+        }
     }
 }
+
+/// Every client session of the cluster's database: address, state, what it waits on, how
+/// long its transaction has been open, the advisory locks it holds, and its statement.
+async fn sessions(c: &Client) -> String {
+    let Ok(rows) = c.query(SESSIONS_SQL, &[]).await else {
+        return "(could not read pg_stat_activity)".into();
+    };
+    rows.iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+const SESSIONS_SQL: &str = "\
+SELECT concat_ws(' | ', a.pid, host(a.client_addr), a.application_name, a.state,
+       a.wait_event_type || ':' || a.wait_event, now() - a.xact_start,
+       (SELECT string_agg(l.objid::text || CASE WHEN l.granted THEN '' ELSE ' (waiting)' END, ',')
+          FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory'),
+       left(a.query, 120))
+  FROM pg_stat_activity a WHERE a.backend_type = 'client backend' ORDER BY a.pid";
 
 const LOCK_HOLDER_SQL: &str = "SELECT DISTINCT host(a.client_addr) \
      FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
