@@ -214,11 +214,16 @@ impl Bed {
             .await
             .unwrap();
         let stall = Stall(c);
+        // Looked for from a connection of its own, outside a transaction: inside one,
+        // pg_stat_activity keeps what its first read saw until the transaction ends, so
+        // looking from the stall's own transaction found the runner only when it was
+        // already waiting at the first look (a run in ten or so timed out).
+        let look = self.sql().await;
         let what = "a runner holding a projection lock to wait on the users table";
         let found = tokio::time::timeout(
             Duration::from_secs(30),
             eventually(what, Duration::from_secs(60), || async {
-                let rows = stall.0.query(LOCK_HOLDER_SQL, &[]).await.ok()?;
+                let rows = look.query(LOCK_HOLDER_SQL, &[]).await.ok()?;
                 let ip: String = rows.first()?.get(0);
                 self.addresses.read().unwrap().iter().position(|a| *a == ip)
             }),
@@ -226,10 +231,9 @@ impl Bed {
         .await;
         match found {
             Ok(holder) => (stall, holder),
-            // Rare and not reproduced: what the sessions were doing, for whoever meets it.
             Err(_) => {
                 let nodes = self.addresses.read().unwrap().clone();
-                let sessions = sessions(&stall.0).await;
+                let sessions = sessions(&look).await;
                 panic!("timed out after 30s waiting for {what}; nodes at {nodes:?}; sessions:\n{sessions}")
             }
         }
