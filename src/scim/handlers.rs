@@ -16,7 +16,7 @@ use super::params::{list_query, list_response, params, search_request, selection
 use super::read::{self, Ctx, ListQuery};
 use super::resource::Selection;
 use super::schema::ResourceType;
-use super::wait::{wait_after_write, wait_for_read};
+use super::wait::{confirm_after_write, wait_after_write, wait_for_read};
 use super::{paging, write};
 use crate::eventstore::Position;
 use crate::http::position::POSITION_HEADER;
@@ -245,13 +245,7 @@ async fn read_confirmed(
     position: Position,
 ) -> Result<(Value, i64), ScimError> {
     let client = state.pool.get().await?;
-    match super::wait::confirm(&client, position).await? {
-        Err(ScimError::NotCaughtUp(error)) => {
-            return Err(ScimError::NotVisibleYet { error, position })
-        }
-        Err(other) => return Err(other),
-        Ok(()) => {}
-    }
+    confirm_after_write(&client, position).await?;
     read::by_id_at(&client, rt, ctx, id, sel, position)
         .await?
         .ok_or_else(|| ScimError::NotFound(format!("{} {id} was deleted meanwhile", rt.name)))

@@ -51,7 +51,21 @@ pub async fn confirm<C: deadpool_postgres::GenericClient>(
 }
 
 pub async fn wait_after_write(state: &AppState, position: Position) -> Result<(), ScimError> {
-    match wait(state, Some(position)).await {
+    after_write(wait(state, Some(position)).await, position)
+}
+
+/// [`confirm`] for a write's read back, on the connection that reads it next.
+pub async fn confirm_after_write<C: deadpool_postgres::GenericClient>(
+    client: &C,
+    position: Position,
+) -> Result<(), ScimError> {
+    after_write(confirm(client, position).await?, position)
+}
+
+/// A write that is kept but not visible yet: 503 with its position, so the client can wait
+/// for it instead of writing it again.
+fn after_write(waited: Result<(), ScimError>, position: Position) -> Result<(), ScimError> {
+    match waited {
         Err(ScimError::NotCaughtUp(error)) => Err(ScimError::NotVisibleYet { error, position }),
         other => other,
     }

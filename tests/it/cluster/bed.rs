@@ -222,6 +222,7 @@ impl Bed {
         let what = "a runner holding a projection lock to wait on the users table";
         let found = tokio::time::timeout(
             Duration::from_secs(30),
+            // Its own deadline is longer: the timeout around it ends first, with the sessions.
             eventually(what, Duration::from_secs(60), || async {
                 let rows = look.query(LOCK_HOLDER_SQL, &[]).await.ok()?;
                 let ip: String = rows.first()?.get(0);
