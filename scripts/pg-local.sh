@@ -2,10 +2,12 @@
 # A throwaway local PostgreSQL cluster under the project folder, for `make run`, `make test`
 # and `make bench` on machines without a server of their own.
 #
-# usage: scripts/pg-local.sh create|start|stop|destroy|url|status
+# usage: scripts/pg-local.sh create|start|stop|crash|destroy|url|status
 #   create   initdb into the cluster folder (once; kept between runs) and make the database
 #   start    start the server (creating the cluster first when needed) and print DATABASE_URL
 #   stop     stop the server (fast shutdown); the data stays
+#   crash    stop the server as a crash would (immediate: no checkpoint, WAL not yet
+#            written is lost); the data stays, and the next start recovers
 #   destroy  stop the server and delete the cluster folder
 #   url      print DATABASE_URL
 #   status   say whether the server runs
@@ -135,6 +137,12 @@ case "${1:-}" in
       say "stopped"
     fi
     ;;
+  crash)
+    if running; then
+      as_owner "$bin/pg_ctl" -D "$dir" -m immediate -w -t 60 stop >/dev/null
+      say "crashed (immediate shutdown)"
+    fi
+    ;;
   destroy)
     if running; then
       as_owner "$bin/pg_ctl" -D "$dir" -m immediate -w -t 60 stop >/dev/null || true
@@ -146,7 +154,7 @@ case "${1:-}" in
     if running; then echo "running on port $port ($dir)"; else echo "stopped ($dir)"; exit 3; fi
     ;;
   *)
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -44,6 +44,11 @@ pub enum ScimError {
         error: WaitError,
         position: crate::eventstore::Position,
     },
+    /// The write's own event is gone from the log: PostgreSQL crashed after the write's
+    /// asynchronous commit (synchronous_commit off) and before its WAL was written. Nothing
+    /// of it is kept, so the client may send it again.
+    #[error("the database lost the write at {0} in a crash before it was durable; send it again")]
+    Lost(crate::eventstore::Position),
     /// A read model was reset and is filling up again: any answer from it could be partial.
     #[error("the {0} read model was reset and is being rebuilt; try again shortly")]
     Incomplete(&'static str),
@@ -105,6 +110,7 @@ impl ScimError {
             ScimError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ScimError::NotCaughtUp(_)
             | ScimError::NotVisibleYet { .. }
+            | ScimError::Lost(_)
             | ScimError::Incomplete(_)
             | ScimError::Deadline(_)
             | ScimError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -18,7 +18,8 @@ use super::resource::Selection;
 use super::schema::ResourceType;
 use super::wait::{confirm_after_write, wait_after_write, wait_for_read};
 use super::{paging, write};
-use crate::eventstore::Position;
+use crate::domain::DomainError;
+use crate::eventstore::{self, Position};
 use crate::http::position::POSITION_HEADER;
 use crate::http::AppState;
 
@@ -235,7 +236,9 @@ async fn written(
 /// (its statement skips a row whose model is behind), and a model that catches up between it
 /// and a later check would turn a write that is there into a 404. So this confirms the
 /// position first and then reads on the same connection: positions only move forward until a
-/// crash, and a crash ends the connection.
+/// crash, and a crash ends the connection. Where commits are asynchronous, a crash can take
+/// the write itself, and its transaction id goes to a later one: the models then pass its
+/// position without it. Only a write whose event is still in the log was deleted meanwhile.
 async fn read_confirmed(
     state: &AppState,
     ctx: &Ctx,
@@ -246,9 +249,19 @@ async fn read_confirmed(
 ) -> Result<(Value, i64), ScimError> {
     let client = state.pool.get().await?;
     confirm_after_write(&client, position).await?;
-    read::by_id_at(&client, rt, ctx, id, sel, position)
-        .await?
-        .ok_or_else(|| ScimError::NotFound(format!("{} {id} was deleted meanwhile", rt.name)))
+    if let Some(read) = read::by_id_at(&client, rt, ctx, id, sel, position).await? {
+        return Ok(read);
+    }
+    let logged = eventstore::event_at(&client, position)
+        .await
+        .map_err(DomainError::from)?;
+    match logged {
+        Some(e) if e.aggregate.id == id => Err(ScimError::NotFound(format!(
+            "{} {id} was deleted meanwhile",
+            rt.name
+        ))),
+        _ => Err(ScimError::Lost(position)),
+    }
 }
 
 /// `POST /{resource}`.

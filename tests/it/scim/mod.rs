@@ -5,6 +5,7 @@ mod bulk;
 mod conformance;
 mod consistency;
 mod contract;
+mod crash;
 mod cursors;
 mod discovery;
 mod filters;
