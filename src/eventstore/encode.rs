@@ -68,6 +68,22 @@ const CREATE_CLAIMING_SQL: &str = "WITH claimed AS ( \
                          ELSE eventstore.claims_taken($10, $11, h.names, h.vals) END FROM held h) \
      RETURNING tx, seq, created_at, aggregate_id, version";
 
+const STATEMENTS: [&str; 4] = [APPEND_SQL, CREATE_ONE_SQL, CREATE_SQL, CREATE_CLAIMING_SQL];
+
+/// The statements with `synchronous_commit` off for their (implicit) transaction, set before
+/// any row is produced, like the NOTIFY opt-out: still one statement a push.
+static DEFERRED: std::sync::LazyLock<[String; 4]> =
+    std::sync::LazyLock::new(|| STATEMENTS.map(deferred));
+
+fn deferred(sql: &str) -> String {
+    const OFF: &str = "(SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL";
+    const NOTIFY: &str = "(SELECT set_config('portcullis.notify',";
+    match sql.contains(NOTIFY) {
+        true => sql.replacen(NOTIFY, &format!("{OFF} AND {NOTIFY}"), 1),
+        false => format!("{sql} WHERE {OFF}"),
+    }
+}
+
 /// The parameters of the statement that appends a push, borrowed from the appends.
 pub(super) struct Encoded<'a> {
     commands: Json<Vec<CommandJson<'a>>>,
@@ -217,12 +233,18 @@ impl<'a> Encoded<'a> {
         Some(events)
     }
 
-    pub(super) fn sql(&self) -> &'static str {
-        match &self.creations {
-            Some(c) if c.single() => CREATE_ONE_SQL,
-            Some(c) if c.claims.names.is_empty() => CREATE_SQL,
-            Some(_) => CREATE_CLAIMING_SQL,
-            None => APPEND_SQL,
+    /// The statement; `deferred`: its transaction commits without waiting for its WAL flush
+    /// (`EventStore::deferring`).
+    pub(super) fn sql(&self, deferred: bool) -> &'static str {
+        let i = match &self.creations {
+            Some(c) if c.single() => 1,
+            Some(c) if c.claims.names.is_empty() => 2,
+            Some(_) => 3,
+            None => 0,
+        };
+        match deferred {
+            false => STATEMENTS[i],
+            true => &DEFERRED[i],
         }
     }
 

@@ -24,6 +24,8 @@ pub struct EventStore {
     opts: StoreOptions,
     waker: Arc<Waker>,
     recent: Arc<Recent>,
+    /// Pushes commit without waiting for their WAL flush (see [`EventStore::deferring`]).
+    deferred: bool,
 }
 
 impl EventStore {
@@ -36,7 +38,38 @@ impl EventStore {
             opts,
             waker,
             recent: Arc::default(),
+            deferred: false,
         }
+    }
+
+    /// This store, with pushes that commit without waiting for their WAL flush: for a writer
+    /// that tells nobody of its write until a read model has applied it. Every commit that
+    /// applies events is synchronous, and one that applied the write saw its commit, whose
+    /// record therefore lies before its own in the WAL: its flush makes the write durable
+    /// too. Concurrent writes so share the flush of the round that applies them instead of
+    /// taking one each. A writer that answers before then calls
+    /// [`EventStore::make_durable`] first.
+    pub fn deferring(&self) -> EventStore {
+        EventStore {
+            deferred: true,
+            ..self.clone()
+        }
+    }
+
+    /// Waits until every commit made so far, this process's deferred pushes included, is
+    /// flushed: a transaction with an id of its own commits synchronously, and its flush
+    /// covers every WAL record before its commit.
+    pub async fn make_durable(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        let (began, took, committed) = futures::join!(
+            client.batch_execute("BEGIN"),
+            client.query_one("SELECT pg_current_xact_id()", &[]),
+            client.batch_execute("COMMIT"),
+        );
+        began?;
+        took?;
+        committed?;
+        Ok(())
     }
 
     pub fn pool(&self) -> &Pool {
@@ -59,7 +92,7 @@ impl EventStore {
         let rows = {
             let _sending = self.recent.sending();
             let client = self.pool.get().await?;
-            let append = client.prepare_cached(encoded.sql()).await?;
+            let append = client.prepare_cached(encoded.sql(self.deferred)).await?;
             client.query(&append, &encoded.params()).await
         };
         let known = rows.as_ref().ok().and_then(|rows| encoded.known(rows));
@@ -105,7 +138,7 @@ impl EventStore {
         appends: &[Append],
     ) -> Result<Pushed, StoreError> {
         let encoded = self.encode(appends)?;
-        let append = tx.prepare_cached(encoded.sql()).await?;
+        let append = tx.prepare_cached(encoded.sql(false)).await?;
         let rows = tx.query(&append, &encoded.params()).await;
         self.decode(rows).await
     }

@@ -32,11 +32,11 @@ pub use tx::Tx;
 pub use wait::{confirm_reached, ProgressHub, WaitError, PROGRESS_CHANNEL};
 
 /// Sets up a transaction that applies events to the live read models: projections name
-/// their tables without a schema (a rebuild writes the same SQL into `projections_rebuild`),
-/// and a batch commits asynchronously (a read model is derived data: a batch lost in a crash
-/// is applied again from the older position, since state and model move together).
-pub(crate) const LIVE_SESSION_SQL: &str = "SELECT set_config('synchronous_commit', 'off', true), \
-     set_config('search_path', 'projections, public', true)";
+/// their tables without a schema (a rebuild writes the same SQL into `projections_rebuild`).
+/// It commits synchronously: its flush is what makes durable the deferred pushes it applies
+/// (`EventStore::deferring`), whose writers answer once a read model holds them.
+pub(crate) const LIVE_SESSION_SQL: &str =
+    "SELECT set_config('search_path', 'projections, public', true)";
 
 /// What applying events may fail with. The runner decides from its [`FailureClass`] whether
 /// to retry the batch, to retry the event with backoff, or to dead-letter it at once.

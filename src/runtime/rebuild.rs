@@ -24,12 +24,12 @@ const PARALLEL_INDEX_BUILDS: usize = 2;
 /// Woken when a rebuild is asked for.
 pub(crate) const CHANNEL: &str = "projection_rebuild";
 
-/// The builder's session: the copy's schema first, and an asynchronous commit as for any
-/// batch of derived data. One builder per rebuild across processes.
+/// The builder's session: the copy's schema first; it commits synchronously, as every batch
+/// that applies events does (see `LIVE_SESSION_SQL`). One builder per rebuild across
+/// processes.
 const LOCK_SQL: &str =
     "SELECT pg_try_advisory_xact_lock(hashtextextended('portcullis.rebuild/' || $1, 0)), \
-     set_config('search_path', 'projections_rebuild, public', true), \
-     set_config('synchronous_commit', 'off', true)";
+     set_config('search_path', 'projections_rebuild, public', true)";
 
 /// Asks for a rebuild (projections.request_rebuild); a running service builds it.
 pub async fn request_rebuild(pool: &Pool, name: &str) -> Result<(), ProjectionError> {

@@ -29,8 +29,8 @@ pub enum WaitError {
         waited: Duration,
     },
     /// The hub had seen `target`, but the database holds the read model at `position`: a
-    /// crash of PostgreSQL took batches that were committed asynchronously and announced
-    /// (they are applied again from the log).
+    /// crash of PostgreSQL took batches that were announced before their commit was durable
+    /// (where the cluster commits asynchronously; they are applied again from the log).
     #[error("projection {projection} is at {position} in the database, behind {target} that was announced before PostgreSQL restarted")]
     RolledBack {
         projection: String,

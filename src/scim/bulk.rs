@@ -113,7 +113,10 @@ async fn one(
         ),
     };
     let (status, w) = match (method.as_str(), id) {
-        ("POST", None) => (StatusCode::CREATED, write::create(state, ctx.org, rt, &data()?).await?),
+        ("POST", None) => (
+            StatusCode::CREATED,
+            write::create(state, &state.store, ctx.org, rt, &data()?).await?,
+        ),
         ("PUT", Some(id)) => (
             StatusCode::OK,
             write::replace(state, ctx.org, rt, &id, version, &data()?).await?,

@@ -272,8 +272,21 @@ pub async fn create(
     answer: Answer,
     Body(body): Body,
 ) -> Result<Response, ScimError> {
-    let write = write::create(&state, ctx.org, rt, &body);
-    answer_write(&state, &ctx, rt, write, StatusCode::CREATED, answer).await
+    // The append does not wait for a WAL flush of its own: the answer waits for a read
+    // model to hold the write, and the synchronous commit that put it there made the write
+    // durable too (`EventStore::deferring`). Concurrent creates share that flush.
+    let store = state.store.deferring();
+    let write = write::create(&state, &store, ctx.org, rt, &body);
+    let answered = answer_write(&state, &ctx, rt, write, StatusCode::CREATED, answer).await;
+    if let Err(ScimError::NotVisibleYet { .. }) = &answered {
+        // This 503 tells the client the write is kept: it must be, before the client hears.
+        state
+            .store
+            .make_durable()
+            .await
+            .map_err(DomainError::from)?;
+    }
+    answered
 }
 
 /// `PUT /{resource}/{id}`.

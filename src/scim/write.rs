@@ -13,6 +13,7 @@ use super::resource;
 use super::schema::{self, ResourceType};
 use crate::domain::group::{self, Kind, Member};
 use crate::domain::{user, verification, Doc, Written};
+use crate::eventstore::EventStore;
 use crate::http::AppState;
 
 /// A verified address that SCIM changed gets a new code when the org asks for that. The
@@ -166,8 +167,11 @@ fn group_doc(g: &group::Group) -> Doc {
     doc
 }
 
+/// Creates a resource, appending through `store` (the service's, or one deferring
+/// durability to the read models: see `handlers::create`).
 pub async fn create(
     state: &AppState,
+    store: &EventStore,
     org: Uuid,
     rt: &'static ResourceType,
     body: &Value,
@@ -176,12 +180,12 @@ pub async fn create(
     match rt.kind {
         schema::Kind::User => {
             let hash = hash(input.password).await?;
-            Ok(user::create(&state.store, org, input.doc, hash).await?)
+            Ok(user::create(store, org, input.doc, hash).await?)
         }
         schema::Kind::Group => {
             let known = resolve(state, org, input.doc.get("members"), None).await?;
             let (doc, members) = split_members(input.doc, &[], &known)?;
-            Ok(group::create(&state.store, org, doc, members).await?)
+            Ok(group::create(store, org, doc, members).await?)
         }
     }
 }

@@ -153,9 +153,8 @@ pub(super) struct LockedState {
 }
 
 /// Tries each projection's lock and reads its state and whether events ahead of it are
-/// failing, in one statement; the batch's commit is made asynchronous on the way (a read
-/// model is derived data: a lost batch is applied again), and its position updates quiet
-/// while no other process's hub listens (`hub` is this process's; V26). The state may be
+/// failing, in one statement; its position updates are made quiet on the way while no other
+/// process's hub listens (`hub` is this process's; V26). The state may be
 /// read just before its lock was ours; `commit::save_positions` moves only rows still where
 /// they were read.
 pub(super) async fn lock_states(
@@ -170,7 +169,6 @@ pub(super) async fn lock_states(
                     s.position_tx, s.position_seq, \
                     EXISTS (SELECT 1 FROM projections.failed_events f WHERE f.projection = s.name \
                               AND (f.event_tx, f.event_seq) > (s.position_tx, s.position_seq)), \
-                    set_config('synchronous_commit', 'off', true) IS NOT NULL, \
                     set_config('search_path', 'projections, public', true) IS NOT NULL, \
                     (SELECT projections.quiet_progress($2)) \
                FROM projections.projection_states s WHERE s.name = ANY($1) ORDER BY s.name",
@@ -184,7 +182,7 @@ pub(super) async fn lock_states(
             locked: r.get(1),
             position: Position::from_sql(r.get(2), r.get(3)),
             failing: r.get(4),
-            quiet: r.get(7),
+            quiet: r.get(6),
         })
         .collect())
 }

@@ -180,3 +180,78 @@ async fn with_asynchronous_commits_a_create_the_crash_took_answers_503_not_404()
     only_503s(&answers);
     drop(server);
 }
+
+/// A create's append does not wait for its WAL flush; the 201 waits for the synchronous
+/// commit of the round that applies it. A synchronous standby that never comes
+/// (`synchronous_standby_names`) holds every synchronous commit: the create's event is in the
+/// log at once, and the answer waits until the standby is no longer asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_is_answered_only_after_a_synchronous_commit_that_covers_it() {
+    crate::support::init_tracing();
+    let (server, url) = tokio::task::spawn_blocking(OwnServer::start).await.unwrap();
+    let admin = crate::support::pg::connect(&url).await;
+    let set = |sql: &'static str| {
+        let admin = &admin;
+        async move {
+            admin.batch_execute(sql).await.unwrap();
+            admin
+                .batch_execute("SELECT pg_reload_conf()")
+                .await
+                .unwrap();
+        }
+    };
+    set("ALTER SYSTEM SET synchronous_commit = on").await;
+    portcullis::db::migrate(&url).await.unwrap();
+    let scim = Arc::new(
+        Scim::on(TestApp::spawn_with(portcullis::config::Config::new(url.clone())).await).await,
+    );
+    let first = scim
+        .post("/Users", &json!({ "userName": "first@example.com" }))
+        .await;
+    assert_eq!(first.status, 201, "{:#}", first.body);
+
+    set("ALTER SYSTEM SET synchronous_standby_names = 'nobody'").await;
+    let post = {
+        let scim = scim.clone();
+        tokio::spawn(async move {
+            scim.post("/Users", &json!({ "userName": "held@example.com" }))
+                .await
+        })
+    };
+    let logged = "SELECT count(*) FROM eventstore.events \
+                   WHERE payload->'attributes'->>'userName' = 'held@example.com'";
+    let held = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'";
+    eventually(
+        "the create's event in the log, and a commit held for the standby",
+        Duration::from_secs(30),
+        || {
+            let admin = &admin;
+            async move {
+                let n: i64 = admin.query_one(logged, &[]).await.unwrap().get(0);
+                let waiting: i64 = admin.query_one(held, &[]).await.unwrap().get(0);
+                (n == 1 && waiting > 0).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        !post.is_finished(),
+        "answered before any synchronous commit covered the write"
+    );
+
+    set("ALTER SYSTEM RESET synchronous_standby_names").await;
+    let answered = post.await.unwrap();
+    assert!(
+        answered.status == 201 || answered.status == 503,
+        "{} {:#}",
+        answered.status,
+        answered.body
+    );
+    let got = scim
+        .get("/Users?filter=userName%20eq%20%22held@example.com%22")
+        .await;
+    assert_eq!(got.body["totalResults"], 1, "{:#}", got.body);
+    drop(admin);
+    drop(scim);
+    drop(server);
+}
