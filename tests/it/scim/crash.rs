@@ -2,7 +2,8 @@
 //! PostgreSQL crashes (an immediate shutdown, which loses the WAL not yet written) while
 //! creates are on their way, and the service carries on once the database is back. Where
 //! the cluster commits asynchronously, a crash may take writes that were answered; even
-//! then a create in flight is answered 201 or 503, never 404.
+//! then a create in flight is answered 201 or 503, never 404. And a create, whose append
+//! does not wait for its own WAL flush, is answered only once a synchronous commit covers it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
