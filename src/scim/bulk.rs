@@ -119,15 +119,15 @@ async fn one(
         ),
         ("PUT", Some(id)) => (
             StatusCode::OK,
-            write::replace(state, ctx.org, rt, &id, version, &data()?).await?,
+            write::replace(state, &state.store, ctx.org, rt, &id, version, &data()?).await?,
         ),
         ("PATCH", Some(id)) => (
             StatusCode::OK,
-            write::patch(state, ctx.org, rt, &id, version, &data()?).await?,
+            write::patch(state, &state.store, ctx.org, rt, &id, version, &data()?).await?,
         ),
         ("DELETE", Some(id)) => (
             StatusCode::NO_CONTENT,
-            write::delete(state, ctx.org, rt, &id, version).await?,
+            write::delete(&state.store, ctx.org, rt, &id, version).await?,
         ),
         (m, _) => {
             return Err(ScimError::syntax(format!(

@@ -272,14 +272,25 @@ pub async fn create(
     answer: Answer,
     Body(body): Body,
 ) -> Result<Response, ScimError> {
-    // The append does not wait for a WAL flush of its own: the answer waits for a read
-    // model to hold the write, and the synchronous commit that put it there made the write
-    // durable too (`EventStore::deferring`). Concurrent creates share that flush.
     let store = state.store.deferring();
     let write = write::create(&state, &store, ctx.org, rt, &body);
-    let answered = answer_write(&state, &ctx, rt, write, StatusCode::CREATED, answer).await;
+    kept(
+        &state,
+        answer_write(&state, &ctx, rt, write, StatusCode::CREATED, answer).await,
+    )
+    .await
+}
+
+/// What a write through a deferring store answers. Its append did not wait for a WAL flush
+/// of its own: the answer waited for a read model to hold the write, and the synchronous
+/// commit that put it there made the write durable too (`EventStore::deferring`), so
+/// concurrent writes share that flush. Only a 503 that says the write is kept comes before
+/// such a commit: the write is made durable before the client hears it.
+async fn kept(
+    state: &AppState,
+    answered: Result<Response, ScimError>,
+) -> Result<Response, ScimError> {
     if let Err(ScimError::NotVisibleYet { .. }) = &answered {
-        // This 503 tells the client the write is kept: it must be, before the client hears.
         state
             .store
             .make_durable()
@@ -299,8 +310,13 @@ pub async fn replace(
     answer: Answer,
     Body(body): Body,
 ) -> Result<Response, ScimError> {
-    let write = write::replace(&state, ctx.org, rt, &id, if_match(&headers)?, &body);
-    answer_write(&state, &ctx, rt, write, StatusCode::OK, answer).await
+    let store = state.store.deferring();
+    let write = write::replace(&state, &store, ctx.org, rt, &id, if_match(&headers)?, &body);
+    kept(
+        &state,
+        answer_write(&state, &ctx, rt, write, StatusCode::OK, answer).await,
+    )
+    .await
 }
 
 /// `PATCH /{resource}/{id}`.
@@ -313,8 +329,13 @@ pub async fn patch(
     answer: Answer,
     Body(body): Body,
 ) -> Result<Response, ScimError> {
-    let write = write::patch(&state, ctx.org, rt, &id, if_match(&headers)?, &body);
-    answer_write(&state, &ctx, rt, write, StatusCode::OK, answer).await
+    let store = state.store.deferring();
+    let write = write::patch(&state, &store, ctx.org, rt, &id, if_match(&headers)?, &body);
+    kept(
+        &state,
+        answer_write(&state, &ctx, rt, write, StatusCode::OK, answer).await,
+    )
+    .await
 }
 
 /// `DELETE /{resource}/{id}`.
@@ -325,7 +346,12 @@ pub async fn delete(
     Path((_, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ScimError> {
-    let w = write::delete(&state, ctx.org, rt, &id, if_match(&headers)?).await?;
-    wait_after_write(&state, w.position).await?;
-    Ok(position_only(StatusCode::NO_CONTENT, w.position))
+    let store = state.store.deferring();
+    let w = write::delete(&store, ctx.org, rt, &id, if_match(&headers)?).await?;
+    let waited = wait_after_write(&state, w.position).await;
+    kept(
+        &state,
+        waited.map(|()| position_only(StatusCode::NO_CONTENT, w.position)),
+    )
+    .await
 }

@@ -167,8 +167,9 @@ fn group_doc(g: &group::Group) -> Doc {
     doc
 }
 
-/// Creates a resource, appending through `store` (the service's, or one deferring
-/// durability to the read models: see `handlers::create`).
+// Each write appends through `store`: the service's, or one that defers durability to the
+// read models (`EventStore::deferring`) for a writer that answers once they hold the write.
+
 pub async fn create(
     state: &AppState,
     store: &EventStore,
@@ -192,6 +193,7 @@ pub async fn create(
 
 pub async fn replace(
     state: &AppState,
+    store: &EventStore,
     org: Uuid,
     rt: &'static ResourceType,
     id: &str,
@@ -211,7 +213,7 @@ pub async fn replace(
         schema::Kind::User => {
             let hash = hash(input.password).await?;
             let doc = input.doc;
-            let updated = user::update(&state.store, org, uid, if_match, hash, |_| {
+            let updated = user::update(store, org, uid, if_match, hash, |_| {
                 Ok::<_, ScimError>(doc.clone())
             })
             .await
@@ -222,7 +224,7 @@ pub async fn replace(
         schema::Kind::Group => {
             let known = resolve(state, org, input.doc.get("members"), None).await?;
             let doc = input.doc;
-            group::update(&state.store, org, uid, if_match, |g| {
+            group::update(store, org, uid, if_match, |g| {
                 split_members(doc.clone(), &g.members, &known)
             })
             .await
@@ -233,6 +235,7 @@ pub async fn replace(
 
 pub async fn patch(
     state: &AppState,
+    store: &EventStore,
     org: Uuid,
     rt: &'static ResourceType,
     id: &str,
@@ -246,7 +249,7 @@ pub async fn patch(
     match rt.kind {
         schema::Kind::User => {
             let hash = hash(patch::password_in(&ops)).await?;
-            let updated = user::update(&state.store, org, uid, if_match, hash, |doc| {
+            let updated = user::update(store, org, uid, if_match, hash, |doc| {
                 patch::apply(rt, doc, id, &ops).map(|p| p.doc)
             })
             .await
@@ -256,7 +259,7 @@ pub async fn patch(
         }
         schema::Kind::Group => {
             let known = resolve(state, org, &ops, Some(uid)).await?;
-            group::update(&state.store, org, uid, if_match, |g| {
+            group::update(store, org, uid, if_match, |g| {
                 let patched = patch::apply(rt, &group_doc(g), id, &ops)?;
                 split_members(patched.doc, &g.members, &known)
             })
@@ -267,7 +270,7 @@ pub async fn patch(
 }
 
 pub async fn delete(
-    state: &AppState,
+    store: &EventStore,
     org: Uuid,
     rt: &'static ResourceType,
     id: &str,
@@ -276,8 +279,8 @@ pub async fn delete(
     let target = Target { rt, id };
     let uid = target.uuid()?;
     let r = match rt.kind {
-        schema::Kind::User => user::remove(&state.store, org, uid, if_match).await,
-        schema::Kind::Group => group::remove(&state.store, org, uid, if_match).await,
+        schema::Kind::User => user::remove(store, org, uid, if_match).await,
+        schema::Kind::Group => group::remove(store, org, uid, if_match).await,
     };
     r.map_err(|e| target.missing(e.into()))
 }

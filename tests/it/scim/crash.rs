@@ -2,8 +2,8 @@
 //! PostgreSQL crashes (an immediate shutdown, which loses the WAL not yet written) while
 //! creates are on their way, and the service carries on once the database is back. Where
 //! the cluster commits asynchronously, a crash may take writes that were answered; even
-//! then a create in flight is answered 201 or 503, never 404. And a create, whose append
-//! does not wait for its own WAL flush, is answered only once a synchronous commit covers it.
+//! then a create in flight is answered 201 or 503, never 404. And a write, whose append does
+//! not wait for its own WAL flush, is answered only once a synchronous commit covers it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -182,76 +182,102 @@ async fn with_asynchronous_commits_a_create_the_crash_took_answers_503_not_404()
     drop(server);
 }
 
-/// A create's append does not wait for its WAL flush; the 201 waits for the synchronous
-/// commit of the round that applies it. A synchronous standby that never comes
-/// (`synchronous_standby_names`) holds every synchronous commit: the create's event is in the
-/// log at once, and the answer waits until the standby is no longer asked for.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_create_is_answered_only_after_a_synchronous_commit_that_covers_it() {
-    crate::support::init_tracing();
-    let (server, url) = tokio::task::spawn_blocking(OwnServer::start).await.unwrap();
-    let admin = crate::support::pg::connect(&url).await;
-    let set = |sql: &'static str| {
-        let admin = &admin;
-        async move {
-            admin.batch_execute(sql).await.unwrap();
-            admin
-                .batch_execute("SELECT pg_reload_conf()")
-                .await
-                .unwrap();
-        }
-    };
-    set("ALTER SYSTEM SET synchronous_commit = on").await;
-    portcullis::db::migrate(&url).await.unwrap();
-    let scim = Arc::new(
-        Scim::on(TestApp::spawn_with(portcullis::config::Config::new(url.clone())).await).await,
-    );
-    let first = scim
-        .post("/Users", &json!({ "userName": "first@example.com" }))
-        .await;
-    assert_eq!(first.status, 201, "{:#}", first.body);
+/// Sets `sql` (ALTER SYSTEM) and reloads the configuration.
+async fn configure(admin: &tokio_postgres::Client, sql: &str) {
+    admin.batch_execute(sql).await.unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+}
 
-    set("ALTER SYSTEM SET synchronous_standby_names = 'nobody'").await;
-    let post = {
-        let scim = scim.clone();
-        tokio::spawn(async move {
-            scim.post("/Users", &json!({ "userName": "held@example.com" }))
-                .await
-        })
-    };
-    let logged = "SELECT count(*) FROM eventstore.events \
-                   WHERE payload->'attributes'->>'userName' = 'held@example.com'";
-    let held = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'";
+/// Sends `request` while a synchronous standby that never comes holds every synchronous
+/// commit: the write's event must be in the log (`logged` counts it) while its answer waits.
+/// Then releases the commits and returns the answer.
+async fn held<F>(admin: &tokio_postgres::Client, request: F, logged: &str) -> super::Resp
+where
+    F: std::future::Future<Output = super::Resp> + Send + 'static,
+{
+    configure(
+        admin,
+        "ALTER SYSTEM SET synchronous_standby_names = 'nobody'",
+    )
+    .await;
+    let answer = tokio::spawn(request);
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'";
     eventually(
-        "the create's event in the log, and a commit held for the standby",
+        "the write's event in the log, and a commit held for the standby",
         Duration::from_secs(30),
-        || {
-            let admin = &admin;
-            async move {
-                let n: i64 = admin.query_one(logged, &[]).await.unwrap().get(0);
-                let waiting: i64 = admin.query_one(held, &[]).await.unwrap().get(0);
-                (n == 1 && waiting > 0).then_some(())
-            }
+        || async move {
+            let n: i64 = admin.query_one(logged, &[]).await.unwrap().get(0);
+            let held: i64 = admin.query_one(waiting, &[]).await.unwrap().get(0);
+            (n == 1 && held > 0).then_some(())
         },
     )
     .await;
     assert!(
-        !post.is_finished(),
-        "answered before any synchronous commit covered the write"
+        !answer.is_finished(),
+        "answered before any synchronous commit covered the write ({logged})"
     );
-
-    set("ALTER SYSTEM RESET synchronous_standby_names").await;
-    let answered = post.await.unwrap();
+    configure(admin, "ALTER SYSTEM RESET synchronous_standby_names").await;
+    let answered = answer.await.unwrap();
     assert!(
-        answered.status == 201 || answered.status == 503,
+        answered.status < 300 || answered.status == 503,
         "{} {:#}",
         answered.status,
         answered.body
     );
+    answered
+}
+
+/// A SCIM write's append does not wait for its WAL flush; the answer waits for the
+/// synchronous commit of the round that applies it. A synchronous standby that never comes
+/// (`synchronous_standby_names`) holds every synchronous commit: the write's event is in the
+/// log at once, and the answer waits until the standby is no longer asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_is_answered_only_after_a_synchronous_commit_that_covers_it() {
+    crate::support::init_tracing();
+    let (server, url) = tokio::task::spawn_blocking(OwnServer::start).await.unwrap();
+    let admin = crate::support::pg::connect(&url).await;
+    configure(&admin, "ALTER SYSTEM SET synchronous_commit = on").await;
+    portcullis::db::migrate(&url).await.unwrap();
+    let app = TestApp::spawn_with(portcullis::config::Config::new(url.clone())).await;
+    let scim = Arc::new(Scim::on(app).await);
+    let first = scim
+        .post("/Users", &json!({ "userName": "first@example.com" }))
+        .await;
+    assert_eq!(first.status, 201, "{:#}", first.body);
+    let id = first.id();
+
+    let create = {
+        let scim = scim.clone();
+        async move {
+            scim.post("/Users", &json!({ "userName": "held@example.com" }))
+                .await
+        }
+    };
+    let logged = "SELECT count(*) FROM eventstore.events \
+                   WHERE payload->'attributes'->>'userName' = 'held@example.com'";
+    held(&admin, create, logged).await;
     let got = scim
         .get("/Users?filter=userName%20eq%20%22held@example.com%22")
         .await;
     assert_eq!(got.body["totalResults"], 1, "{:#}", got.body);
+
+    let patch = {
+        let (scim, path) = (scim.clone(), format!("/Users/{id}"));
+        async move {
+            let ops = json!([{"op": "replace", "path": "title", "value": "held"}]);
+            scim.patch(&path, ops).await
+        }
+    };
+    let logged = format!(
+        "SELECT count(*) FROM eventstore.events \
+          WHERE aggregate_id = '{id}' AND event_type <> 'user.added'"
+    );
+    held(&admin, patch, &logged).await;
+    let got = scim.get(&format!("/Users/{id}")).await;
+    assert_eq!(got.body["title"], "held", "{:#}", got.body);
     drop(admin);
     drop(scim);
     drop(server);
