@@ -162,7 +162,10 @@ pub async fn get_one(
 
 /// Runs `write`, then answers with the resource as [`written`] reads it back. The write's
 /// in-process wake-ups are held until its read back is queued, so that the live round they
-/// start carries it.
+/// start carries it. The handlers' writes append through a store that defers their WAL flush
+/// (`EventStore::deferring`): the answer waits for the read models, whose synchronous commit
+/// makes the write durable too, and a 503 that says it is kept flushes first
+/// (`wait::after_write`).
 async fn answer_write(
     state: &AppState,
     ctx: &Ctx,
@@ -248,7 +251,7 @@ async fn read_confirmed(
     position: Position,
 ) -> Result<(Value, i64), ScimError> {
     let client = state.pool.get().await?;
-    confirm_after_write(&client, position).await?;
+    confirm_after_write(state, &client, position).await?;
     if let Some(read) = read::by_id_at(&client, rt, ctx, id, sel, position).await? {
         return Ok(read);
     }
@@ -274,30 +277,7 @@ pub async fn create(
 ) -> Result<Response, ScimError> {
     let store = state.store.deferring();
     let write = write::create(&state, &store, ctx.org, rt, &body);
-    kept(
-        &state,
-        answer_write(&state, &ctx, rt, write, StatusCode::CREATED, answer).await,
-    )
-    .await
-}
-
-/// What a write through a deferring store answers. Its append did not wait for a WAL flush
-/// of its own: the answer waited for a read model to hold the write, and the synchronous
-/// commit that put it there made the write durable too (`EventStore::deferring`), so
-/// concurrent writes share that flush. Only a 503 that says the write is kept comes before
-/// such a commit: the write is made durable before the client hears it.
-async fn kept(
-    state: &AppState,
-    answered: Result<Response, ScimError>,
-) -> Result<Response, ScimError> {
-    if let Err(ScimError::NotVisibleYet { .. }) = &answered {
-        state
-            .store
-            .make_durable()
-            .await
-            .map_err(DomainError::from)?;
-    }
-    answered
+    answer_write(&state, &ctx, rt, write, StatusCode::CREATED, answer).await
 }
 
 /// `PUT /{resource}/{id}`.
@@ -312,11 +292,7 @@ pub async fn replace(
 ) -> Result<Response, ScimError> {
     let store = state.store.deferring();
     let write = write::replace(&state, &store, ctx.org, rt, &id, if_match(&headers)?, &body);
-    kept(
-        &state,
-        answer_write(&state, &ctx, rt, write, StatusCode::OK, answer).await,
-    )
-    .await
+    answer_write(&state, &ctx, rt, write, StatusCode::OK, answer).await
 }
 
 /// `PATCH /{resource}/{id}`.
@@ -331,11 +307,7 @@ pub async fn patch(
 ) -> Result<Response, ScimError> {
     let store = state.store.deferring();
     let write = write::patch(&state, &store, ctx.org, rt, &id, if_match(&headers)?, &body);
-    kept(
-        &state,
-        answer_write(&state, &ctx, rt, write, StatusCode::OK, answer).await,
-    )
-    .await
+    answer_write(&state, &ctx, rt, write, StatusCode::OK, answer).await
 }
 
 /// `DELETE /{resource}/{id}`.
@@ -348,10 +320,6 @@ pub async fn delete(
 ) -> Result<Response, ScimError> {
     let store = state.store.deferring();
     let w = write::delete(&store, ctx.org, rt, &id, if_match(&headers)?).await?;
-    let waited = wait_after_write(&state, w.position).await;
-    kept(
-        &state,
-        waited.map(|()| position_only(StatusCode::NO_CONTENT, w.position)),
-    )
-    .await
+    wait_after_write(&state, w.position).await?;
+    Ok(position_only(StatusCode::NO_CONTENT, w.position))
 }

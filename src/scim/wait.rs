@@ -1,6 +1,7 @@
 //! Read-your-writes on the SCIM surface: what a request waits for before it answers.
 
 use super::error::ScimError;
+use crate::domain::DomainError;
 use crate::eventstore::Position;
 use crate::http::AppState;
 
@@ -51,22 +52,36 @@ pub async fn confirm<C: deadpool_postgres::GenericClient>(
 }
 
 pub async fn wait_after_write(state: &AppState, position: Position) -> Result<(), ScimError> {
-    after_write(wait(state, Some(position)).await, position)
+    after_write(state, wait(state, Some(position)).await, position).await
 }
 
 /// [`confirm`] for a write's read back, on the connection that reads it next.
 pub async fn confirm_after_write<C: deadpool_postgres::GenericClient>(
+    state: &AppState,
     client: &C,
     position: Position,
 ) -> Result<(), ScimError> {
-    after_write(confirm(client, position).await?, position)
+    after_write(state, confirm(client, position).await?, position).await
 }
 
 /// A write that is kept but not visible yet: 503 with its position, so the client can wait
-/// for it instead of writing it again.
-fn after_write(waited: Result<(), ScimError>, position: Position) -> Result<(), ScimError> {
+/// for it instead of writing it again. Kept means durable before the client hears it: a
+/// write whose append deferred its flush to the read models (`EventStore::deferring`) waits
+/// for a flush of its own here.
+async fn after_write(
+    state: &AppState,
+    waited: Result<(), ScimError>,
+    position: Position,
+) -> Result<(), ScimError> {
     match waited {
-        Err(ScimError::NotCaughtUp(error)) => Err(ScimError::NotVisibleYet { error, position }),
+        Err(ScimError::NotCaughtUp(error)) => {
+            state
+                .store
+                .make_durable()
+                .await
+                .map_err(DomainError::from)?;
+            Err(ScimError::NotVisibleYet { error, position })
+        }
         other => other,
     }
 }

@@ -82,11 +82,7 @@ async fn min_position_carries_read_your_writes_across_servers() {
     let mut cfg = db.config();
     cfg.run_projections = false;
     cfg.scim.wait_timeout = Duration::from_millis(300);
-    let reader = Scim {
-        app: TestApp::spawn_with(cfg).await,
-        org: writer.org,
-        token: writer.token.clone(),
-    };
+    let reader = writer.also_on(TestApp::spawn_with(cfg).await);
     for i in 0..20 {
         let r = writer
             .post("/Users", &json!({"userName": format!("x{i}")}))
@@ -266,11 +262,7 @@ async fn a_position_the_database_lost_in_a_crash_is_not_trusted() {
     let writer = Scim::new(&db).await;
     let mut cfg = db.config();
     cfg.run_projections = false;
-    let reader = Scim {
-        app: TestApp::spawn_with(cfg).await,
-        org: writer.org,
-        token: writer.token.clone(),
-    };
+    let reader = writer.also_on(TestApp::spawn_with(cfg).await);
     let created = writer.post("/Users", &json!({"userName": "lost"})).await;
     assert_eq!(created.status, 201);
     let (id, at) = (
@@ -318,14 +310,10 @@ async fn a_position_the_database_lost_in_a_crash_is_not_trusted() {
 async fn a_write_whose_read_models_the_database_lost_answers_503_never_404() {
     let db = TestDb::new().await;
     let writer = Scim::new(&db).await;
-    writer.app.stop().await;
     let mut cfg = db.config();
     cfg.run_projections = false;
-    let node = Scim {
-        app: TestApp::spawn_with(cfg).await,
-        org: writer.org,
-        token: writer.token.clone(),
-    };
+    let node = writer.also_on(TestApp::spawn_with(cfg).await);
+    writer.app.stop().await;
     // What this hub heard of before the crash: both models far ahead of the database.
     let ahead = Position::from_sql(i64::MAX / 2, 1);
     for model in ["users", "groups"] {
@@ -340,11 +328,7 @@ async fn a_write_whose_read_models_the_database_lost_answers_503_never_404() {
         .to_string();
 
     // A runner applies it again: it reads back at that position, and it was written once.
-    let live = Scim {
-        app: TestApp::spawn(&db).await,
-        org: writer.org,
-        token: writer.token.clone(),
-    };
+    let live = node.also_on(TestApp::spawn(&db).await);
     let found = live
         .send(
             Method::GET,

@@ -109,6 +109,15 @@ impl Scim {
         Scim { app, org, token }
     }
 
+    /// This org and token on another app (another server on the same database).
+    pub fn also_on(&self, app: TestApp) -> Scim {
+        Scim {
+            app,
+            org: self.org,
+            token: self.token.clone(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}/scim/v2/{}{}", self.app.base, self.org, path)
     }
